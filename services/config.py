@@ -1,0 +1,74 @@
+"""One Settings object. Every knob is read from a CXR_-prefixed environment variable and documented here once."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.errors import ConfigError
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("cxr", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Build with `Settings()` (reads the environment) and pass it down explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Root for the store, models, salt.")
+    qdrant_path: Path | None = Field(None, description="Embedded store directory; default DATA_DIR/qdrant.")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; when set, the server store is used.")
+    qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
+    collection: str = Field("cxr", description="Default collection name.")
+    model: Path | None = Field(None, description="Checkpoint folder; default DATA_DIR/models/default.")
+    batch_size: int = Field(32, ge=1, description="Images per encoder batch.")
+    bf16: bool | None = Field(None, description="bf16 autocast for inference; None = on where the CPU has it.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default.")
+    decode_workers: int = Field(2, ge=0, description="Decoder threads overlapped with inference (0 = inline).")
+    max_pixels: int = Field(80_000_000, ge=1024, description="Refuse images with more pixels (bomb guard).")
+    min_side: int = Field(32, ge=1, description="Refuse images whose shorter side is smaller.")
+    patient_salt: SecretStr | None = Field(
+        None, description="Salt for patient-id hashes; default a random salt kept in DATA_DIR/patient_salt."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and result backend.")
+    debug: bool = Field(False, description="Print tracebacks for domain errors.")
+
+    @model_validator(mode="after")
+    def _reject_conflicts(self) -> Settings:
+        if self.qdrant_url and self.qdrant_path:
+            raise ConfigError(
+                "Both CXR_QDRANT_URL and CXR_QDRANT_PATH are set: choose the server or the embedded store.",
+                "Unset one of them.",
+            )
+        return self
+
+    @property
+    def store_path(self) -> Path:
+        return self.qdrant_path or self.data_dir / "qdrant"
+
+    @property
+    def model_path(self) -> Path:
+        return self.model or self.data_dir / "models" / "default"
+
+    @cached_property
+    def salt(self) -> bytes:
+        """The patient-hash salt: configured, or created once per data directory and kept there."""
+        if self.patient_salt is not None:
+            return self.patient_salt.get_secret_value().encode()
+        path = self.data_dir / "patient_salt"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # exclusive create: two first-time callers agree on one salt
+                with path.open("x") as fh:
+                    fh.write(secrets.token_hex(32))
+            except FileExistsError:
+                pass
+        return path.read_text().strip().encode()

@@ -1,0 +1,73 @@
+"""Domain errors. Each message says what went wrong; `hint` says what to do next."""
+
+from __future__ import annotations
+
+
+class CxrError(Exception):
+    """Base for every error cxr reports to a user as one line plus a hint."""
+
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CxrError):
+    """Settings that conflict or are missing."""
+
+    default_hint = "Check the CXR_* environment variables (see deploy/cxr.env.example)."
+
+
+class DecodeError(CxrError):
+    """A file that cannot be turned into a grey image; names the file and the reason."""
+
+    default_hint = "Skip the file or convert it to an uncompressed single-frame greyscale DICOM or PNG."
+
+    def __init__(self, path: object, reason: str, hint: str | None = None) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}", hint)
+
+
+class ModelError(CxrError):
+    """A checkpoint that is missing, unreadable or incompatible."""
+
+    default_hint = "Train one with `cxr train` or pass --model pointing at a checkpoint folder."
+
+
+class StoreError(CxrError):
+    """The vector store refused an operation."""
+
+    default_hint = "Check the data directory (CXR_DATA_DIR) or the Qdrant server (CXR_QDRANT_URL)."
+
+
+class StoreLockedError(StoreError):
+    """Another process owns the embedded store's shard directory."""
+
+    default_hint = (
+        "Only one process may open the embedded store. Stop the other cxr process (worker, server), "
+        "or point CXR_QDRANT_URL at a Qdrant server so several processes can share it."
+    )
+
+
+class CollectionNotFoundError(StoreError):
+    """The named collection does not exist."""
+
+    default_hint = "Index some images first with `cxr index PATH`, or list collections with `cxr collections`."
+
+
+class DataError(CxrError):
+    """A manifest, split file or dataset that is malformed or inconsistent."""
+
+    default_hint = "Check the manifest columns: path,label,patient_id (others optional)."
+
+
+class PacsError(CxrError):
+    """A PACS peer that refused, timed out or answered something unexpected."""
+
+    default_hint = "Check the PACS URL, credentials and that it is reachable."
