@@ -1,0 +1,51 @@
+"""The one place that maps domain errors to a one-line message plus a hint (exit 1); tracebacks only with CXR_DEBUG=1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from typer.core import TyperGroup
+
+from services.errors import CxrError
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def _debug() -> bool:
+    return os.environ.get("CXR_DEBUG", "").lower() in {"1", "true", "yes"}
+
+
+class CxrGroup(TyperGroup):
+    """A Typer group whose invoke turns CxrError (and bad CXR_* settings) into exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CxrError as exc:
+            _report(f"error: {exc.message}", exc.hint)
+        except ValidationError as exc:  # a CXR_* variable that does not parse
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+            _report(f"error: invalid setting {where}: {first.get('msg')}", "Check the CXR_* environment variables.")
+        except KeyboardInterrupt:
+            stderr.print("interrupted")
+            raise typer.Exit(130) from None
+
+    # `_report` raises Exit(1); the return above is for the happy path only.
+
+
+def _report(message: str, hint: str | None) -> None:
+    if _debug():
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    stderr.print(f"[bold red]{message}[/]", markup=True, soft_wrap=True)
+    if hint:
+        stderr.print(f"hint: {hint}", markup=False, soft_wrap=True)
+    raise typer.Exit(1)

@@ -1,0 +1,82 @@
+"""`cxr index`: embed a folder of X-rays (PNG, JPEG, DICOM) into a collection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cli.options import BatchSizeOpt, CollectionOpt, JsonOpt, ManifestOpt, ModelOpt, load_settings
+from cli.progress import progress_bar
+from services.errors import CxrError
+from services.manifest import read_manifest
+from services.pipeline import FileError, IngestOptions, Ingestor, Runtime, build_items
+
+EXIT_PARTIAL = 3
+
+
+def index(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (walked recursively).")] = None,
+    manifest: ManifestOpt = None,
+    label_from: Annotated[
+        str, typer.Option("--label-from", help="Where labels come from: manifest, folder (parent name) or none.")
+    ] = "auto",
+    collection: CollectionOpt = None,
+    model: ModelOpt = None,
+    batch_size: BatchSizeOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decoder threads.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Index at most N files (for a trial).")] = None,
+    errors_out: Annotated[
+        Path | None, typer.Option("--errors-out", help="Write failed files as JSON lines (path, stage, reason).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index X-rays into a collection. Re-indexing a file never duplicates it.
+
+    Example: cxr index ./studies --manifest studies/manifest.csv --collection chest
+    """
+    if label_from not in {"auto", "manifest", "folder", "none"}:
+        raise typer.BadParameter("must be manifest, folder or none", param_hint="--label-from")
+    if not paths and manifest is None:
+        raise typer.BadParameter("give PATH(s) to index, or --manifest", param_hint="PATHS")
+    settings = load_settings(collection=collection, model=model, batch_size=batch_size, decode_workers=workers)
+    rows = read_manifest(manifest) if manifest else None
+    mode = ("manifest" if rows is not None else "none") if label_from == "auto" else label_from
+    items, unfound = build_items(paths or [], manifest=rows, label_from=mode)  # type: ignore[arg-type]
+    items = items[:limit] if limit else items
+    opts = IngestOptions(
+        collection=settings.collection,
+        batch_size=settings.batch_size,
+        decode_workers=settings.decode_workers,
+        max_pixels=settings.max_pixels,
+        min_side=settings.min_side,
+    )
+    with Runtime(settings) as rt:
+        ingestor = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt)
+        with progress_bar() as bar:
+            task = bar.add_task("indexing", total=len(items), status="")
+            report = ingestor.run(items, progress=lambda n: bar.advance(task, n))
+    report.failed[:0] = [FileError(u.path, "find", u.reason) for u in unfound]
+    if errors_out:
+        errors_out.write_text("".join(json.dumps(vars(f)) + "\n" for f in report.failed))
+    _print_report(report, settings.collection, as_json)
+    if report.failed:
+        if report.indexed + report.skipped == 0:
+            raise CxrError(f"none of {len(report.failed)} file(s) could be indexed", "See the failures listed above.")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _print_report(report, collection: str, as_json: bool) -> None:  # noqa: ANN001 - IngestReport
+    out = Console(highlight=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps({"collection": collection, **report.to_dict()}, indent=2))
+        return
+    out.print(
+        f"collection {collection}: indexed {report.indexed}, skipped (already present) {report.skipped}, "
+        f"failed {len(report.failed)}; {report.images_per_s:.1f} images/s over {report.seconds:.1f} s"
+    )
+    for f in report.failed:
+        out.print(f"  failed [{f.stage}] {f.path}: {f.reason}", markup=False)

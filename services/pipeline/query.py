@@ -1,0 +1,82 @@
+"""Query path: an image (file or bytes) -> vector -> ranked hits, optionally excluding its own patient and itself."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.embedding import BatchEncoder
+from services.errors import DecodeError
+from services.imaging import DecodedImage, ImageMeta, decode_bytes, to_model_input
+from services.index import Hit, VectorStore
+from services.index.payload import patient_hash, point_id
+from services.pipeline.filters import parse_filters
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    collection: str
+    k: int = 10
+    filters: tuple[str, ...] = ()
+    exclude_same_patient: bool = False
+    exclude_self: bool = True
+    patient_id: str | None = None  # overrides the DICOM PatientID (e.g. for a PNG query)
+    max_pixels: int = 80_000_000
+    min_side: int = 32
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query_id: str
+    meta: ImageMeta
+    hits: list[Hit]
+    patient_excluded: bool  # False when exclusion was asked for but the query carries no patient id
+
+
+def read_query(path: str | Path, opts: QueryOptions) -> tuple[DecodedImage, str]:
+    """Decode a query file; returns the image and its content SHA-256."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DecodeError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    return decode_bytes(data, str(path), max_pixels=opts.max_pixels, min_side=opts.min_side), _sha(data)
+
+
+def search_bytes(
+    data: bytes, name: str, *, encoder: BatchEncoder, store: VectorStore, opts: QueryOptions, salt: bytes
+) -> QueryResult:
+    decoded = decode_bytes(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side)
+    return search_decoded(decoded, _sha(data), encoder=encoder, store=store, opts=opts, salt=salt)
+
+
+def search_file(
+    path: str | Path, *, encoder: BatchEncoder, store: VectorStore, opts: QueryOptions, salt: bytes
+) -> QueryResult:
+    decoded, sha = read_query(path, opts)
+    return search_decoded(decoded, sha, encoder=encoder, store=store, opts=opts, salt=salt)
+
+
+def search_decoded(
+    decoded: DecodedImage, content_sha256: str, *, encoder: BatchEncoder, store: VectorStore, opts: QueryOptions,
+    salt: bytes,
+) -> QueryResult:
+    """Embed one decoded image and rank the collection against it."""
+    qid = point_id(sop_uid=decoded.meta.sop_uid, content_sha256=content_sha256)
+    pid = opts.patient_id or decoded.meta.patient_id
+    p_hash = patient_hash(pid, salt) if opts.exclude_same_patient else None
+    flt = parse_filters(opts.filters, exclude_ids=(qid,) if opts.exclude_self else (), exclude_patient=p_hash)
+    vector = encoder.encode(to_model_input(decoded.pixels, encoder.image_size)[None])[0]
+    hits = store.search(opts.collection, vector, opts.k, flt)
+    return QueryResult(qid, decoded.meta, hits, patient_excluded=p_hash is not None)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hits_to_json(hits: Sequence[Hit]) -> list[dict]:
+    """The machine-readable result shape shared by the CLI (--json) and the REST API."""
+    return [{"rank": i, "id": h.id, "score": round(float(h.score), 6), "payload": h.payload} for i, h in
+            enumerate(hits, start=1)]

@@ -1,0 +1,50 @@
+"""Runtime: the settings plus the lazily opened encoder and store that every shell (CLI, worker, API) shares."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from services.config import Settings
+from services.embedding import BatchEncoder
+from services.errors import ModelError
+from services.index import VectorStore, open_store
+
+
+class Runtime:
+    """Opens the model and the store on first use, and closes the store on exit."""
+
+    def __init__(self, settings: Settings, *, model_path: Path | None = None) -> None:
+        self.settings = settings
+        self.model_path = Path(model_path) if model_path else settings.model_path
+
+    @cached_property
+    def encoder(self) -> BatchEncoder:
+        if not (self.model_path / "config.json").exists():
+            raise ModelError(
+                f"no checkpoint at {self.model_path}",
+                "Train one with `cxr train --out DIR` (or run `cxr demo`), then pass --model DIR "
+                "or set CXR_MODEL.",
+            )
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        return BatchEncoder.from_checkpoint(
+            self.model_path, batch_size=self.settings.batch_size, bf16=self.settings.bf16
+        )
+
+    @cached_property
+    def store(self) -> VectorStore:
+        return open_store(self.settings)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+            del self.__dict__["store"]
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,86 @@
+"""Find stage: turn paths (files, folders) and an optional manifest into labelled ingest items."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from services.errors import DataError
+from services.manifest import ManifestRow
+
+LabelFrom = Literal["manifest", "folder", "none"]
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One file to ingest, with what we know of it before decoding."""
+
+    path: Path
+    label: str | None = None
+    row: ManifestRow | None = None
+    uri: str | None = None  # where it came from when not a local file (PACS URL, upload name)
+
+    @property
+    def source_uri(self) -> str:
+        return self.uri or Path(self.path).resolve().as_uri()
+
+
+@dataclass(frozen=True)
+class Unfound:
+    """A path argument that could not be walked."""
+
+    path: str
+    reason: str
+
+
+def walk_files(paths: Sequence[Path]) -> Iterator[Path | Unfound]:
+    """Yield regular files under each path (sorted, recursive, hidden entries skipped) or an Unfound record."""
+    for root in paths:
+        root = Path(root)
+        if root.is_file():
+            yield root
+        elif root.is_dir():
+            errors: list[OSError] = []
+            for dirpath, dirnames, filenames in os.walk(root, onerror=errors.append):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    if not name.startswith("."):
+                        yield Path(dirpath) / name
+            for err in errors:
+                yield Unfound(str(err.filename or root), f"cannot list folder: {err.strerror or err}")
+        elif root.exists():
+            yield Unfound(str(root), "not a regular file or folder")
+        else:
+            yield Unfound(str(root), "no such file or folder")
+
+
+def build_items(
+    paths: Sequence[Path], *, manifest: Sequence[ManifestRow] | None = None, label_from: LabelFrom = "none"
+) -> tuple[list[IngestItem], list[Unfound]]:
+    """Pair files with labels: from the manifest (matched by resolved path), the parent folder, or none.
+
+    With a manifest and no paths, every manifest row is an item.
+    """
+    if label_from == "manifest" and manifest is None:
+        raise DataError("labels from a manifest were asked for, but no --manifest was given")
+    by_path = {row.path.resolve(): row for row in manifest or ()}
+    if manifest is not None and not paths:
+        return [IngestItem(row.path, row.label, row) for row in manifest], []
+    items: list[IngestItem] = []
+    unfound: list[Unfound] = []
+    for entry in walk_files(paths):
+        if isinstance(entry, Unfound):
+            unfound.append(entry)
+            continue
+        row = by_path.get(entry.resolve())
+        if row is not None:
+            label: str | None = row.label
+        elif label_from == "folder":
+            label = entry.parent.name
+        else:
+            label = None
+        items.append(IngestItem(entry, label, row))
+    return items, unfound

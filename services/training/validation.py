@@ -1,0 +1,47 @@
+"""Validation during training: MAP@R on the val split (leave-one-patient-out) and an embedding-spread check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from services.embedding import CxrEncoder
+from services.evaluation.metrics import map_at_r
+from services.evaluation.ranking import rank_relevance
+
+
+@dataclass(frozen=True)
+class ValScore:
+    map_at_r: float
+    mean_cosine: float  # mean pairwise cosine of the embeddings: near 1 means they collapsed to one point
+    n: int
+
+
+@torch.inference_mode()
+def embed_images(model: CxrEncoder, images: np.ndarray, *, batch_size: int = 128, bf16: bool = False) -> np.ndarray:
+    """Embed uint8 (N,S,S) images with the model in eval mode; returns float32 (N,D)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start : start + batch_size]).float().div_(255.0).unsqueeze(1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                emb = model(x)
+            out.append(torch.nn.functional.normalize(emb.float(), dim=1).numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, model.config.embed_dim), np.float32)
+
+
+def validate(emb: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> ValScore:
+    """Each val image queries the other val images of other patients."""
+    _, rel, n_rel = rank_relevance(emb, emb, labels, labels, groups, groups)
+    valid = n_rel > 0
+    score = float(map_at_r(rel[valid], n_rel[valid]).mean()) if valid.any() else 0.0
+    n = len(emb)
+    gram = emb @ emb.T
+    mean_cos = float((gram.sum() - np.trace(gram)) / max(n * (n - 1), 1))
+    return ValScore(score, mean_cos, n)
