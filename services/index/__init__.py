@@ -1,0 +1,31 @@
+"""Vectors -> store: the VectorStore protocol, its embedded (qdrant-edge) and server (qdrant-client) adapters,
+and the one place that maps an image record to a payload."""
+
+from services.index.edge import QdrantEdgeStore
+from services.index.factory import open_store
+from services.index.payload import PAYLOAD_FIELDS, build_payload, patient_hash, point_id
+from services.index.server import QdrantServerStore
+from services.index.store import (
+    INDEXED_FIELDS,
+    CollectionInfo,
+    Hit,
+    PointRecord,
+    SearchFilter,
+    VectorStore,
+)
+
+__all__ = [
+    "INDEXED_FIELDS",
+    "PAYLOAD_FIELDS",
+    "CollectionInfo",
+    "Hit",
+    "PointRecord",
+    "QdrantEdgeStore",
+    "QdrantServerStore",
+    "SearchFilter",
+    "VectorStore",
+    "build_payload",
+    "open_store",
+    "patient_hash",
+    "point_id",
+]

@@ -1,0 +1,308 @@
+"""The embedded store: Qdrant's engine in process (qdrant-edge-py 0.9.0), one EdgeShard per collection.
+
+Layout: ROOT/<collection>/ is the shard directory; ROOT/<collection>/cxr-collection.json records the vector
+size and is written last, so a collection exists exactly when that file does. Only one process may open a
+shard (its write-ahead log is locked); a second opener gets StoreLockedError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from services.errors import CollectionNotFoundError, StoreError, StoreLockedError
+from services.index.store import (
+    INDEXED_FIELDS,
+    CollectionInfo,
+    Hit,
+    PointRecord,
+    SearchFilter,
+    as_matrix,
+    as_vector,
+    check_dim,
+    check_filters,
+    check_ids,
+    check_k,
+    check_name,
+    check_points,
+    restore_ids,
+)
+
+META_FILE = "cxr-collection.json"
+_SCHEMA = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer}
+_LOCKED_MARK = "WouldBlock"  # qdrant-edge: "failed to open WAL <dir>/wal: Can't init WAL: Kind(WouldBlock)"
+
+
+def _edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
+    """SearchFilter -> qdrant-edge Filter (look-alike classes of qdrant-client's; they do not mix)."""
+    if flt is None or flt.is_empty:
+        return None
+
+    def cond(key: str, values: Sequence[str | int]) -> qe.FieldCondition:
+        match = qe.MatchValue(values[0]) if len(values) == 1 else qe.MatchAny(list(values))
+        return qe.FieldCondition(key=key, match=match)
+
+    must = [cond(k, v) for k, v in flt.must.items()]
+    must_not: list[Any] = [cond(k, v) for k, v in flt.must_not.items()]
+    if flt.exclude_ids:
+        must_not.append(qe.HasIdCondition(set(flt.exclude_ids)))
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _vector(raw: Any) -> np.ndarray | None:
+    return None if raw is None else np.asarray(raw, dtype=np.float32)
+
+
+class QdrantEdgeStore:
+    """VectorStore on qdrant-edge shards under `root`. Shards open lazily, stay open (holding their lock)
+    until `close()`, and are flushed after every upsert.
+
+    `indexing_threshold_kb` sets the engine's optimizer threshold for new or reopened shards: segments smaller
+    than this stay unindexed (exact search). None keeps the engine default.
+    """
+
+    def __init__(self, root: Path, *, indexing_threshold_kb: int | None = None) -> None:
+        self.root = Path(root)
+        self._threshold = indexing_threshold_kb
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._dims: dict[str, int] = {}
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> QdrantEdgeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- shards
+
+    def _dir(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def _config(self, dim: int | None) -> qe.EdgeConfig:
+        optimizers = None
+        if self._threshold is not None:
+            optimizers = qe.EdgeOptimizersConfig(indexing_threshold=self._threshold)
+        vectors = None if dim is None else qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+        return qe.EdgeConfig(vectors=vectors, optimizers=optimizers)
+
+    def _engine_error(self, exc: Exception, path: Path, doing: str) -> StoreError:
+        if _LOCKED_MARK in str(exc):
+            return StoreLockedError(
+                f"the embedded store {path} is already open in another process (or by another store object in this one)"
+            )
+        return StoreError(f"cannot {doing} the embedded store {path}: {exc}")
+
+    def _load(self, path: Path, dim: int | None) -> qe.EdgeShard:
+        # With a threshold, reopen with it so it also applies to shards created before; the engine needs the
+        # vector params in any config it is given, and checks them against the shard.
+        config = self._config(dim) if self._threshold is not None and dim is not None else None
+        try:
+            return qe.EdgeShard.load(str(path), config)
+        except Exception as exc:
+            raise self._engine_error(exc, path, "open") from exc
+
+    def _dim(self, name: str) -> int:
+        if name in self._dims:
+            return self._dims[name]
+        meta = self._dir(name) / META_FILE
+        try:
+            dim = int(json.loads(meta.read_text())["dim"])
+        except FileNotFoundError:
+            raise CollectionNotFoundError(f"no collection {name!r} in the embedded store {self.root}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"unreadable collection record {meta}: {exc}") from exc
+        self._dims[name] = dim
+        return dim
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        """The open shard for `name`, opening (and locking) it on first use."""
+        with self._lock:
+            shard = self._shards.get(name)
+            if shard is None:
+                dim = self._dim(name)  # CollectionNotFoundError before touching the engine
+                shard = self._shards[name] = self._load(self._dir(name), dim)
+            return shard
+
+    def _call(self, name: str, doing: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{doing} failed in collection {name!r} ({self._dir(name)}): {exc}") from exc
+
+    # -- collections
+
+    def create_collection(self, name: str, dim: int) -> None:
+        path, dim = self._dir(name), check_dim(dim)
+        with self._lock:
+            if self.has_collection(name):
+                have = self._dim(name)
+                if have != dim:
+                    raise StoreError(
+                        f"collection {name!r} exists with {have}-d vectors, not {dim}-d",
+                        "Use a new collection name for a model with another embedding size.",
+                    )
+                return
+            if path.exists():  # an interrupted create: never visible as a collection
+                self._clear_partial(path)
+            path.mkdir(parents=True)
+            try:
+                shard = qe.EdgeShard.create(str(path), self._config(dim))
+                for key, kind in INDEXED_FIELDS.items():
+                    shard.update(qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+                shard.flush()
+            except Exception as exc:
+                raise self._engine_error(exc, path, "create") from exc
+            record = {"dim": dim, "distance": "Cosine", "created_at": datetime.now(UTC).isoformat()}
+            tmp = path / (META_FILE + ".tmp")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, path / META_FILE)
+            self._shards[name], self._dims[name] = shard, dim
+
+    def _clear_partial(self, path: Path) -> None:
+        try:  # take its lock first, so a create in progress elsewhere is not wiped
+            self._load(path, None).close()
+        except StoreLockedError:
+            raise
+        except StoreError:
+            pass  # not even a loadable shard yet
+        shutil.rmtree(path)
+
+    def has_collection(self, name: str) -> bool:
+        return (self._dir(name) / META_FILE).is_file()
+
+    def collections(self) -> list[CollectionInfo]:
+        if not self.root.is_dir():
+            return []
+        names = sorted(p.parent.name for p in self.root.glob(f"*/{META_FILE}"))
+        return [CollectionInfo(n, self._dim(n), self.count(n)) for n in names]
+
+    def delete_collection(self, name: str) -> None:
+        path = self._dir(name)
+        with self._lock:
+            shard = self._shard(name)  # holds the lock, so another process's open shard is never deleted
+            shard.close()
+            self._shards.pop(name, None)
+            self._dims.pop(name, None)
+            (path / META_FILE).unlink()
+            shutil.rmtree(path)
+
+    # -- points
+
+    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+        ids, matrix = check_points(name, points, self._dim(name))
+        if not ids:
+            return
+        shard = self._shard(name)
+        batch = [qe.Point(pid, row, dict(p.payload)) for pid, row, p in zip(ids, matrix, points, strict=True)]
+        self._call(name, "upsert", shard.update, qe.UpdateOperation.upsert_points(batch))
+        self._call(name, "flush", shard.flush)
+
+    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        canon = check_ids(ids)
+        shard = self._shard(name)
+        found: set[str] = set()
+        for i in range(0, len(canon), 1000):
+            recs = self._call(name, "retrieve", shard.retrieve, canon[i : i + 1000], False, False)
+            found.update(str(r.id) for r in recs)
+        return restore_ids(ids, found)
+
+    def _request(self, vector: np.ndarray, k: int, flt: SearchFilter | None, ef: int | None) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            limit=k,
+            query=qe.Query.Nearest(vector),
+            filter=_edge_filter(flt),
+            with_payload=True,
+            params=qe.SearchParams(hnsw_ef=ef) if ef else None,
+        )
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        hnsw_ef: int | None = None,
+    ) -> list[Hit]:
+        query = as_vector(name, vector, self._dim(name))
+        shard = self._shard(name)
+        points = self._call(name, "search", shard.query, self._request(query, check_k(k), flt, hnsw_ef))
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+    def search_batch(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        k: int,
+        filters: Sequence[SearchFilter | None] | None = None,
+    ) -> list[list[Hit]]:
+        matrix = as_matrix(name, vectors, self._dim(name))
+        k, flts = check_k(k), check_filters(filters, len(matrix))
+        if not len(matrix):
+            return []
+        shard = self._shard(name)
+        batch = qe.QueryBatchRequest([self._request(v, k, f, None) for v, f in zip(matrix, flts, strict=True)])
+        results = self._call(name, "search_batch", shard.query_batch, batch)
+        return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in pts] for pts in results]
+
+    def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[PointRecord]:
+        canon = check_ids(ids)
+        shard = self._shard(name)
+        recs = self._call(name, "retrieve", shard.retrieve, canon, True, with_vectors)
+        by_id = {str(r.id): r for r in recs}
+        return [
+            PointRecord(pid, _vector(by_id[pid].vector), dict(by_id[pid].payload or {}))
+            for pid in dict.fromkeys(canon)
+            if pid in by_id
+        ]
+
+    def scroll(self, name: str, *, batch: int = 1000, with_vectors: bool = False) -> Iterator[PointRecord]:
+        batch, shard = check_k(batch), self._shard(name)  # fail here, not at the first next()
+
+        def pages() -> Iterator[PointRecord]:
+            offset: Any = None
+            while True:
+                request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
+                recs, offset = self._call(name, "scroll", shard.scroll, request)
+                for r in recs:
+                    yield PointRecord(str(r.id), _vector(r.vector), dict(r.payload or {}))
+                if offset is None:
+                    return
+
+        return pages()
+
+    def count(self, name: str) -> int:
+        shard = self._shard(name)
+        return int(self._call(name, "count", shard.count, qe.CountRequest(exact=True)))
+
+    def optimize(self, name: str) -> None:
+        shard = self._shard(name)
+        self._call(name, "optimize", shard.optimize)
+        self._call(name, "flush", shard.flush)
+
+    def close(self) -> None:
+        """Flush and close every open shard, releasing their locks. The store reopens shards if used again."""
+        with self._lock:
+            errors = []
+            for name, shard in list(self._shards.items()):
+                try:
+                    shard.flush()
+                    shard.close()
+                except Exception as exc:
+                    errors.append(f"{name}: {exc}")
+            self._shards.clear()
+            self._dims.clear()
+        if errors:
+            raise StoreError(f"closing the embedded store {self.root} failed for {'; '.join(errors)}")

@@ -1,0 +1,269 @@
+"""The VectorStore contract: records, hits, filters, and the checks every adapter applies before the engine.
+
+Adapters (embedded Qdrant, Qdrant server) translate these plain types into their own engine's models; nothing
+engine-specific lives here, so the pipeline and the CLI depend on this module only.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.errors import StoreError
+
+# Payload fields that get an index at collection creation: the ones search filters use.
+INDEXED_FIELDS: dict[str, str] = {
+    "label": "keyword",
+    "view": "keyword",
+    "sex": "keyword",
+    "modality": "keyword",
+    "body_part": "keyword",
+    "source": "keyword",
+    "origin_dataset": "keyword",
+    "patient_hash": "keyword",
+    "model_id": "keyword",
+    "study_uid": "keyword",
+    "series_uid": "keyword",
+    "sop_uid": "keyword",
+    "age": "integer",
+}
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+FilterValue = str | int
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """One stored image: a UUID string id, its embedding (None when not fetched) and its payload."""
+
+    id: str
+    vector: np.ndarray | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result; `score` is the cosine similarity (higher is nearer)."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection's name, vector size and point count."""
+
+    name: str
+    dim: int
+    count: int
+
+
+def _values(key: str, raw: Sequence[FilterValue] | FilterValue) -> tuple[FilterValue, ...]:
+    # A bare string is a Sequence too; treating "covid" as ("c", "o", ...) would silently match nothing.
+    items = (raw,) if isinstance(raw, str | int) else tuple(raw)
+    integer = INDEXED_FIELDS.get(key) == "integer"
+    out: list[FilterValue] = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise StoreError(f"filter on {key!r}: value {v!r} is not a string or an integer")
+        if integer and isinstance(v, str):
+            try:  # CLI filters arrive as text; the age field is stored as an integer
+                v = int(v)
+            except ValueError:
+                raise StoreError(f"filter on {key!r}: {v!r} is not an integer") from None
+        out.append(v)
+    if len({type(v) for v in out}) > 1:
+        raise StoreError(f"filter on {key!r} mixes strings and integers: {list(out)!r}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Restrict a search. `must`: each field takes any of its values, fields AND together; `must_not`: none of
+    the values; `exclude_ids`: drop these points (e.g. the query image itself).
+
+    Values are normalised on construction: a bare value becomes a 1-tuple; integer fields accept digit
+    strings.
+    """
+
+    must: Mapping[str, Sequence[FilterValue]] = field(default_factory=dict)
+    must_not: Mapping[str, Sequence[FilterValue]] = field(default_factory=dict)
+    exclude_ids: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        must = {k: _values(k, v) for k, v in self.must.items()}
+        empty = [k for k, v in must.items() if not v]
+        if empty:
+            raise StoreError(f"filter field(s) {empty} have no allowed values, so nothing could match")
+        must_not = {k: v for k, v in ((k, _values(k, v)) for k, v in self.must_not.items()) if v}
+        ids = (self.exclude_ids,) if isinstance(self.exclude_ids, str) else tuple(self.exclude_ids)
+        object.__setattr__(self, "must", must)
+        object.__setattr__(self, "must_not", must_not)
+        object.__setattr__(self, "exclude_ids", tuple(check_ids(ids)))
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.must or self.must_not or self.exclude_ids)
+
+
+class VectorStore(Protocol):
+    """What the pipeline needs from a vector store. Vectors are compared by cosine similarity."""
+
+    def create_collection(self, name: str, dim: int) -> None:
+        """Create `name` for `dim`-sized vectors with the INDEXED_FIELDS payload indexes; idempotent for the
+        same dim, StoreError for a different one."""
+        ...
+
+    def has_collection(self, name: str) -> bool: ...
+
+    def collections(self) -> list[CollectionInfo]: ...
+
+    def delete_collection(self, name: str) -> None: ...
+
+    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+        """Insert or replace points by id (re-indexing an image does not duplicate it)."""
+        ...
+
+    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        """The subset of `ids` already stored (lets ingest skip work it has done)."""
+        ...
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        hnsw_ef: int | None = None,
+    ) -> list[Hit]:
+        """The `k` nearest points to `vector`, nearest first."""
+        ...
+
+    def search_batch(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        k: int,
+        filters: Sequence[SearchFilter | None] | None = None,
+    ) -> list[list[Hit]]:
+        """`search` for each row of `vectors` (with the matching filter), in one engine call."""
+        ...
+
+    def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[PointRecord]:
+        """Stored points by id, in the order given; missing ids are left out."""
+        ...
+
+    def scroll(self, name: str, *, batch: int = 1000, with_vectors: bool = False) -> Iterator[PointRecord]:
+        """Every point of the collection, fetched `batch` at a time."""
+        ...
+
+    def count(self, name: str) -> int: ...
+
+    def optimize(self, name: str) -> None:
+        """Build the HNSW index now (blocking in the embedded engine; the server indexes in background)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checks shared by the adapters, so that both refuse the same inputs with the same messages.
+
+
+def check_name(name: str) -> str:
+    """Collection names become directory names in the embedded store: allow [A-Za-z0-9_-]{1,64} only."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise StoreError(
+            f"invalid collection name {name!r}: use 1-64 characters from A-Z, a-z, 0-9, '_' and '-'",
+            "Pick a plain name such as 'cxr' or 'cxr_vit-small'.",
+        )
+    return name
+
+
+def check_dim(dim: int) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+        raise StoreError(f"invalid vector size {dim!r}: it must be a positive integer")
+    return int(dim)
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise StoreError(f"invalid k {k!r}: ask for at least one neighbour")
+    return int(k)
+
+
+def check_ids(ids: Sequence[str]) -> list[str]:
+    """Point ids are UUID strings; return them in canonical form (lower case, hyphenated)."""
+    out = []
+    for pid in ids:
+        try:
+            out.append(str(uuid.UUID(str(pid))))
+        except ValueError:
+            raise StoreError(f"point id {pid!r} is not a UUID string; build ids with point_id()") from None
+    return out
+
+
+def as_matrix(name: str, vectors: np.ndarray, dim: int) -> np.ndarray:
+    """`vectors` as a C-contiguous float32 (n, dim) array; StoreError for a wrong size, NaN/inf or zeros."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        got = arr.shape[-1] if arr.ndim >= 1 else 0
+        raise StoreError(
+            f"collection {name!r} holds {dim}-d vectors, got {got}-d (shape {tuple(np.shape(vectors))})",
+            "Use the model the collection was built with, or index into a new collection.",
+        )
+    if not np.isfinite(arr).all():
+        raise StoreError(f"vectors for collection {name!r} contain NaN or infinity; check the encoder output")
+    if arr.size and not np.linalg.norm(arr, axis=1).all():
+        raise StoreError(f"a vector for collection {name!r} is all zeros; cosine similarity is undefined for it")
+    return np.ascontiguousarray(arr)
+
+
+def as_vector(name: str, vector: np.ndarray, dim: int) -> np.ndarray:
+    """One query vector as float32 (dim,); see `as_matrix`."""
+    arr = np.asarray(vector)
+    if arr.ndim != 1:
+        raise StoreError(f"a query vector must be 1-d, got shape {arr.shape}; use search_batch for several")
+    return as_matrix(name, arr, dim)[0]
+
+
+def check_points(name: str, points: Sequence[PointRecord], dim: int) -> tuple[list[str], np.ndarray]:
+    """Canonical ids and the stacked vectors of `points`; every point must carry a vector."""
+    missing = [p.id for p in points if p.vector is None]
+    if missing:
+        raise StoreError(f"{len(missing)} point(s) for {name!r} have no vector, e.g. {missing[0]}")
+    ids = check_ids([p.id for p in points])
+    rows = [np.asarray(p.vector) for p in points]
+    for pid, row in zip(ids, rows, strict=True):
+        if row.ndim != 1 or row.shape[0] != dim:
+            raise StoreError(
+                f"collection {name!r} holds {dim}-d vectors, got shape {row.shape} for point {pid}",
+                "Use the model the collection was built with, or index into a new collection.",
+            )
+    if not rows:
+        return ids, np.empty((0, dim), dtype=np.float32)
+    return ids, as_matrix(name, np.stack(rows), dim)
+
+
+def check_filters(filters: Sequence[SearchFilter | None] | None, n: int) -> list[SearchFilter | None]:
+    if filters is None:
+        return [None] * n
+    filters = list(filters)
+    if len(filters) != n:
+        raise StoreError(f"search_batch got {n} vectors but {len(filters)} filters; pass one per vector")
+    return filters
+
+
+def restore_ids(given: Sequence[str], found: set[str]) -> set[str]:
+    """Map canonical ids found by the engine back to the spelling the caller used."""
+    return {pid for pid, canon in zip(given, check_ids(given), strict=True) if canon in found}

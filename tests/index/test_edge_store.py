@@ -1,0 +1,113 @@
+"""The embedded store's own behaviour: one owner per shard directory, interrupted creates, real HNSW builds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.errors import StoreError, StoreLockedError
+from services.index import INDEXED_FIELDS, PointRecord, QdrantEdgeStore
+from services.index.edge import META_FILE
+from tests.index.conftest import clustered
+
+REPO = Path(__file__).resolve().parents[2]
+HOLDER = """
+import sys
+from pathlib import Path
+from services.index import QdrantEdgeStore
+
+store = QdrantEdgeStore(Path(sys.argv[1]))
+print(store.count(sys.argv[2]), flush=True)
+sys.stdin.read()  # hold the shard until the test closes our stdin
+store.close()
+"""
+
+
+def _store_with_points(root: Path, name: str = "cxr", n: int = 5) -> QdrantEdgeStore:
+    store = QdrantEdgeStore(root)
+    store.create_collection(name, 8)
+    vectors = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+    store.upsert(name, [PointRecord(str(uuid.uuid4()), v, {"label": "x"}) for v in vectors])
+    return store
+
+
+def test_second_process_gets_store_locked_error(tmp_path: Path) -> None:
+    _store_with_points(tmp_path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path), "cxr"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = holder.stdout.readline() if holder.stdout else ""
+        assert ready.strip() == "5", holder.stderr.read() if holder.stderr else ready
+        store = QdrantEdgeStore(tmp_path)
+        with pytest.raises(StoreLockedError, match=str(tmp_path / "cxr")) as err:
+            store.count("cxr")
+        assert "another process" in str(err.value) and err.value.hint
+        with pytest.raises(StoreLockedError):
+            store.delete_collection("cxr")
+        assert (tmp_path / "cxr" / META_FILE).exists()
+    finally:
+        holder.communicate(timeout=30)  # closes stdin: the holder closes its store and exits
+    assert holder.returncode == 0
+    assert store.count("cxr") == 5  # the lock went with the process
+
+
+def test_two_store_objects_in_one_process(tmp_path: Path) -> None:
+    first = _store_with_points(tmp_path)
+    second = QdrantEdgeStore(tmp_path)
+    assert second.has_collection("cxr")  # metadata needs no lock
+    with pytest.raises(StoreLockedError, match=str(tmp_path / "cxr")):
+        second.search("cxr", np.ones(8, np.float32), 3)
+    first.close()
+    assert len(second.search("cxr", np.ones(8, np.float32), 3)) == 3
+    second.close()
+
+
+def test_close_flushes_and_the_store_reopens_on_use(tmp_path: Path) -> None:
+    store = _store_with_points(tmp_path)
+    store.close()
+    assert store.count("cxr") == 5
+    store.close()
+    with QdrantEdgeStore(tmp_path) as again:
+        assert again.count("cxr") == 5
+
+
+def test_interrupted_create_is_cleared(tmp_path: Path) -> None:
+    (tmp_path / "half" / "segments").mkdir(parents=True)  # a crash before the collection record was written
+    store = QdrantEdgeStore(tmp_path)
+    assert not store.has_collection("half")
+    assert store.collections() == []
+    store.create_collection("half", 4)
+    assert store.has_collection("half") and store.count("half") == 0
+    store.close()
+
+
+def test_payload_indexes_and_hnsw_build(tmp_path: Path) -> None:
+    store = QdrantEdgeStore(tmp_path, indexing_threshold_kb=10)
+    data = clustered(n=1000, dim=16, seed=3)
+    store.create_collection("cxr", 16)
+    store.upsert("cxr", [PointRecord(pid, v, {}) for pid, v in zip(data.ids, data.vectors, strict=True)])
+    shard = store._shard("cxr")  # engine internals: what the protocol deliberately does not expose
+    assert set(shard.info().payload_schema) == set(INDEXED_FIELDS)
+    assert shard.info().indexed_vectors_count == 0
+    store.optimize("cxr")
+    assert store._shard("cxr").info().indexed_vectors_count == 1000
+    store.close()
+
+
+def test_unreadable_collection_record(tmp_path: Path) -> None:
+    store = _store_with_points(tmp_path)
+    store.close()
+    (tmp_path / "cxr" / META_FILE).write_text("{not json")
+    with pytest.raises(StoreError, match="unreadable collection record"):
+        QdrantEdgeStore(tmp_path).count("cxr")

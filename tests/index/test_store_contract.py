@@ -1,0 +1,253 @@
+"""One contract, every adapter: the embedded store, qdrant-client's :memory: mode and (when set) a real server."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from services.errors import CollectionNotFoundError, StoreError
+from services.index import Hit, PointRecord, SearchFilter
+from tests.index.conftest import Clustered, StoreCase, clustered, exact_top_k
+
+DIM = 32
+
+
+def _payload(data: Clustered, i: int) -> dict[str, object]:
+    return {
+        "label": f"c{data.cluster[i]}",
+        "view": "PA" if i % 2 else "AP",
+        "age": 20 + i % 60,
+        "patient_hash": f"p{i % 40:02d}",
+        "source_uri": f"file:///img/{i}.png",
+    }
+
+
+def _fill(case: StoreCase, data: Clustered, name: str | None = None) -> str:
+    name = name or case.name()
+    case.store.create_collection(name, data.vectors.shape[1])
+    points = [PointRecord(pid, data.vectors[i], _payload(data, i)) for i, pid in enumerate(data.ids)]
+    for start in range(0, len(points), 500):
+        case.store.upsert(name, points[start : start + 500])
+    return name
+
+
+@pytest.fixture()
+def data() -> Clustered:
+    return clustered(n=400, dim=DIM)
+
+
+def test_create_has_list_delete(store_case: StoreCase) -> None:
+    store, a, b = store_case.store, store_case.name("a"), store_case.name("b")
+    assert not store.has_collection(a)
+    store.create_collection(a, DIM)
+    store.create_collection(b, 8)
+    assert store.has_collection(a) and store.has_collection(b)
+    mine = {c.name: c for c in store.collections() if c.name.startswith(store_case.prefix)}
+    assert set(mine) == {a, b}
+    assert (mine[a].dim, mine[a].count, mine[b].dim) == (DIM, 0, 8)
+    store.delete_collection(a)
+    assert not store.has_collection(a) and store.has_collection(b)
+    with pytest.raises(CollectionNotFoundError):
+        store.delete_collection(a)
+
+
+def test_create_is_idempotent_and_rejects_another_dim(store_case: StoreCase) -> None:
+    store, name = store_case.store, store_case.name()
+    store.create_collection(name, DIM)
+    store.upsert(name, [PointRecord(str(uuid.uuid4()), np.ones(DIM, np.float32), {})])
+    store.create_collection(name, DIM)
+    assert store.count(name) == 1
+    with pytest.raises(StoreError, match=f"{DIM}-d vectors, not 16-d"):
+        store.create_collection(name, 16)
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "x" * 65, "name with space", "caf\u00e9"])
+def test_collection_names_are_restricted(store_case: StoreCase, bad: str) -> None:
+    with pytest.raises(StoreError, match="invalid collection name"):
+        store_case.store.create_collection(bad, DIM)
+
+
+def test_upsert_count_and_reupsert_does_not_duplicate(store_case: StoreCase, data: Clustered) -> None:
+    store = store_case.store
+    name = _fill(store_case, data)
+    assert store.count(name) == len(data.ids)
+    moved = data.vectors[1]
+    store.upsert(name, [PointRecord(data.ids[0], moved, {"label": "relabelled"})])
+    assert store.count(name) == len(data.ids)
+    (rec,) = store.retrieve(name, [data.ids[0]], with_vectors=True)
+    assert rec.payload == {"label": "relabelled"}
+    assert rec.vector is not None and np.allclose(rec.vector, moved, atol=1e-5)
+    store.upsert(name, [])
+    assert store.count(name) == len(data.ids)
+
+
+def test_existing_ids(store_case: StoreCase, data: Clustered) -> None:
+    name = _fill(store_case, data)
+    unknown = [str(uuid.uuid4()) for _ in range(3)]
+    asked = data.ids[:5] + unknown + [data.ids[7].upper()]
+    assert store_case.store.existing_ids(name, asked) == set(data.ids[:5]) | {data.ids[7].upper()}
+    assert store_case.store.existing_ids(name, []) == set()
+
+
+def test_search_nearest_first_with_cosine_scores(store_case: StoreCase, data: Clustered) -> None:
+    name = _fill(store_case, data)
+    queries = data.centres[:3] + 0.05
+    want_idx, want_scores = exact_top_k(data.vectors, queries, 10)
+    for q, idx, scores, centre in zip(queries, want_idx, want_scores, range(3), strict=True):
+        hits = store_case.store.search(name, q, 10)
+        assert [h.id for h in hits] == [data.ids[i] for i in idx]
+        assert np.allclose([h.score for h in hits], scores, atol=1e-4)
+        assert all(isinstance(h, Hit) and isinstance(h.id, str) for h in hits)
+        assert {h.payload["label"] for h in hits} == {f"c{centre}"}
+    own = store_case.store.search(name, data.vectors[5] * 3.0, 1)[0]  # scale does not matter to cosine
+    assert own.id == data.ids[5] and own.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_filter_must_single_and_any_of(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, _fill(store_case, data)
+    query = data.centres[0]
+    hits = store.search(name, query, 20, SearchFilter(must={"label": ["c3"]}))
+    assert len(hits) == 20 and {h.payload["label"] for h in hits} == {"c3"}
+    hits = store.search(name, query, 50, SearchFilter(must={"label": ["c3", "c5"], "view": "PA"}))
+    assert {h.payload["label"] for h in hits} == {"c3", "c5"}
+    assert {h.payload["view"] for h in hits} == {"PA"}
+    assert store.search(name, query, 5, SearchFilter(must={"label": ["nothing-like-this"]})) == []
+
+
+def test_filter_must_not_patient_and_exclude_ids(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, _fill(store_case, data)
+    query_index = 11
+    query, query_id = data.vectors[query_index], data.ids[query_index]
+    patient = _payload(data, query_index)["patient_hash"]
+    assert store.search(name, query, 1)[0].id == query_id
+    hits = store.search(name, query, 30, SearchFilter(must_not={"patient_hash": [patient]}))
+    assert len(hits) == 30 and patient not in {h.payload["patient_hash"] for h in hits}
+    hits = store.search(name, query, 30, SearchFilter(exclude_ids=[query_id]))
+    assert len(hits) == 30 and query_id not in {h.id for h in hits}
+    unfiltered = store.search(name, query, 31)
+    assert [h.id for h in hits] == [h.id for h in unfiltered if h.id != query_id][:30]
+
+
+def test_integer_field_filter(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, _fill(store_case, data)
+    hits = store.search(name, data.centres[1], 100, SearchFilter(must={"age": [25, 26]}))
+    assert hits and {h.payload["age"] for h in hits} <= {25, 26}
+    expected = sum(1 for i in range(len(data.ids)) if _payload(data, i)["age"] in (25, 26))
+    assert len(hits) == min(100, expected)
+    as_text = store.search(name, data.centres[1], 100, SearchFilter(must={"age": ["25", "26"]}))
+    assert [h.id for h in as_text] == [h.id for h in hits]
+    hits = store.search(name, data.centres[1], 50, SearchFilter(must_not={"age": list(range(20, 79))}))
+    assert hits and {h.payload["age"] for h in hits} == {79}
+
+
+def test_search_batch_equals_single_searches(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, _fill(store_case, data)
+    queries = data.vectors[[3, 50, 120, 300]]
+    filters = [None, SearchFilter(must={"label": ["c2"]}), SearchFilter(exclude_ids=[data.ids[120]]), None]
+    batch = store.search_batch(name, queries, 7, filters)
+    singles = [store.search(name, q, 7, f) for q, f in zip(queries, filters, strict=True)]
+    assert [[h.id for h in hits] for hits in batch] == [[h.id for h in hits] for hits in singles]
+    for got, want in zip(batch, singles, strict=True):
+        assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+    unfiltered = store.search_batch(name, queries, 7)
+    assert [hits[0].id for hits in unfiltered] == [data.ids[i] for i in (3, 50, 120, 300)]
+    assert store.search_batch(name, np.empty((0, DIM), np.float32), 7) == []
+    with pytest.raises(StoreError, match="4 vectors but 1 filters"):
+        store.search_batch(name, queries, 7, [None])
+
+
+def test_retrieve_with_and_without_vectors(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, _fill(store_case, data)
+    wanted = [data.ids[9], str(uuid.uuid4()), data.ids[2]]
+    recs = store.retrieve(name, wanted, with_vectors=True)
+    assert [r.id for r in recs] == [data.ids[9], data.ids[2]]
+    for rec, i in zip(recs, (9, 2), strict=True):
+        assert rec.payload == _payload(data, i)
+        assert rec.vector is not None and rec.vector.dtype == np.float32
+        assert np.allclose(rec.vector, data.vectors[i], atol=1e-5)  # inputs are unit vectors
+    assert all(r.vector is None for r in store.retrieve(name, wanted))
+
+
+def test_scroll_yields_every_point(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, _fill(store_case, data)
+    seen = list(store.scroll(name, batch=64))
+    assert sorted(r.id for r in seen) == sorted(data.ids)
+    assert all(r.vector is None and "label" in r.payload for r in seen)
+    with_vectors = {r.id: r.vector for r in store.scroll(name, batch=1000, with_vectors=True)}
+    assert np.allclose(with_vectors[data.ids[4]], data.vectors[4], atol=1e-5)
+
+
+def test_persists_across_close_and_reopen(store_case: StoreCase, data: Clustered) -> None:
+    if not store_case.persistent:
+        pytest.skip(f"the {store_case.kind} store keeps nothing after close")
+    name = _fill(store_case, data)
+    before = [h.id for h in store_case.store.search(name, data.centres[2], 10)]
+    store = store_case.reopen()
+    assert store.has_collection(name) and store.count(name) == len(data.ids)
+    assert [h.id for h in store.search(name, data.centres[2], 10)] == before
+    store.create_collection(name, DIM)  # still idempotent after reopening
+    assert store.count(name) == len(data.ids)
+
+
+def test_optimize_keeps_results(store_case: StoreCase) -> None:
+    big = clustered(n=2000, dim=DIM, clusters=20, seed=1)
+    store, name = store_case.store, _fill(store_case, big)
+    queries = big.vectors[::40]
+    truth, _ = exact_top_k(big.vectors, queries, 10)
+    before = store.search_batch(name, queries, 10)
+    store.optimize(name)
+    assert store.count(name) == len(big.ids)
+    after = store.search_batch(name, queries, 10)
+    tuned = [store.search(name, q, 10, hnsw_ef=128) for q in queries]
+    for hits in (before, after, tuned):
+        found = [{h.id for h in row} for row in hits]
+        recall = np.mean([len(f & {big.ids[i] for i in t}) / 10 for f, t in zip(found, truth, strict=True)])
+        assert recall >= 0.95
+
+
+def test_wrong_dim_and_bad_vectors(store_case: StoreCase) -> None:
+    store, name = store_case.store, store_case.name()
+    store.create_collection(name, DIM)
+    pid = str(uuid.uuid4())
+    with pytest.raises(StoreError, match=rf"{DIM}-d vectors, got shape \(16,\)"):
+        store.upsert(name, [PointRecord(pid, np.ones(16, np.float32), {})])
+    with pytest.raises(StoreError, match=f"{DIM}-d vectors, got 16-d"):
+        store.search(name, np.ones(16, np.float32), 3)
+    with pytest.raises(StoreError, match=f"{DIM}-d vectors, got 16-d"):
+        store.search_batch(name, np.ones((2, 16), np.float32), 3)
+    bad = np.ones(DIM, np.float32)
+    bad[3] = np.nan
+    with pytest.raises(StoreError, match="NaN or infinity"):
+        store.upsert(name, [PointRecord(pid, bad, {})])
+    with pytest.raises(StoreError, match="NaN or infinity"):
+        store.search(name, np.full(DIM, np.inf, np.float32), 3)
+    with pytest.raises(StoreError, match="all zeros"):
+        store.upsert(name, [PointRecord(pid, np.zeros(DIM, np.float32), {})])
+    with pytest.raises(StoreError, match="no vector"):
+        store.upsert(name, [PointRecord(pid, None, {})])
+    with pytest.raises(StoreError, match="not a UUID"):
+        store.upsert(name, [PointRecord("image-7", np.ones(DIM, np.float32), {})])
+    with pytest.raises(StoreError, match="at least one"):
+        store.search(name, np.ones(DIM, np.float32), 0)
+    assert store.count(name) == 0
+
+
+def test_unknown_collection(store_case: StoreCase) -> None:
+    store, name = store_case.store, store_case.name("missing")
+    vec = np.ones(DIM, np.float32)
+    calls = [
+        lambda: store.count(name),
+        lambda: store.search(name, vec, 3),
+        lambda: store.search_batch(name, vec[None], 3),
+        lambda: store.upsert(name, [PointRecord(str(uuid.uuid4()), vec, {})]),
+        lambda: store.retrieve(name, [str(uuid.uuid4())]),
+        lambda: store.existing_ids(name, [str(uuid.uuid4())]),
+        lambda: store.scroll(name),
+        lambda: store.optimize(name),
+        lambda: store.delete_collection(name),
+    ]
+    for call in calls:
+        with pytest.raises(CollectionNotFoundError, match=name):
+            call()
