@@ -1,4 +1,4 @@
-"""The one place that maps domain errors to a one-line message plus a hint (exit 1); tracebacks only with CXR_DEBUG=1."""
+"""The one place that maps domain errors to one line plus a hint (exit 1); tracebacks only with CXR_DEBUG=1."""
 
 from __future__ import annotations
 
@@ -32,12 +32,14 @@ class CxrGroup(TyperGroup):
         except ValidationError as exc:  # a CXR_* variable that does not parse
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-            _report(f"error: invalid setting {where}: {first.get('msg')}", "Check the CXR_* environment variables.")
+            _report(
+                f"error: invalid setting {where}: {first.get('msg')}",
+                "Check the CXR_* environment variables.",
+            )
         except KeyboardInterrupt:
             stderr.print("interrupted")
             raise typer.Exit(130) from None
 
-    # `_report` raises Exit(1); the return above is for the happy path only.
 
 
 def _report(message: str, hint: str | None) -> None:

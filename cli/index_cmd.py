@@ -22,15 +22,19 @@ def index(
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (walked recursively).")] = None,
     manifest: ManifestOpt = None,
     label_from: Annotated[
-        str, typer.Option("--label-from", help="Where labels come from: manifest, folder (parent name) or none.")
+        str,
+        typer.Option("--label-from", help="Where labels come from: manifest, folder (parent name) or none."),
     ] = "auto",
     collection: CollectionOpt = None,
     model: ModelOpt = None,
     batch_size: BatchSizeOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decoder threads.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Index at most N files (for a trial).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Index at most N files (for a trial).")
+    ] = None,
     errors_out: Annotated[
-        Path | None, typer.Option("--errors-out", help="Write failed files as JSON lines (path, stage, reason).")
+        Path | None,
+        typer.Option("--errors-out", help="Write failed files as JSON lines (path, stage, reason)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,7 +46,9 @@ def index(
         raise typer.BadParameter("must be manifest, folder or none", param_hint="--label-from")
     if not paths and manifest is None:
         raise typer.BadParameter("give PATH(s) to index, or --manifest", param_hint="PATHS")
-    settings = load_settings(collection=collection, model=model, batch_size=batch_size, decode_workers=workers)
+    settings = load_settings(
+        collection=collection, model=model, batch_size=batch_size, decode_workers=workers
+    )
     rows = read_manifest(manifest) if manifest else None
     mode = ("manifest" if rows is not None else "none") if label_from == "auto" else label_from
     items, unfound = build_items(paths or [], manifest=rows, label_from=mode)  # type: ignore[arg-type]
@@ -65,7 +71,9 @@ def index(
     _print_report(report, settings.collection, as_json)
     if report.failed:
         if report.indexed + report.skipped == 0:
-            raise CxrError(f"none of {len(report.failed)} file(s) could be indexed", "See the failures listed above.")
+            raise CxrError(
+                f"none of {len(report.failed)} file(s) could be indexed", "See the failures listed above."
+            )
         raise typer.Exit(EXIT_PARTIAL)
 
 

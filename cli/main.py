@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from cli.demo_cmd import demo
 from cli.errors import CxrGroup
 from cli.index_cmd import index
 from cli.search_cmd import search
 from cli.store_cmd import collections, info, optimize
+from cli.train_cmd import train
 
 app = typer.Typer(
     name="cxr",
@@ -23,6 +25,8 @@ app.command()(search)
 app.command()(collections)
 app.command()(info)
 app.command()(optimize)
+app.command()(train)
+app.command()(demo)
 
 
 def main() -> None:

@@ -53,8 +53,10 @@ def search(
     with Runtime(settings) as rt:
         result = search_file(query, encoder=rt.encoder, store=rt.store, opts=opts, salt=settings.salt)
     if exclude_same_patient and not result.patient_excluded:
-        stderr.print("warning: the query carries no patient id, so same-patient results could not be excluded; "
-                     "pass --patient-id")
+        stderr.print(
+            "warning: the query carries no patient id, so same-patient results could not be excluded; "
+            "pass --patient-id"
+        )
     if as_json:
         typer.echo(json.dumps(hits_to_json(result.hits), indent=2))
         return
@@ -63,6 +65,11 @@ def search(
         table.add_column(col, justify="right" if col in {"rank", "score"} else "left")
     for rank, hit in enumerate(result.hits, start=1):
         p = hit.payload
-        table.add_row(str(rank), f"{hit.score:.4f}", str(p.get("label", "-")), str(p.get("view", "-")),
-                      str(p.get("source_uri", "-")))
+        table.add_row(
+            str(rank),
+            f"{hit.score:.4f}",
+            str(p.get("label", "-")),
+            str(p.get("view", "-")),
+            str(p.get("source_uri", "-")),
+        )
     Console(highlight=False).print(table)

@@ -1,0 +1,88 @@
+"""`cxr demo`: the main job on the embedded default. Train a short checkpoint if none exists, index a few hundred
+public chest X-rays, search with a held-back one, print the results."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import stderr
+from cli.options import ModelOpt, load_settings
+from cli.progress import progress_bar
+from services.errors import DataError
+from services.evaluation.splits import read_split, split_rows
+from services.manifest import read_manifest
+from services.pipeline import IngestItem, IngestOptions, Ingestor, QueryOptions, Runtime, search_file
+from services.training.config import TrainConfig
+from services.training.loop import Trainer
+
+
+def demo(
+    data: Annotated[Path, typer.Option("--data", help="Folder with manifest.csv and images.")] = Path(
+        "../shared/data/cxr-public"
+    ),
+    train_minutes: Annotated[float, typer.Option("--train-minutes", min=0.5, help="Budget if no checkpoint.")] = 5.0,
+    n_index: Annotated[int, typer.Option("--n-index", min=10, help="How many train-split images to index.")] = 300,
+    k: Annotated[int, typer.Option("--k", min=1)] = 10,
+    model: ModelOpt = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train (if needed), index a few hundred images, search with a held-back one.
+
+    Example: cxr demo --data ../shared/data/cxr-public --train-minutes 5
+    """
+    settings = load_settings(model=model, collection="demo")
+    manifest = data / "manifest.csv"
+    ckpt = settings.model_path
+    if not (ckpt / "config.json").exists():
+        stderr.print(
+            f"No trained checkpoint at {ckpt}: training one now with the default recipe (vit-small, 128 px) for "
+            f"{train_minutes:g} minutes. This short demo budget gives a weak model; see the README for the one-hour "
+            "run behind the reported numbers."
+        )
+        cfg = TrainConfig(manifest=manifest, out_dir=ckpt, max_minutes=train_minutes, cache_dir=ckpt / "cache")
+        with progress_bar() as bar:
+            task = bar.add_task("training", total=None, status="")
+            result = Trainer(
+                cfg,
+                on_step=lambda s, r: bar.update(task, completed=s, status=f"loss {r['loss']:.4f}"),
+                on_event=bar.console.print,
+            ).run()
+        stderr.print(f"trained {result.steps} steps ({result.status}); val MAP@R {result.best_val_map_at_r:.3f}")
+    else:
+        stderr.print(f"using the trained checkpoint at {ckpt}")
+    split_path = ckpt / "split.json"
+    if not split_path.exists():
+        raise DataError(f"{ckpt} has no split.json, so the demo cannot hold a query back from training")
+    parts = split_rows(read_manifest(manifest), read_split(split_path), data)
+    rng = random.Random(seed)
+    gallery = rng.sample(parts["train"], min(n_index, len(parts["train"])))
+    query = rng.choice(parts["test"])
+    with Runtime(settings) as rt:
+        opts = IngestOptions(collection="demo", batch_size=settings.batch_size, decode_workers=settings.decode_workers)
+        with progress_bar() as bar:
+            task = bar.add_task("indexing", total=len(gallery), status="")
+            report = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt).run(
+                [IngestItem(r.path, r.label, r) for r in gallery], progress=lambda n: bar.advance(task, n)
+            )
+        typer.echo(
+            f"indexed {report.indexed} (already present {report.skipped}, failed {len(report.failed)}) into "
+            f"'demo' at {report.images_per_s:.1f} images/s"
+        )
+        qopts = QueryOptions(collection="demo", k=k, exclude_same_patient=True, patient_id=query.patient_id)
+        result = search_file(query.path, encoder=rt.encoder, store=rt.store, opts=qopts, salt=settings.salt)
+    table = Table(title=f"query {query.path.name} (held-back test image, label {query.label})")
+    for col in ("rank", "score", "label", "match", "file"):
+        table.add_column(col)
+    for rank, hit in enumerate(result.hits, start=1):
+        label = str(hit.payload.get("label"))
+        table.add_row(str(rank), f"{hit.score:.4f}", label, "yes" if label == query.label else "",
+                      Path(hit.payload.get("source_uri", "")).name)
+    Console(highlight=False).print(table)
+    same = sum(str(h.payload.get("label")) == query.label for h in result.hits)
+    typer.echo(f"{same} of {len(result.hits)} results share the query's label ({query.label}).")
