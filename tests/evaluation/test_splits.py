@@ -1,0 +1,180 @@
+"""Patient-level splits on the real cxr-public manifest, split files, and label merging."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from services.errors import DataError
+from services.evaluation.splits import (
+    Split,
+    make_split,
+    merge_labels,
+    parse_merges,
+    read_split,
+    split_rows,
+    write_split,
+)
+from services.manifest import ManifestRow, file_sha256, read_manifest
+
+TARGET = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+@pytest.fixture(scope="module")
+def manifest(cxr_public: Path) -> list[ManifestRow]:
+    return read_manifest(cxr_public / "manifest.csv")
+
+
+@pytest.fixture(scope="module")
+def split0(manifest: list[ManifestRow], cxr_public: Path) -> Split:
+    return make_split(manifest, root=cxr_public, seed=0)
+
+
+def test_patients_never_cross_splits(manifest: list[ManifestRow], split0: Split, cxr_public: Path) -> None:
+    parts = split_rows(manifest, split0, cxr_public)
+    patients = {name: {row.patient_id for row in rows} for name, rows in parts.items()}
+    assert not patients["train"] & patients["val"]
+    assert not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+    # Kermany ids that carry both bacterial and viral images stay whole.
+    mixed = {
+        pid
+        for pid, labels in _labels_by_patient(manifest).items()
+        if {"pneumonia_bacterial", "pneumonia_viral"} <= labels
+    }
+    assert len(mixed) > 800
+    for pid in mixed:
+        assert sum(pid in found for found in patients.values()) == 1
+
+
+def test_every_row_in_exactly_one_split(manifest: list[ManifestRow], split0: Split, cxr_public: Path) -> None:
+    every = split0.train + split0.val + split0.test
+    assert len(every) == len(set(every)) == len(manifest)
+    csv_paths = {row.path.relative_to(cxr_public.resolve()).as_posix() for row in manifest}
+    assert set(every) == csv_paths
+    assert all(p.startswith("images/") for p in every)  # relative, portable
+
+
+def test_fractions_close_overall_and_per_label(
+    manifest: list[ManifestRow], split0: Split, cxr_public: Path
+) -> None:
+    label_of = _label_of(manifest, cxr_public)
+    totals = Counter(label_of.values())
+    for name, items in split0.parts().items():
+        assert abs(len(items) / len(manifest) - TARGET[name]) <= 0.03
+        counts = Counter(label_of[p] for p in items)
+        for label, total in totals.items():
+            if total >= 100:  # the four other_* labels have 3-12 images: ±3% is not reachable
+                assert abs(counts[label] / total - TARGET[name]) <= 0.03, (name, label)
+
+
+def test_deterministic_per_seed(manifest: list[ManifestRow], split0: Split, cxr_public: Path) -> None:
+    assert make_split(manifest, root=cxr_public, seed=0) == split0
+    other = make_split(manifest, root=cxr_public, seed=1)
+    assert set(other.test) != set(split0.test)
+    assert other.seed == 1
+
+
+@pytest.mark.parametrize("holdout", ["Hannover", "ML-WORKGROUP"])
+def test_holdout_source_goes_to_test(manifest: list[ManifestRow], cxr_public: Path, holdout: str) -> None:
+    split = make_split(manifest, root=cxr_public, seed=0, holdout_source=holdout)
+    parts = split_rows(manifest, split, cxr_public)
+    held = [row for row in manifest if row.source == "ml-workgroup/covid-19-image-repository"]
+    assert len(held) == 227
+    test_paths = set(split.test)
+    assert all(row.path.relative_to(cxr_public.resolve()).as_posix() in test_paths for row in held)
+    assert not any("ml-workgroup" in (row.source or "") for row in parts["train"] + parts["val"])
+    assert split.holdout_source == holdout
+    # The rest is still split by patient over all three parts.
+    assert len(parts["val"]) > 0 and len(parts["test"]) > len(held)
+    with pytest.raises(DataError, match="no image"):
+        make_split(manifest, root=cxr_public, holdout_source="no-such-hospital")
+
+
+def test_rows_without_patient_id_are_their_own_patient(tmp_path: Path) -> None:
+    rows = [ManifestRow(path=tmp_path / f"img{i}.png", label="a" if i % 2 else "b") for i in range(40)]
+    split = make_split(rows, root=tmp_path, seed=3)
+    assert sorted(split.train + split.val + split.test) == sorted(f"img{i}.png" for i in range(40))
+    assert (len(split.train), len(split.val), len(split.test)) == (28, 4, 8)
+
+
+def test_bad_arguments(manifest: list[ManifestRow], cxr_public: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="fractions"):
+        make_split(manifest, root=cxr_public, fractions=(0.5, 0.1, 0.1))
+    with pytest.raises(DataError, match="not under"):
+        make_split(manifest, root=tmp_path)
+    with pytest.raises(DataError, match="more than once"):
+        make_split([manifest[0], manifest[0]], root=cxr_public)
+
+
+def test_write_read_round_trip(split0: Split, cxr_public: Path, tmp_path: Path) -> None:
+    sha = file_sha256(cxr_public / "manifest.csv")
+    split = Split(**{**split0.__dict__, "manifest_sha256": sha})
+    path = tmp_path / "splits" / "seed0.json"
+    digest = write_split(split, path)
+    assert digest == file_sha256(path)
+    assert read_split(path) == split
+    assert write_split(read_split(path), tmp_path / "again.json") == digest  # stable bytes
+
+
+def test_read_split_rejects_malformed(split0: Split, tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    write_split(split0, good)
+    payload = json.loads(good.read_text())
+
+    def write(obj: object) -> Path:
+        bad = tmp_path / "bad.json"
+        bad.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+        return bad
+
+    cases = [
+        "{not json",
+        [1, 2],
+        {**payload, "format": "other"},
+        {**payload, "train": "images/a.jpg"},
+        {**payload, "val": [*payload["val"], payload["train"][0]]},
+        {**payload, "seed": "0"},
+        {**payload, "fractions": [0.7, 0.3]},
+        {**payload, "holdout_source": 5},
+    ]
+    for case in cases:
+        with pytest.raises(DataError):
+            read_split(write(case))
+    with pytest.raises(DataError, match="cannot read"):
+        read_split(tmp_path / "missing.json")
+
+
+def test_split_rows_reports_missing_paths(
+    manifest: list[ManifestRow], split0: Split, cxr_public: Path
+) -> None:
+    parts = split_rows(manifest, split0, cxr_public)
+    assert {k: len(v) for k, v in parts.items()} == {k: len(v) for k, v in split0.parts().items()}
+    with pytest.raises(DataError, match="not in the manifest|the CSV lacks"):
+        split_rows(manifest[:100], split0, cxr_public)
+
+
+def test_merge_labels() -> None:
+    labels = ["pneumonia_bacterial", "normal", "pneumonia_viral", "covid19", "other_ards"]
+    merged = merge_labels(labels, ["pneumonia_bacterial, pneumonia_viral=pneumonia", "other_ards=other"])
+    assert merged == ["pneumonia", "normal", "pneumonia", "covid19", "other"]
+    assert merge_labels(labels, []) == labels
+    assert parse_merges(["a,b=c", "d=c"]) == {"a": "c", "b": "c", "d": "c"}
+    for bad in ["a,b", "=c", "a,b=", "a,,b=c", "a=b=c"]:
+        with pytest.raises(DataError, match="bad label merge"):
+            merge_labels(labels, [bad])
+    with pytest.raises(DataError, match="both"):
+        merge_labels(labels, ["a=b", "a=c"])
+
+
+def _label_of(manifest: list[ManifestRow], root: Path) -> dict[str, str]:
+    return {row.path.relative_to(root.resolve()).as_posix(): row.label for row in manifest}
+
+
+def _labels_by_patient(manifest: list[ManifestRow]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for row in manifest:
+        out.setdefault(row.patient_id or "", set()).add(row.label)
+    return out
