@@ -59,7 +59,12 @@ def search_file(
 
 
 def search_decoded(
-    decoded: DecodedImage, content_sha256: str, *, encoder: BatchEncoder, store: VectorStore, opts: QueryOptions,
+    decoded: DecodedImage,
+    content_sha256: str,
+    *,
+    encoder: BatchEncoder,
+    store: VectorStore,
+    opts: QueryOptions,
     salt: bytes,
 ) -> QueryResult:
     """Embed one decoded image and rank the collection against it."""
@@ -78,5 +83,7 @@ def _sha(data: bytes) -> str:
 
 def hits_to_json(hits: Sequence[Hit]) -> list[dict]:
     """The machine-readable result shape shared by the CLI (--json) and the REST API."""
-    return [{"rank": i, "id": h.id, "score": round(float(h.score), 6), "payload": h.payload} for i, h in
-            enumerate(hits, start=1)]
+    return [
+        {"rank": i, "id": h.id, "score": round(float(h.score), 6), "payload": h.payload}
+        for i, h in enumerate(hits, start=1)
+    ]

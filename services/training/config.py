@@ -41,6 +41,7 @@ class TrainConfig:
     holdout_source: str | None = None
     collapse_cosine: float = 0.95  # mean pairwise cosine of val embeddings above this = collapsed
     patience_evals: int = 0  # stop after this many evaluations without a better val MAP@R (0 = never)
+    min_class_images: int = 20  # classes with fewer train images are left out of training (still evaluated)
     cache_dir: Path | None = None
     workers: int = 2
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,14 @@ def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
 class Trainer:
     """One training run, resumable. Build it with a TrainConfig, call run()."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | None = None,
-                 on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        on_step: StepCallback | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
         self.cfg, self.resume, self.on_step = cfg, resume, on_step
         self.say = on_event or (lambda msg: None)
         self.out = Path(cfg.out_dir)
@@ -80,15 +87,28 @@ class Trainer:
             split = read_split(split_path)
             self.say(f"using split {split_path}")
         else:
-            split = make_split(rows, root=Path(cfg.manifest).parent, seed=cfg.seed,
-                               holdout_source=cfg.holdout_source, manifest_sha256=manifest_sha)
+            split = make_split(
+                rows,
+                root=Path(cfg.manifest).parent,
+                seed=cfg.seed,
+                holdout_source=cfg.holdout_source,
+                manifest_sha256=manifest_sha,
+            )
             write_split(split, split_path)
             self.say(f"wrote patient-level split to {split_path}")
         split_sha = file_sha256(split_path)
         parts = split_rows(rows, split, Path(cfg.manifest).parent)
-        if not parts["train"]:
-            raise DataError("the split leaves no training images")
-        self.say(f"decoding {len(parts['train'])} train and {len(parts['val'])} val images at {cfg.image_size} px")
+        counts = Counter(row.label for row in parts["train"])
+        rare = sorted(label for label, n in counts.items() if n < cfg.min_class_images)
+        if rare:
+            # A class-balanced sampler would show these few images in nearly every batch and overfit them.
+            self.say(f"not training on classes with < {cfg.min_class_images} train images: {', '.join(rare)}")
+            parts["train"] = [row for row in parts["train"] if row.label not in rare]
+        if len({row.label for row in parts["train"]}) < 2:
+            raise DataError("training needs at least two classes with enough images")
+        self.say(
+            f"decoding {len(parts['train'])} train and {len(parts['val'])} val images at {cfg.image_size} px"
+        )
         train = load_image_cache(parts["train"], cfg.image_size, workers=cfg.workers, cache_dir=cfg.cache_dir)
         val = load_image_cache(parts["val"], cfg.image_size, workers=cfg.workers, cache_dir=cfg.cache_dir)
         for path, reason in train.errors + val.errors:
@@ -105,8 +125,14 @@ class Trainer:
             model.train()
         else:
             head = "none" if cfg.loss.kind == "crossentropy" else "linear"
-            model = create_encoder(cfg.shape, image_size=cfg.image_size, embed_dim=cfg.embed_dim, head=head,
-                                   init=cfg.init, seed=cfg.seed)
+            model = create_encoder(
+                cfg.shape,
+                image_size=cfg.image_size,
+                embed_dim=cfg.embed_dim,
+                head=head,
+                init=cfg.init,
+                seed=cfg.seed,
+            )
         if cfg.loss.kind == "crossentropy":
             criterion: nn.Module = nn.Linear(model.config.hidden_size, n_classes)
         else:
@@ -122,7 +148,9 @@ class Trainer:
         class_index = {c: i for i, c in enumerate(classes)}
         y_all = torch.tensor([class_index[label] for label in train.labels])
         model, criterion = self._build(len(classes))
-        opt = torch.optim.AdamW(_param_groups([model, criterion], cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        opt = torch.optim.AdamW(
+            _param_groups([model, criterion], cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999)
+        )
         sampler = ClassBalancedBatchSampler(train.labels, cfg.batch_size, seed=cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         state = self._load_state(opt, criterion, sampler, gen)
@@ -131,8 +159,13 @@ class Trainer:
         evals_since_best = 0
         val_labels = np.asarray(val.labels)
         val_groups = np.asarray(val.groups)
-        recipe = {**cfg.recipe(), "classes": classes, "manifest_sha256": manifest_sha, "split_sha256": split_sha,
-                  "bf16": self.bf16}
+        recipe = {
+            **cfg.recipe(),
+            "classes": classes,
+            "manifest_sha256": manifest_sha,
+            "split_sha256": split_sha,
+            "bf16": self.bf16,
+        }
         log = (self.out / "train_log.jsonl").open("a")
         t_start = time.perf_counter()
         status, message = "finished", ""
@@ -141,8 +174,10 @@ class Trainer:
         try:
             while True:
                 elapsed = elapsed0 + time.perf_counter() - t_start
-                progress = max(step / cfg.steps if cfg.steps else 0.0,
-                               elapsed / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0)
+                progress = max(
+                    step / cfg.steps if cfg.steps else 0.0,
+                    elapsed / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0,
+                )
                 if cfg.steps is not None and step >= cfg.steps:
                     break
                 if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
@@ -170,8 +205,15 @@ class Trainer:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
                 opt.step()
                 step += 1
-                record = {"step": step, "loss": float(loss), **parts, "lr": lr, "grad_norm": grad_norm,
-                          "step_s": time.perf_counter() - t0, "elapsed_s": elapsed}
+                record = {
+                    "step": step,
+                    "loss": float(loss),
+                    **parts,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "step_s": time.perf_counter() - t0,
+                    "elapsed_s": elapsed,
+                }
                 if not math.isfinite(record["loss"]):
                     status, message = "collapsed", f"loss became {record['loss']} at step {step}"
                     break
@@ -181,26 +223,53 @@ class Trainer:
                     self.on_step(step, record)
                 if step % cfg.val_every == 0 or (cfg.steps is not None and step == cfg.steps):
                     score = validate(embed_images(model, val.images, bf16=self.bf16), val_labels, val_groups)
-                    log.write(json.dumps({"step": step, "val_map_at_r": score.map_at_r,
-                                          "val_mean_cosine": score.mean_cosine}) + "\n")
+                    log.write(
+                        json.dumps(
+                            {
+                                "step": step,
+                                "val_map_at_r": score.map_at_r,
+                                "val_mean_cosine": score.mean_cosine,
+                            }
+                        )
+                        + "\n"
+                    )
                     log.flush()
-                    self.say(f"step {step}: val MAP@R {score.map_at_r:.4f}, mean cosine {score.mean_cosine:.3f}")
+                    self.say(
+                        f"step {step}: val MAP@R {score.map_at_r:.4f}, mean cosine {score.mean_cosine:.3f}"
+                    )
                     if score.map_at_r > best:
                         best, best_step, evals_since_best = score.map_at_r, step, 0
-                        save_checkpoint(model, self.out, recipe={**recipe, "step": step, "val_map_at_r": best})
+                        save_checkpoint(
+                            model, self.out, recipe={**recipe, "step": step, "val_map_at_r": best}
+                        )
                     else:
                         evals_since_best += 1
                     if score.mean_cosine > cfg.collapse_cosine:
                         status = "collapsed"
-                        message = (f"embeddings collapsed at step {step}: mean pairwise cosine "
-                                   f"{score.mean_cosine:.3f} > {cfg.collapse_cosine}; lower --lr or drop the memory")
+                        message = (
+                            f"embeddings collapsed at step {step}: mean pairwise cosine "
+                            f"{score.mean_cosine:.3f} > {cfg.collapse_cosine}; lower --lr or drop the memory"
+                        )
                         break
                     if cfg.patience_evals and evals_since_best >= cfg.patience_evals:
-                        status, message = "early_stop", f"no val MAP@R gain for {evals_since_best} evaluations"
+                        status, message = (
+                            "early_stop",
+                            f"no val MAP@R gain for {evals_since_best} evaluations",
+                        )
                         break
                 if step % cfg.ckpt_every == 0:
-                    self._save_state(model, opt, criterion, sampler, gen, step,
-                                     elapsed0 + time.perf_counter() - t_start, best, best_step, recipe)
+                    self._save_state(
+                        model,
+                        opt,
+                        criterion,
+                        sampler,
+                        gen,
+                        step,
+                        elapsed0 + time.perf_counter() - t_start,
+                        best,
+                        best_step,
+                        recipe,
+                    )
         finally:
             log.close()
         elapsed = elapsed0 + time.perf_counter() - t_start
@@ -212,12 +281,21 @@ class Trainer:
         return TrainResult(self.out, status, step, best, best_step, elapsed, message)
 
     # ---- state --------------------------------------------------------------------------------------------
-    def _save_state(self, model, opt, criterion, sampler, gen, step, elapsed, best, best_step, recipe) -> None:  # noqa: ANN001
+    def _save_state(
+        self, model, opt, criterion, sampler, gen, step, elapsed, best, best_step, recipe
+    ) -> None:  # noqa: ANN001
         save_checkpoint(model, self.out / "last", recipe={**recipe, "step": step})
-        state = {"step": step, "elapsed": elapsed, "best": best, "best_step": best_step,
-                 "optimizer": opt.state_dict(), "criterion": criterion.state_dict(),
-                 "sampler": sampler.state_dict(), "generator": gen.get_state(),
-                 "torch_rng": torch.get_rng_state()}
+        state = {
+            "step": step,
+            "elapsed": elapsed,
+            "best": best,
+            "best_step": best_step,
+            "optimizer": opt.state_dict(),
+            "criterion": criterion.state_dict(),
+            "sampler": sampler.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
         tmp = self.out / "train_state.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(self.out / "train_state.pt")
@@ -227,8 +305,10 @@ class Trainer:
         path = self.out / "train_state.pt"
         if not self.resume:
             if path.exists():
-                raise ConfigError(f"{self.out} already holds a training run",
-                                  "Pass --resume to continue it, or choose another --out.")
+                raise ConfigError(
+                    f"{self.out} already holds a training run",
+                    "Pass --resume to continue it, or choose another --out.",
+                )
             return fresh
         if not path.exists():
             raise ConfigError(f"nothing to resume in {self.out}", "Drop --resume to start a new run.")

@@ -20,7 +20,9 @@ class ValScore:
 
 
 @torch.inference_mode()
-def embed_images(model: CxrEncoder, images: np.ndarray, *, batch_size: int = 128, bf16: bool = False) -> np.ndarray:
+def embed_images(
+    model: CxrEncoder, images: np.ndarray, *, batch_size: int = 128, bf16: bool = False
+) -> np.ndarray:
     """Embed uint8 (N,S,S) images with the model in eval mode; returns float32 (N,D)."""
     was_training = model.training
     model.eval()
