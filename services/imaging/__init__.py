@@ -1,0 +1,11 @@
+"""File -> pixels: sniff (DICOM by its magic, never the extension), decode DICOM or raster, preprocess.
+
+Every failure is a `DecodeError(path, reason)`; no decoder's own exception escapes.
+"""
+
+from services.imaging.decode import decode_bytes, decode_image
+from services.imaging.preprocess import to_model_input
+from services.imaging.sniff import is_dicom
+from services.imaging.types import DecodedImage, ImageMeta
+
+__all__ = ["DecodedImage", "ImageMeta", "decode_bytes", "decode_image", "is_dicom", "to_model_input"]

@@ -1,0 +1,226 @@
+"""DICOM -> grey pixels, carefully: BitsStored, Modality LUT, VOI LUT or window, MONOCHROME1 inversion.
+
+Everything that can be refused from the header (frames, colour model, size, missing decoder) is refused before
+any pixel data is decoded, so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from services.errors import DecodeError
+from services.imaging.dicom_meta import int_attr, read_meta, text_attr
+from services.imaging.sniff import has_dicm_magic
+from services.imaging.types import DecodedImage
+from services.imaging.validate import (
+    check_dimensions,
+    describe_exception,
+    grey_from_colour,
+    refuse_if_blank,
+    scale_range,
+)
+
+# Without a usable window, the 0.5th..99.5th percentiles span black..white: burnt-in labels, collimator edges
+# and dead pixels would otherwise squeeze the anatomy into a few grey levels. Percentiles are taken on a
+# strided sample of about this many pixels, which is deterministic and fast.
+ROBUST_PERCENTILES = (0.5, 99.5)
+PERCENTILE_SAMPLE = 1_000_000
+
+_GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
+_COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422"})
+
+
+def decode_dicom(data: bytes, name: str, *, max_pixels: int, min_side: int) -> DecodedImage:
+    """Decode one single-frame greyscale DICOM held in memory; refuse anything else with a DecodeError."""
+    ds = _read_dataset(data, name)
+    transfer_syntax = _transfer_syntax(ds)
+    photometric, samples, bits = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
+    _check_decoder(name, transfer_syntax)
+    raw = _decode_pixels(ds, name, transfer_syntax)
+
+    if samples == 3:
+        # Colour models carry rendered values: no modality or VOI transform applies.
+        grey = grey_from_colour(name, raw, float(2**bits - 1))
+        refuse_if_blank(name, grey)
+        pixels = scale_range(grey, 0.0, float(2**bits - 1))
+    else:
+        refuse_if_blank(name, raw)
+        pixels = _to_unit(raw, ds)
+        if photometric == "MONOCHROME1":  # MONOCHROME1 shows low values white; make bright mean dense
+            pixels = 1.0 - pixels
+    height, width = pixels.shape
+    meta = read_meta(ds, height, width, str(transfer_syntax))
+    return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta)
+
+
+def _read_dataset(data: bytes, name: str) -> Dataset:
+    # `force` only for files the sniffer judged to be DICOM without a preamble.
+    force = not has_dicm_magic(data)
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=force)
+    except Exception as exc:  # pydicom raises many types on corrupt input; none may escape
+        raise DecodeError(name, f"corrupt or truncated DICOM ({describe_exception(exc)})") from exc
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    """The dataset's transfer syntax; for a file without meta information, the encoding it was read with."""
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is None:
+        file_meta = ds.file_meta = FileMetaDataset()
+    uid = file_meta.get("TransferSyntaxUID")
+    if uid:
+        return UID(str(uid))
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if little is False:
+        uid = ExplicitVRBigEndian
+    else:
+        uid = ImplicitVRLittleEndian if implicit in (True, None) else ExplicitVRLittleEndian
+    file_meta.TransferSyntaxUID = uid  # pydicom needs it to decode the pixels
+    return uid
+
+
+def _check_header(ds: Dataset, name: str, *, max_pixels: int, min_side: int) -> tuple[str, int, int]:
+    """Refuse from the header alone; return (photometric, samples per pixel, bits stored)."""
+    if "PixelData" not in ds:
+        _refuse_missing_pixels(ds, name)
+    frames = int_attr(ds, "NumberOfFrames") or 1
+    if frames > 1:
+        raise DecodeError(name, f"multi-frame image ({frames} frames): only single images are supported")
+    samples = int_attr(ds, "SamplesPerPixel") or 1
+    photometric = (text_attr(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
+    if photometric == "PALETTE COLOR":
+        raise DecodeError(name, "palette colour image: only greyscale radiographs are supported")
+    if not (samples == 1 and photometric in _GREY) and not (samples == 3 and photometric in _COLOUR):
+        raise DecodeError(name, f"unsupported pixel layout: {samples} samples, {photometric}")
+    rows, columns = int_attr(ds, "Rows"), int_attr(ds, "Columns")
+    if rows is None or columns is None:
+        raise DecodeError(name, "Rows or Columns missing from the DICOM header")
+    check_dimensions(name, rows, columns, max_pixels=max_pixels, min_side=min_side)
+    bits_allocated = int_attr(ds, "BitsAllocated") or 0
+    bits = int_attr(ds, "BitsStored") or bits_allocated
+    if not 1 <= bits <= 32:
+        raise DecodeError(name, f"unsupported BitsStored {bits}")
+    return photometric, samples, bits
+
+
+def _check_decoder(name: str, transfer_syntax: UID) -> None:
+    """Refuse a transfer syntax nothing installed can decode, naming the package that would."""
+    label = f"{transfer_syntax.name} ({transfer_syntax})"
+    try:
+        decoder = get_decoder(transfer_syntax)
+    except NotImplementedError:
+        raise DecodeError(name, f"unsupported transfer syntax {label}") from None
+    if not decoder.is_available:
+        package = _decoder_package(transfer_syntax) or ", ".join(decoder.missing_dependencies)
+        raise DecodeError(name, f"no decoder installed for {label}", f"Install {package}.")
+
+
+def _decoder_package(transfer_syntax: UID) -> str | None:
+    keyword = transfer_syntax.keyword
+    if keyword.startswith(("JPEG2000", "HTJ2K")):
+        return "pylibjpeg-openjpeg"
+    if keyword.startswith("JPEGLS"):
+        return "pylibjpeg-libjpeg (or pyjpegls)"
+    if keyword.startswith("JPEG"):
+        return "pylibjpeg-libjpeg"
+    if keyword.startswith("RLE"):
+        return "pylibjpeg-rle"
+    return None
+
+
+def _decode_pixels(ds: Dataset, name: str, transfer_syntax: UID) -> np.ndarray:
+    """Stored values, masked to BitsStored and sign-extended by pydicom; colour models converted to RGB."""
+    try:
+        arr = ds.pixel_array
+    except MemoryError:
+        raise DecodeError(name, "not enough memory to decode the pixel data") from None
+    except Exception as exc:  # truncated fragments, codec errors, length mismatches
+        reason = f"corrupt or truncated {transfer_syntax.name} pixel data ({describe_exception(exc)})"
+        raise DecodeError(name, reason) from exc
+    expected_ndim = 3 if int_attr(ds, "SamplesPerPixel") == 3 else 2
+    if arr.ndim != expected_ndim:
+        raise DecodeError(name, f"unexpected pixel array shape {arr.shape}")
+    return arr
+
+
+def _to_unit(raw: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT, then the first VOI LUT or window scaled by its own output range; else robust percentiles.
+
+    A window that leaves the image constant, or malformed rescale/VOI values, fall back to the percentile
+    stretch: such headers are common and the pixels are still worth having.
+    """
+    try:
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    except Exception:
+        # Without a trustworthy rescale the window's units are unknown too.
+        return _robust_unit(raw.astype(np.float64))
+    windowed = _apply_window(values, ds)
+    if windowed is not None and windowed.min() < windowed.max():
+        return windowed
+    return _robust_unit(values)
+
+
+def _apply_window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """The first VOI LUT (preferred, as pydicom does) or window, mapped so its output range is [0, 1]."""
+    try:
+        lut_domain = _voi_lut_domain(ds)
+        if lut_domain is not None:
+            # Feed the LUT integers inside its domain: pydicom casts inputs to uint16 and would wrap floats.
+            out = apply_voi_lut(np.clip(np.rint(values), lut_domain[0], lut_domain[-1]).astype(np.int64), ds)
+            table = apply_voi_lut(lut_domain, ds)
+            low, high = float(table.min()), float(table.max())
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            out = apply_voi_lut(values, ds)
+            # What the window maps -inf and +inf to is its output range (LINEAR, LINEAR_EXACT and SIGMOID).
+            with np.errstate(over="ignore"):
+                ends = apply_voi_lut(np.array([-np.inf, np.inf]), ds)
+            low, high = float(ends.min()), float(ends.max())
+        else:
+            return None
+    except Exception:  # malformed window or LUT values: ignore the VOI rather than refuse the image
+        return None
+    if not np.isfinite([low, high]).all() or low == high:
+        return None
+    return scale_range(out, low, high)
+
+
+def _voi_lut_domain(ds: Dataset) -> np.ndarray | None:
+    """Every input value the first VOI LUT maps, or None when there is no complete VOI LUT."""
+    sequence = ds.get("VOILUTSequence")
+    if not sequence:
+        return None
+    item = sequence[0]
+    descriptor = item.get("LUTDescriptor")
+    if descriptor is None or item.get("LUTData") is None:
+        return None
+    entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
+    return np.arange(first, first + entries, dtype=np.int64)
+
+
+def _robust_unit(values: np.ndarray) -> np.ndarray:
+    step = max(1, int((values.size / PERCENTILE_SAMPLE) ** 0.5))
+    low, high = np.percentile(values[::step, ::step], ROBUST_PERCENTILES)
+    if high <= low:  # a nearly constant image with a few outliers: use the full range
+        low, high = float(values.min()), float(values.max())
+    return scale_range(values, float(low), float(high))
+
+
+def _refuse_missing_pixels(ds: Dataset, name: str) -> None:
+    """Tell a non-image object (SR, presentation state, RT plan) from an image cut short.
+
+    pydicom stops quietly at the end of a truncated file, dropping the elements it could not read.
+    """
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        raise DecodeError(name, "float pixel data is not supported")
+    file_meta = getattr(ds, "file_meta", Dataset())
+    uid = text_attr(ds, "SOPClassUID") or text_attr(file_meta, "MediaStorageSOPClassUID")
+    sop_class = UID(uid).name if uid else None
+    if len(ds) == 0 or "Rows" in ds or (sop_class and "Image" in sop_class):
+        raise DecodeError(name, "pixel data missing: the file is truncated or corrupt")
+    raise DecodeError(name, f"no pixel data: {sop_class or 'the DICOM object'} is not an image")

@@ -1,0 +1,56 @@
+"""Checks shared by the DICOM and raster decoders: declared size, colour, blank images."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.errors import DecodeError
+
+# A grey image stored as RGB (a JPEG re-saved in colour, a screenshot) differs between channels by a few
+# levels of noise at most. Refuse as colour when more than GREY_OUTLIER_FRACTION of the pixels differ by
+# more than GREY_TOLERANCE of full scale; the small allowance keeps a grey film with a tiny coloured marker.
+GREY_TOLERANCE = 6 / 255
+GREY_OUTLIER_FRACTION = 0.001
+
+
+def check_dimensions(name: str, height: int, width: int, *, max_pixels: int, min_side: int) -> None:
+    """Refuse a declared size before any pixels are decoded: decompression bombs and thumbnails."""
+    if height <= 0 or width <= 0:
+        raise DecodeError(name, f"invalid image size {width}x{height}")
+    if height * width > max_pixels:
+        raise DecodeError(
+            name,
+            f"too many pixels: {width}x{height} is over the limit of {max_pixels:,}",
+            "Raise CXR_MAX_PIXELS if the image is genuine.",
+        )
+    if min(height, width) < min_side:
+        raise DecodeError(name, f"image too small: {width}x{height}, shorter side under {min_side} px")
+
+
+def grey_from_colour(name: str, rgb: np.ndarray, full_scale: float) -> np.ndarray:
+    """Collapse an (H, W, 3) array to (H, W) float64 when it is really grey; otherwise refuse as colour."""
+    spread = rgb.max(axis=-1).astype(np.float64) - rgb.min(axis=-1)
+    outliers = np.count_nonzero(spread > GREY_TOLERANCE * full_scale)
+    if outliers > GREY_OUTLIER_FRACTION * spread.size:
+        raise DecodeError(name, "colour image: only greyscale radiographs are supported")
+    return rgb.mean(axis=-1, dtype=np.float64)
+
+
+def refuse_if_blank(name: str, values: np.ndarray) -> None:
+    """Refuse an image whose pixels are all equal: it carries nothing to retrieve by."""
+    if values.size == 0 or values.min() == values.max():
+        raise DecodeError(name, "blank image: all pixels are equal")
+
+
+def scale_range(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map [low, high] linearly to [0, 1] as float32, clipping outside; `low > high` flips the ramp."""
+    out = (values.astype(np.float64) - low) / (high - low)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A one-line, bounded description of a decoder's exception, for a DecodeError reason."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 120 else text[:117] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
