@@ -46,3 +46,39 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CXR_DATA_DIR", str(d))
     monkeypatch.delenv("CXR_QDRANT_URL", raising=False)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init vit-tiny at 32 px, saved in the real checkpoint format (fast to build and run)."""
+    from services.embedding import create_encoder, save_checkpoint
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(create_encoder("vit-tiny", image_size=32, embed_dim=64, seed=0), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def public_sample(cxr_public: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small labelled sample of the real data: a manifest of 6 images per main class (paths relative to it)."""
+    import csv
+    import shutil
+
+    out = tmp_path_factory.mktemp("sample")
+    with (cxr_public / "manifest.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    picked: dict[str, list[dict]] = {}
+    for row in rows:
+        bucket = picked.setdefault(row["label"], [])
+        if not row["label"].startswith("other") and len(bucket) < 6:
+            bucket.append(row)
+    chosen = [r for bucket in picked.values() for r in bucket]
+    for row in chosen:
+        dest = out / row["path"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cxr_public / row["path"], dest)
+    with (out / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    return out
