@@ -99,8 +99,13 @@ def test_info_and_optimize(env, public_sample: Path):
     assert res.exit_code == 0 and "optimized cxr" in res.stdout
 
 
-def test_console_script_help_has_examples(env):
-    exe = Path(sys.executable).with_name("cxr")
+def test_every_command_help_has_an_example(env):
     for cmd in ("index", "search", "train", "collections", "optimize", "info", "demo"):
-        out = subprocess.run([str(exe), cmd, "--help"], capture_output=True, text=True, env=os.environ, check=True)
-        assert "Example: cxr" in out.stdout, cmd
+        res = runner.invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0 and "Example: cxr" in res.stdout, cmd
+
+
+def test_installed_console_script_runs(env):
+    exe = Path(sys.executable).with_name("cxr")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=os.environ, check=True)
+    assert "Chest X-ray retrieval" in out.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,7 +43,7 @@ REQUIRED_KEYS = (
 
 
 def _sub_manifest(src: Path, dest: Path) -> Path:
-    """~60 real rows, 15 per main class, favouring patients with several images (to exercise exclusion)."""
+    """60 real rows (15 per main class, favouring patients with several images), images copied beside it."""
     with (src / "manifest.csv").open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         fields = list(reader.fieldnames or [])
@@ -59,8 +60,10 @@ def _sub_manifest(src: Path, dest: Path) -> Path:
             if len(picked) >= PER_CLASS:
                 break
         chosen += picked
-    for row in chosen:
-        row["path"] = str((src / row["path"]).resolve())
+    for row in chosen:  # copied: split files name images relative to the manifest folder
+        target = dest / row["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / row["path"], target)
     path = dest / "manifest.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -94,7 +97,7 @@ def _values(node: object) -> list[float]:
     """Every mean/ci number in a metric block tree."""
     if isinstance(node, dict):
         out = [float(v) for k, v in node.items() if k in ("mean", "ci_low", "ci_high")]
-        for k, v in node.items():
+        for v in node.values():
             if isinstance(v, dict):
                 out += _values(v)
         return out
@@ -134,7 +137,7 @@ def test_baseline_chance_and_audit_present(first: dict) -> None:
 
 def _patients(manifest: Path) -> dict[str, str]:
     with manifest.open(newline="", encoding="utf-8") as fh:
-        return {str(Path(r["path"]).resolve()): r["patient_id"] for r in csv.DictReader(fh)}
+        return {str(manifest.parent / r["path"]): r["patient_id"] for r in csv.DictReader(fh)}
 
 
 def test_rankings_are_sorted_and_patient_disjoint(setup: dict, first: dict) -> None:

@@ -70,11 +70,7 @@ def random_problem(seed: int, q: int, n: int, truncate: bool) -> tuple[np.ndarra
     return rel, r
 
 
-CASES = [
-    (seed, q, n, trunc)
-    for seed, (q, n) in enumerate([(1, 1), (5, 3), (20, 17), (40, 60)])
-    for trunc in (0, 1)
-]
+CASES = [(seed, q, n, trunc) for seed, (q, n) in enumerate([(1, 1), (5, 3), (20, 17), (40, 60)]) for trunc in (0, 1)]
 
 
 @pytest.mark.parametrize(("seed", "q", "n", "truncate"), CASES)
@@ -161,9 +157,7 @@ def test_chance_map_uses_prevalence_and_patient_exclusion() -> None:
     assert 0.30 < chance[0] < 0.36 and 0.70 < chance[1] < 0.73 and chance[2] == 0.0
     # The query's own patient owns 5 "a" and 5 "b" gallery items: R = 25, N = 90.
     patients = np.array(["p"] * 5 + ["x"] * 25 + ["p"] * 5 + ["y"] * 65)
-    excluded = m.chance_map(
-        np.array(["a"]), gallery, query_patients=np.array(["p"]), gallery_patients=patients
-    )
+    excluded = m.chance_map(np.array(["a"]), gallery, query_patients=np.array(["p"]), gallery_patients=patients)
     assert excluded[0] == pytest.approx(m.expected_random_ap(np.array([25]), np.array([90]))[0])
     with pytest.raises(ValueError):
         m.chance_map(np.array(["a"]), gallery, query_patients=np.array(["p"]))

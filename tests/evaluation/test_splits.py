@@ -58,9 +58,7 @@ def test_every_row_in_exactly_one_split(manifest: list[ManifestRow], split0: Spl
     assert all(p.startswith("images/") for p in every)  # relative, portable
 
 
-def test_fractions_close_overall_and_per_label(
-    manifest: list[ManifestRow], split0: Split, cxr_public: Path
-) -> None:
+def test_fractions_close_overall_and_per_label(manifest: list[ManifestRow], split0: Split, cxr_public: Path) -> None:
     label_of = _label_of(manifest, cxr_public)
     totals = Counter(label_of.values())
     for name, items in split0.parts().items():
@@ -147,9 +145,7 @@ def test_read_split_rejects_malformed(split0: Split, tmp_path: Path) -> None:
         read_split(tmp_path / "missing.json")
 
 
-def test_split_rows_reports_missing_paths(
-    manifest: list[ManifestRow], split0: Split, cxr_public: Path
-) -> None:
+def test_split_rows_reports_missing_paths(manifest: list[ManifestRow], split0: Split, cxr_public: Path) -> None:
     parts = split_rows(manifest, split0, cxr_public)
     assert {k: len(v) for k, v in parts.items()} == {k: len(v) for k, v in split0.parts().items()}
     with pytest.raises(DataError, match="not in the manifest|the CSV lacks"):
