@@ -27,7 +27,7 @@ from services.training.augment import augment
 from services.training.config import TrainConfig
 from services.training.data import ClassBalancedBatchSampler, ImageCache, load_image_cache
 from services.training.losses import RetrievalLoss
-from services.training.validation import embed_images, validate
+from services.training.validation import chance_map_at_r, collapse_reason, embed_images, validate
 
 StepCallback = Callable[[int, dict], None]
 
@@ -106,9 +106,7 @@ class Trainer:
             parts["train"] = [row for row in parts["train"] if row.label not in rare]
         if len({row.label for row in parts["train"]}) < 2:
             raise DataError("training needs at least two classes with enough images")
-        self.say(
-            f"decoding {len(parts['train'])} train and {len(parts['val'])} val images at {cfg.image_size} px"
-        )
+        self.say(f"decoding {len(parts['train'])} train and {len(parts['val'])} val images at {cfg.image_size} px")
         train = load_image_cache(parts["train"], cfg.image_size, workers=cfg.workers, cache_dir=cfg.cache_dir)
         val = load_image_cache(parts["val"], cfg.image_size, workers=cfg.workers, cache_dir=cfg.cache_dir)
         for path, reason in train.errors + val.errors:
@@ -148,9 +146,7 @@ class Trainer:
         class_index = {c: i for i, c in enumerate(classes)}
         y_all = torch.tensor([class_index[label] for label in train.labels])
         model, criterion = self._build(len(classes))
-        opt = torch.optim.AdamW(
-            _param_groups([model, criterion], cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999)
-        )
+        opt = torch.optim.AdamW(_param_groups([model, criterion], cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
         sampler = ClassBalancedBatchSampler(train.labels, cfg.batch_size, seed=cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         state = self._load_state(opt, criterion, sampler, gen)
@@ -159,6 +155,8 @@ class Trainer:
         evals_since_best = 0
         val_labels = np.asarray(val.labels)
         val_groups = np.asarray(val.groups)
+        chance = chance_map_at_r(val_labels, val_groups, seed=cfg.seed)
+        self.say(f"val MAP@R of a random embedding (chance): {chance:.4f}")
         recipe = {
             **cfg.recipe(),
             "classes": classes,
@@ -195,7 +193,7 @@ class Trainer:
                         logits = criterion(model.features(x))
                 if cfg.loss.kind == "crossentropy":
                     loss = nn.functional.cross_entropy(logits.float(), y)
-                    parts = {"ce": float(loss)}
+                    parts = {"ce": loss.item()}
                 else:
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                         emb = model(x)
@@ -207,7 +205,7 @@ class Trainer:
                 step += 1
                 record = {
                     "step": step,
-                    "loss": float(loss),
+                    "loss": loss.item(),
                     **parts,
                     "lr": lr,
                     "grad_norm": grad_norm,
@@ -234,22 +232,15 @@ class Trainer:
                         + "\n"
                     )
                     log.flush()
-                    self.say(
-                        f"step {step}: val MAP@R {score.map_at_r:.4f}, mean cosine {score.mean_cosine:.3f}"
-                    )
+                    self.say(f"step {step}: val MAP@R {score.map_at_r:.4f}, mean cosine {score.mean_cosine:.3f}")
                     if score.map_at_r > best:
                         best, best_step, evals_since_best = score.map_at_r, step, 0
-                        save_checkpoint(
-                            model, self.out, recipe={**recipe, "step": step, "val_map_at_r": best}
-                        )
+                        save_checkpoint(model, self.out, recipe={**recipe, "step": step, "val_map_at_r": best})
                     else:
                         evals_since_best += 1
-                    if score.mean_cosine > cfg.collapse_cosine:
-                        status = "collapsed"
-                        message = (
-                            f"embeddings collapsed at step {step}: mean pairwise cosine "
-                            f"{score.mean_cosine:.3f} > {cfg.collapse_cosine}; lower --lr or drop the memory"
-                        )
+                    message = collapse_reason(score, best, chance, cfg.collapse_cosine)
+                    if message:
+                        status, message = "collapsed", f"step {step}: {message}; lower --lr or drop the memory"
                         break
                     if cfg.patience_evals and evals_since_best >= cfg.patience_evals:
                         status, message = (
@@ -281,9 +272,7 @@ class Trainer:
         return TrainResult(self.out, status, step, best, best_step, elapsed, message)
 
     # ---- state --------------------------------------------------------------------------------------------
-    def _save_state(
-        self, model, opt, criterion, sampler, gen, step, elapsed, best, best_step, recipe
-    ) -> None:  # noqa: ANN001
+    def _save_state(self, model, opt, criterion, sampler, gen, step, elapsed, best, best_step, recipe) -> None:  # noqa: ANN001
         save_checkpoint(model, self.out / "last", recipe={**recipe, "step": step})
         state = {
             "step": step,

@@ -20,9 +20,7 @@ class ValScore:
 
 
 @torch.inference_mode()
-def embed_images(
-    model: CxrEncoder, images: np.ndarray, *, batch_size: int = 128, bf16: bool = False
-) -> np.ndarray:
+def embed_images(model: CxrEncoder, images: np.ndarray, *, batch_size: int = 128, bf16: bool = False) -> np.ndarray:
     """Embed uint8 (N,S,S) images with the model in eval mode; returns float32 (N,D)."""
     was_training = model.training
     model.eval()
@@ -47,3 +45,25 @@ def validate(emb: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> ValScor
     gram = emb @ emb.T
     mean_cos = float((gram.sum() - np.trace(gram)) / max(n * (n - 1), 1))
     return ValScore(score, mean_cos, n)
+
+
+def chance_map_at_r(labels: np.ndarray, groups: np.ndarray, *, seed: int = 0) -> float:
+    """Val MAP@R of random unit vectors: the floor a collapsed or untrained model sits at."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((len(labels), 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return validate(emb, labels, groups).map_at_r
+
+
+def collapse_reason(score: ValScore, best: float, chance: float, max_mean_cosine: float) -> str:
+    """Why training has collapsed, or "" if it has not.
+
+    Two signs: the embeddings bunch into one direction (mean pairwise cosine near 1), or val MAP@R falls back to
+    the chance level after having clearly beaten it (the failure mode of memory + KoLeo at a high learning rate).
+    """
+    if score.mean_cosine > max_mean_cosine:
+        return f"embeddings collapsed: mean pairwise cosine {score.mean_cosine:.3f} > {max_mean_cosine}"
+    margin = 0.02
+    if best > chance + 2 * margin and score.map_at_r < chance + margin / 2:
+        return f"val MAP@R fell to chance ({score.map_at_r:.4f}, chance {chance:.4f}, best was {best:.4f})"
+    return ""
