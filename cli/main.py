@@ -6,6 +6,7 @@ import typer
 
 from cli.demo_cmd import demo
 from cli.errors import CxrGroup
+from cli.eval_cmd import eval_
 from cli.index_cmd import index
 from cli.search_cmd import search
 from cli.store_cmd import collections, info, optimize
@@ -26,6 +27,7 @@ app.command()(collections)
 app.command()(info)
 app.command()(optimize)
 app.command()(train)
+app.command(name="eval")(eval_)
 app.command()(demo)
 
 

@@ -1,0 +1,292 @@
+"""Retrieval-quality ablation: what each part of the training recipe buys, on one split, one backbone, one budget.
+
+Rows: (1) raw pixels, (2) random-init ViT, (3) cross-entropy on CLS features, (4) contrastive without memory,
+(5) plus a cross-batch memory, (6) plus KoLeo 0.3 (the paper's full recipe). Every trained row uses the same
+split file, backbone, image size, step budget, learning rate and seed. Every row is scored by
+`services.evaluation.job.score_retrieval`, the function `cxr eval` uses: test queries against the train
+gallery, exact cosine ranking, the query's own patient excluded. The only difference from `cxr eval` is that
+embeddings are computed in memory, not read back from a vector store.
+
+Classes with fewer than --min-class-images train images (cxr-public's other_* labels) are left out of both
+queries and gallery, as the trainer leaves them out of training, so the table reads "4-class" and, with the
+pneumonia merge, "3-class".
+
+    python benchmarks/ablation.py --manifest data/cxr-public/manifest.csv --model vit-small --image-size 128 \\
+        --steps 2000 --out runs/ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.embedding import bf16_supported, create_encoder, load_checkpoint
+from services.evaluation.baselines import RAW_PIXEL_SIZE, chance_summary, raw_pixel_embeddings
+from services.evaluation.job import RetrievalSet, score_retrieval
+from services.evaluation.report import shape_summary
+from services.evaluation.splits import make_split, merge_labels, read_split, split_rows, write_split
+from services.manifest import ManifestRow, file_sha256, read_manifest
+from services.training.config import TrainConfig
+from services.training.data import ImageCache, load_image_cache
+from services.training.loop import Trainer
+from services.training.losses import LossConfig
+from services.training.validation import embed_images
+
+ROW_NAMES = ("raw", "random", "ce", "contrastive", "xbm", "koleo")
+TITLES = {
+    "raw": f"raw pixels ({RAW_PIXEL_SIZE}x{RAW_PIXEL_SIZE}, L2)",
+    "random": "random-init ViT",
+    "ce": "cross-entropy (CLS)",
+    "contrastive": "contrastive, no memory",
+    "xbm": "+ cross-batch memory",
+    "koleo": "+ KoLeo 0.3 (paper recipe)",
+}
+HEADLINE = (("map", "full mAP"), ("map_at_r", "MAP@R"), ("r_precision", "R-Prec"), ("1", "P@1"), ("10", "P@10"))
+KS = (1, 5, 10)
+COLLAPSE_COSINE = 0.95
+
+
+@dataclass(frozen=True)
+class Data:
+    """The split's train (gallery) and test (query) images, decoded once, with their scoring metadata."""
+
+    train: ImageCache
+    test: ImageCache
+    train_raw: np.ndarray
+    test_raw: np.ndarray
+    train_meta: tuple[np.ndarray, np.ndarray]  # (groups, sources)
+    test_meta: tuple[np.ndarray, np.ndarray]
+
+
+def losses(memory_size: int) -> dict[str, LossConfig]:
+    return {
+        "ce": LossConfig(kind="crossentropy"),
+        "contrastive": LossConfig(kind="contrastive", memory_size=0, koleo_weight=0.0),
+        "xbm": LossConfig(kind="contrastive", memory_size=memory_size, koleo_weight=0.0),
+        "koleo": LossConfig(kind="contrastive", memory_size=memory_size, koleo_weight=0.3),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--model", choices=("vit-tiny", "vit-small"), default="vit-small")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--memory-size", type=int, default=4096)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default min(100, steps // 10)")
+    p.add_argument("--merge", default="pneumonia_bacterial,pneumonia_viral=pneumonia", help="'' to skip")
+    p.add_argument("--min-class-images", type=int, default=20)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--only", default=",".join(ROW_NAMES), help=f"comma list of: {','.join(ROW_NAMES)}")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.only) - set(ROW_NAMES))
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {','.join(ROW_NAMES)}")
+    return args
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, Data]:
+    """Write (or reuse) out/split.json and decode the train and test images at model size and 32 px."""
+    rows = read_manifest(args.manifest)
+    root = Path(args.manifest).parent
+    split_path = args.out / "split.json"
+    if split_path.exists():
+        split = read_split(split_path)
+        say(f"reusing split {split_path}")
+    else:
+        split = make_split(rows, root=root, seed=args.seed, manifest_sha256=file_sha256(args.manifest))
+        write_split(split, split_path)
+    parts = split_rows(rows, split, root)
+    counts = Counter(row.label for row in parts["train"])
+    keep = {label for label, n in counts.items() if n >= args.min_class_images}
+    dropped = sorted(set(counts) - keep)
+    if dropped:
+        say(f"leaving out classes with < {args.min_class_images} train images: {', '.join(dropped)}")
+    train_rows = [r for r in parts["train"] if r.label in keep]
+    test_rows = [r for r in parts["test"] if r.label in keep]
+    workers, cache = args.threads or 2, args.out / "cache"
+    say(f"decoding {len(train_rows)} train and {len(test_rows)} test images")
+    train = load_image_cache(train_rows, args.image_size, workers=workers, cache_dir=cache)
+    test = load_image_cache(test_rows, args.image_size, workers=workers, cache_dir=cache)
+    train_raw = load_image_cache(train_rows, RAW_PIXEL_SIZE, workers=workers, cache_dir=cache)
+    test_raw = load_image_cache(test_rows, RAW_PIXEL_SIZE, workers=workers, cache_dir=cache)
+    if train.paths != train_raw.paths or test.paths != test_raw.paths:
+        raise SystemExit("an image decoded at one size but not the other; check the skipped files above")
+    by_path = {str(r.path): r for r in rows}
+    data = Data(
+        train,
+        test,
+        train_raw.images.astype(np.float32) / 255.0,
+        test_raw.images.astype(np.float32) / 255.0,
+        _meta([by_path[p] for p in train.paths]),
+        _meta([by_path[p] for p in test.paths]),
+    )
+    return split_path, data
+
+
+def _meta(rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
+    groups = [r.patient_id or f"\0image:{r.path}" for r in rows]  # raw ids stay in memory, never written
+    sources = [r.origin_dataset or r.source or "unknown" for r in rows]
+    return np.array(groups), np.array(sources)
+
+
+def embed_row(name: str, args: argparse.Namespace, split_path: Path, data: Data) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(train emb, test emb, training record) for one ablation row; trains it first when needed."""
+    if name == "raw":
+        return raw_pixel_embeddings(data.train_raw), raw_pixel_embeddings(data.test_raw), {"status": "-"}
+    bf16 = bf16_supported()
+    if name == "random":
+        model = create_encoder(args.model, image_size=args.image_size, seed=args.seed)
+        record: dict = {"status": "-"}
+    else:
+        run_dir = args.out / name
+        result_file = run_dir / "ablation_result.json"
+        if result_file.exists():
+            say(f"{name}: reusing the finished run in {run_dir}")
+            record = json.loads(result_file.read_text())
+        else:
+            cfg = TrainConfig(
+                manifest=args.manifest,
+                out_dir=run_dir,
+                split_file=split_path,
+                shape=args.model,
+                image_size=args.image_size,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                warmup_steps=min(100, args.steps // 10) if args.warmup_steps is None else args.warmup_steps,
+                loss=losses(args.memory_size)[name],
+                seed=args.seed,
+                min_class_images=args.min_class_images,
+                cache_dir=args.out / "cache",
+                workers=args.threads or 2,
+            )
+            result = Trainer(cfg, on_event=lambda msg: say(f"{name}: {msg}")).run()
+            record = {
+                "status": result.status,
+                "steps": result.steps,
+                "train_minutes": result.elapsed_s / 60,
+                "best_val_map_at_r": result.best_val_map_at_r,
+                "best_step": result.best_step,
+                "message": result.message,
+            }
+            result_file.write_text(json.dumps(record, indent=1))
+        model = load_checkpoint(run_dir)
+    train_emb = embed_images(model, data.train.images, bf16=bf16)
+    test_emb = embed_images(model, data.test.images, bf16=bf16)
+    return train_emb, test_emb, record
+
+
+def mean_cosine(emb: np.ndarray) -> float:
+    """Mean pairwise cosine of unit embeddings, without the diagonal: near 1 means collapse."""
+    n = len(emb)
+    total = emb.sum(axis=0)
+    return float((total @ total - n) / max(n * (n - 1), 1))
+
+
+def score_row(train_emb: np.ndarray, test_emb: np.ndarray, data: Data, variants: dict, args: argparse.Namespace):
+    """Shaped summaries per label variant, plus the chance summaries (label-only, the same for every row)."""
+    out, chance = {}, {}
+    for variant, merges in variants.items():
+        gallery = RetrievalSet(train_emb, np.array(data.train.labels), *data.train_meta, tuple(data.train.paths))
+        query = RetrievalSet(test_emb, np.array(data.test.labels), *data.test_meta, tuple(data.test.paths))
+        query, gallery = query.relabelled(merges), gallery.relabelled(merges)
+        scored = score_retrieval(query, gallery, ks=KS, n_boot=args.n_boot, seed=args.seed)
+        out[variant] = {**shape_summary(scored.summary, KS), "audit": scored.audit["overall"]}
+        summary = chance_summary(scored, query.labels, ks=KS, n_boot=args.n_boot, seed=args.seed)
+        chance[variant] = shape_summary(summary, KS)
+    return out, chance
+
+
+def _cell(block: dict, key: str) -> float:
+    return block["precision_at_k"][key]["mean"] if key.isdigit() else block[key]["mean"]
+
+
+def render(results: list[dict], chance: dict, variants: list[str], args: argparse.Namespace) -> str:
+    """The markdown table: one row per method, headline metrics per label variant, time and collapse."""
+    header = ["method"] + [f"{v} {name}" for v in variants for _, name in HEADLINE]
+    header += ["train min", "status", "mean cos"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for res in results:
+        cells = [f"{_cell(res['metrics'][v], key):.3f}" for v in variants for key, _ in HEADLINE]
+        minutes = res["training"].get("train_minutes")
+        status = res["training"]["status"]
+        if res["name"] != "raw" and res["mean_cosine"] > COLLAPSE_COSINE:  # pixels are all positive: high cos
+            status += " (collapsed)"
+        extra = [f"{minutes:.1f}" if minutes is not None else "-", status, f"{res['mean_cosine']:.3f}"]
+        lines.append("| " + " | ".join([res["title"], *cells, *extra]) + " |")
+    cells = [f"{_cell(chance[v], key):.3f}" for v in variants for key, _ in HEADLINE]
+    lines.append("| " + " | ".join(["chance", *cells, "-", "-", "-"]) + " |")
+    head = (
+        f"# Ablation: {args.model}, {args.image_size} px, {args.steps} steps, batch {args.batch_size}, lr {args.lr}\n\n"
+        "Micro means over test queries against the train gallery (own patient excluded); full mAP divides by R, "
+        "not by the hits. 95% CIs are in ablation.json.\n\n"
+    )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    split_path, data = prepare(args)
+    n_classes = len(set(data.test.labels) | set(data.train.labels))
+    variants = {f"{n_classes}-class": ()}
+    if args.merge:
+        n_merged = len(set(merge_labels([*data.train.labels, *data.test.labels], (args.merge,))))
+        variants[f"{n_merged}-class"] = (args.merge,)
+    results, chance = [], {}
+    for name in args.only:
+        t0 = time.perf_counter()
+        train_emb, test_emb, record = embed_row(name, args, split_path, data)
+        metrics, chance = score_row(train_emb, test_emb, data, variants, args)
+        res = {
+            "name": name,
+            "title": TITLES[name],
+            "training": record,
+            "mean_cosine": mean_cosine(test_emb),
+            "metrics": metrics,
+            "seconds": time.perf_counter() - t0,
+        }
+        results.append(res)
+        first = next(iter(variants))
+        say(f"{name}: {first} full mAP {metrics[first]['map']['mean']:.3f} ({res['seconds']:.0f} s)")
+    table = render(results, chance, list(variants), args)
+    doc = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "split": {"file": str(split_path), "sha256": file_sha256(split_path)},
+        "n_gallery": len(data.train.paths),
+        "n_queries": len(data.test.paths),
+        "variants": {k: list(v) for k, v in variants.items()},
+        "chance": chance,
+        "rows": results,
+    }
+    (args.out / "ablation.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    (args.out / "ablation.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
