@@ -81,8 +81,13 @@ def demo(
         table.add_column(col)
     for rank, hit in enumerate(result.hits, start=1):
         label = str(hit.payload.get("label"))
-        table.add_row(str(rank), f"{hit.score:.4f}", label, "yes" if label == query.label else "",
-                      Path(hit.payload.get("source_uri", "")).name)
+        table.add_row(
+            str(rank),
+            f"{hit.score:.4f}",
+            label,
+            "yes" if label == query.label else "",
+            Path(hit.payload.get("source_uri", "")).name,
+        )
     Console(highlight=False).print(table)
     same = sum(str(h.payload.get("label")) == query.label for h in result.hits)
     typer.echo(f"{same} of {len(result.hits)} results share the query's label ({query.label}).")

@@ -41,7 +41,6 @@ class CxrGroup(TyperGroup):
             raise typer.Exit(130) from None
 
 
-
 def _report(message: str, hint: str | None) -> None:
     if _debug():
         import traceback

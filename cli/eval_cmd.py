@@ -42,16 +42,35 @@ def eval_(
     """
     settings = load_settings()
     cfg = EvalConfig(
-        model=model, manifest=manifest, out_dir=out, split_file=split, merges=tuple(merge or ()), ks=_ks(k),
-        collection=collection, n_boot=n_boot, seed=seed, baselines=not no_baselines,
+        model=model,
+        manifest=manifest,
+        out_dir=out,
+        split_file=split,
+        merges=tuple(merge or ()),
+        ks=_ks(k),
+        collection=collection,
+        n_boot=n_boot,
+        seed=seed,
+        baselines=not no_baselines,
     )
     report = run_eval(cfg, settings, on_event=lambda m: stderr.print(m, markup=False))
-    ch = report.get("chance", {}).get("map", {})
-    typer.echo(
-        f"full mAP {report['map']['mean']:.4f} [{report['map']['ci_low']:.4f}, {report['map']['ci_high']:.4f}]"
-        f"  MAP@R {report['map_at_r']['mean']:.4f}  R-Precision {report['r_precision']['mean']:.4f}"
-        f"  P@1 {report['precision_at_k']['1']['mean']:.4f}" if "1" in report["precision_at_k"] else ""
-    )
-    if ch:
-        typer.echo(f"chance full mAP {ch.get('mean', float('nan')):.4f}")
+    typer.echo(headline_table(report))
     typer.echo(f"report: {out / 'report.md'}")
+
+
+def headline_table(report: dict) -> str:
+    """The leading numbers (micro means) for the model, the raw-pixel baseline and chance, as plain text."""
+    rows = [("model", report), *report.get("baselines", {}).items(), ("chance", report["chance"])]
+    ks = list(report["precision_at_k"])
+    head = ["full mAP", "MAP@R", "R-Precision", *(f"P@{k}" for k in (ks[0], ks[-1]))]
+    lines = [f"{'':12}" + "".join(f"{h:>13}" for h in head)]
+    for name, block in rows:
+        values = [
+            block["map"],
+            block["map_at_r"],
+            block["r_precision"],
+            block["precision_at_k"][ks[0]],
+            block["precision_at_k"][ks[-1]],
+        ]
+        lines.append(f"{name:12}" + "".join(f"{v['mean']:>13.4f}" for v in values))
+    return "\n".join(lines)

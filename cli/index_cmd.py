@@ -29,9 +29,7 @@ def index(
     model: ModelOpt = None,
     batch_size: BatchSizeOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decoder threads.")] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Index at most N files (for a trial).")
-    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Index at most N files (for a trial).")] = None,
     errors_out: Annotated[
         Path | None,
         typer.Option("--errors-out", help="Write failed files as JSON lines (path, stage, reason)."),
@@ -46,9 +44,7 @@ def index(
         raise typer.BadParameter("must be manifest, folder or none", param_hint="--label-from")
     if not paths and manifest is None:
         raise typer.BadParameter("give PATH(s) to index, or --manifest", param_hint="PATHS")
-    settings = load_settings(
-        collection=collection, model=model, batch_size=batch_size, decode_workers=workers
-    )
+    settings = load_settings(collection=collection, model=model, batch_size=batch_size, decode_workers=workers)
     rows = read_manifest(manifest) if manifest else None
     mode = ("manifest" if rows is not None else "none") if label_from == "auto" else label_from
     items, unfound = build_items(paths or [], manifest=rows, label_from=mode)  # type: ignore[arg-type]
@@ -71,9 +67,7 @@ def index(
     _print_report(report, settings.collection, as_json)
     if report.failed:
         if report.indexed + report.skipped == 0:
-            raise CxrError(
-                f"none of {len(report.failed)} file(s) could be indexed", "See the failures listed above."
-            )
+            raise CxrError(f"none of {len(report.failed)} file(s) could be indexed", "See the failures listed above.")
         raise typer.Exit(EXIT_PARTIAL)
 
 

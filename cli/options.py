@@ -17,9 +17,7 @@ CollectionOpt = Annotated[
     str | None,
     typer.Option("--collection", "-c", help="Collection name (default: $CXR_COLLECTION or 'cxr')."),
 ]
-BatchSizeOpt = Annotated[
-    int | None, typer.Option("--batch-size", "-b", min=1, help="Images per encoder batch.")
-]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Images per encoder batch.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ManifestOpt = Annotated[
     Path | None, typer.Option("--manifest", help="CSV with path,label,patient_id,... (paths relative to it).")

@@ -54,8 +54,7 @@ def search(
         result = search_file(query, encoder=rt.encoder, store=rt.store, opts=opts, salt=settings.salt)
     if exclude_same_patient and not result.patient_excluded:
         stderr.print(
-            "warning: the query carries no patient id, so same-patient results could not be excluded; "
-            "pass --patient-id"
+            "warning: the query carries no patient id, so same-patient results could not be excluded; pass --patient-id"
         )
     if as_json:
         typer.echo(json.dumps(hits_to_json(result.hits), indent=2))

@@ -45,9 +45,7 @@ def info(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
     data = {
         "version": __version__,
         "data_dir": str(settings.data_dir),
-        "store": f"server {settings.qdrant_url}"
-        if settings.qdrant_url
-        else f"embedded {settings.store_path}",
+        "store": f"server {settings.qdrant_url}" if settings.qdrant_url else f"embedded {settings.store_path}",
         "collection": settings.collection,
         "model": str(settings.model_path),
         "model_id": None,
@@ -65,9 +63,7 @@ def info(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
             typer.echo(f"{key:15} {value}")
     if "model_config" in data:
         cfg = data["model_config"]
-        typer.echo(
-            f"{'model shape':15} {cfg.get('shape')} @ {cfg.get('image_size')} px, dim {cfg.get('embed_dim')}"
-        )
+        typer.echo(f"{'model shape':15} {cfg.get('shape')} @ {cfg.get('image_size')} px, dim {cfg.get('embed_dim')}")
 
 
 def optimize(collection: CollectionOpt = None) -> None:

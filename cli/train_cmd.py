@@ -20,37 +20,28 @@ from services.training.recipes import RECIPES
 def train(
     manifest: Annotated[Path, typer.Option("--manifest", help="CSV with path,label,patient_id,...")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder; holds the best checkpoint.")],
-    model: Annotated[
-        str, typer.Option("--model", help="Shape: vit-tiny, vit-small or vit-base.")
-    ] = "vit-small",
+    model: Annotated[str, typer.Option("--model", help="Shape: vit-tiny, vit-small or vit-base.")] = "vit-small",
     image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input side in pixels.")] = 128,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Stop after N optimiser steps.")] = None,
-    max_minutes: Annotated[
-        float | None, typer.Option("--max-minutes", min=0.1, help="Stop after M minutes.")
-    ] = None,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", min=0.1, help="Stop after M minutes.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     recipe: Annotated[str, typer.Option("--recipe", help=f"Loss preset: {', '.join(RECIPES)}.")] = "default",
-    memory_size: Annotated[
-        int | None, typer.Option("--memory-size", min=0, help="Cross-batch memory (0=off).")
-    ] = None,
-    koleo_weight: Annotated[
-        float | None, typer.Option("--koleo-weight", min=0.0, help="KoLeo weight.")
-    ] = None,
+    memory_size: Annotated[int | None, typer.Option("--memory-size", min=0, help="Cross-batch memory (0=off).")] = None,
+    koleo_weight: Annotated[float | None, typer.Option("--koleo-weight", min=0.0, help="KoLeo weight.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=4)] = 64,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 5e-4,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 100,
-    split: Annotated[
-        Path | None, typer.Option("--split", help="Split file to reuse (default OUT/split.json).")
-    ] = None,
+    split: Annotated[Path | None, typer.Option("--split", help="Split file to reuse (default OUT/split.json).")] = None,
     holdout_source: Annotated[
         str | None, typer.Option("--holdout-source", help="Put every image of this source in test.")
     ] = None,
     init: Annotated[Path | None, typer.Option("--init", help="Hugging Face ViT checkpoint folder.")] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 200,
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", min=1)] = 200,
-    hflip: Annotated[
-        bool, typer.Option("--hflip", help="Random horizontal flips (off: anatomy is sided).")
-    ] = False,
+    hflip: Annotated[bool, typer.Option("--hflip", help="Random horizontal flips (off: anatomy is sided).")] = False,
+    min_class_images: Annotated[
+        int, typer.Option("--min-class-images", min=1, help="Leave out classes with fewer train images.")
+    ] = 20,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads.")] = None,
     no_bf16: Annotated[bool, typer.Option("--no-bf16", help="Train in fp32.")] = False,
@@ -89,6 +80,7 @@ def train(
         val_every=val_every,
         ckpt_every=ckpt_every,
         seed=seed,
+        min_class_images=min_class_images,
         holdout_source=holdout_source,
         cache_dir=out / "cache",
     )
@@ -96,9 +88,7 @@ def train(
         task = bar.add_task("training", total=steps, status="")
 
         def on_step(step: int, rec: dict) -> None:
-            bar.update(
-                task, completed=step, status=f"loss {rec['loss']:.4f}  {rec['step_s'] * 1000:.0f} ms/step"
-            )
+            bar.update(task, completed=step, status=f"loss {rec['loss']:.4f}  {rec['step_s'] * 1000:.0f} ms/step")
 
         result = Trainer(cfg, resume=resume, on_step=on_step, on_event=lambda m: bar.console.print(m)).run()
     typer.echo(

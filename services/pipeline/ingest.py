@@ -42,9 +42,7 @@ class IngestReport:
     skipped: int = 0
     failed: list[FileError] = field(default_factory=list)
     seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(
-        default_factory=lambda: {"decode": 0.0, "encode": 0.0, "upsert": 0.0}
-    )
+    stage_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0, "upsert": 0.0})
 
     @property
     def images_per_s(self) -> float:
@@ -79,9 +77,7 @@ class Prepared:
     decode_s: float
 
 
-def prepare(
-    item: IngestItem, *, image_size: int, model_id: str | None, salt: bytes, opts: IngestOptions
-) -> Prepared:
+def prepare(item: IngestItem, *, image_size: int, model_id: str | None, salt: bytes, opts: IngestOptions) -> Prepared:
     """Decode stage: read the file once, hash it, decode, resize, and build its payload."""
     import hashlib
 
@@ -106,9 +102,7 @@ def prepare(
     return Prepared(item, pixels, pid, payload, time.perf_counter() - t0)
 
 
-def _ahead(
-    pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int
-) -> Iterator[tuple[object, Future]]:
+def _ahead(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int) -> Iterator[tuple[object, Future]]:
     """Map fn over items in the pool, keeping at most `depth` in flight, yielding in input order."""
     window: deque[tuple[object, Future]] = deque()
     for item in items:
@@ -130,9 +124,7 @@ def _reason(exc: BaseException) -> str:
 class Ingestor:
     """Runs find -> decode -> encode -> upsert for one collection with one encoder."""
 
-    def __init__(
-        self, encoder: BatchEncoder, store: VectorStore, opts: IngestOptions, *, salt: bytes
-    ) -> None:
+    def __init__(self, encoder: BatchEncoder, store: VectorStore, opts: IngestOptions, *, salt: bytes) -> None:
         self.encoder, self.store, self.opts, self.salt = encoder, store, opts, salt
 
     def run(self, items: Iterable[IngestItem], *, progress: Progress | None = None) -> IngestReport:

@@ -23,8 +23,7 @@ class Runtime:
         if not (self.model_path / "config.json").exists():
             raise ModelError(
                 f"no checkpoint at {self.model_path}",
-                "Train one with `cxr train --out DIR` (or run `cxr demo`), then pass --model DIR "
-                "or set CXR_MODEL.",
+                "Train one with `cxr train --out DIR` (or run `cxr demo`), then pass --model DIR or set CXR_MODEL.",
             )
         if self.settings.torch_threads:
             import torch

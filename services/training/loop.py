@@ -105,7 +105,10 @@ class Trainer:
             self.say(f"not training on classes with < {cfg.min_class_images} train images: {', '.join(rare)}")
             parts["train"] = [row for row in parts["train"] if row.label not in rare]
         if len({row.label for row in parts["train"]}) < 2:
-            raise DataError("training needs at least two classes with enough images")
+            raise DataError(
+                f"training needs two or more classes with >= {cfg.min_class_images} train images",
+                "Lower --min-class-images, or add labelled images.",
+            )
         self.say(f"decoding {len(parts['train'])} train and {len(parts['val'])} val images at {cfg.image_size} px")
         train = load_image_cache(parts["train"], cfg.image_size, workers=cfg.workers, cache_dir=cfg.cache_dir)
         val = load_image_cache(parts["val"], cfg.image_size, workers=cfg.workers, cache_dir=cfg.cache_dir)

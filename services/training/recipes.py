@@ -8,8 +8,8 @@ RECIPES: dict[str, LossConfig] = {
     # In-batch contrastive, margins (1 - s) and max(0, s - 0.5); no memory, no KoLeo. See README "Results".
     "default": LossConfig(kind="contrastive", memory_size=0, koleo_weight=0.0),
     "contrastive": LossConfig(kind="contrastive", memory_size=0, koleo_weight=0.0),
-    "xbm": LossConfig(kind="contrastive", memory_size=4096, koleo_weight=0.0),
+    "xbm": LossConfig(kind="contrastive", memory_size=2048, koleo_weight=0.0),
     # The paper's full recipe: contrastive over a cross-batch memory + 0.3 KoLeo.
-    "paper": LossConfig(kind="contrastive", memory_size=4096, koleo_weight=0.3),
+    "paper": LossConfig(kind="contrastive", memory_size=2048, koleo_weight=0.3),
     "crossentropy": LossConfig(kind="crossentropy"),
 }

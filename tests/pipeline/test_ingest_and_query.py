@@ -70,20 +70,34 @@ def test_query_excludes_itself_and_its_patient(runtime: Runtime, public_sample: 
     query = rows[0]
     salt = runtime.settings.salt
 
-    with_self = search_file(query.path, encoder=runtime.encoder, store=runtime.store, salt=salt,
-                            opts=QueryOptions(collection="t", k=5, exclude_self=False))
+    with_self = search_file(
+        query.path,
+        encoder=runtime.encoder,
+        store=runtime.store,
+        salt=salt,
+        opts=QueryOptions(collection="t", k=5, exclude_self=False),
+    )
     assert with_self.hits[0].payload["source_uri"] == query.path.resolve().as_uri()
     assert with_self.hits[0].score == pytest.approx(1.0, abs=1e-3)
 
-    without = search_file(query.path, encoder=runtime.encoder, store=runtime.store, salt=salt,
-                          opts=QueryOptions(collection="t", k=len(rows)))
+    without = search_file(
+        query.path,
+        encoder=runtime.encoder,
+        store=runtime.store,
+        salt=salt,
+        opts=QueryOptions(collection="t", k=len(rows)),
+    )
     assert query.path.resolve().as_uri() not in {h.payload["source_uri"] for h in without.hits}
     assert len(without.hits) == len(rows) - 1
 
     same_patient = [r for r in rows if r.patient_id == query.patient_id]
-    excluded = search_file(query.path, encoder=runtime.encoder, store=runtime.store, salt=salt,
-                           opts=QueryOptions(collection="t", k=len(rows), exclude_same_patient=True,
-                                             patient_id=query.patient_id))
+    excluded = search_file(
+        query.path,
+        encoder=runtime.encoder,
+        store=runtime.store,
+        salt=salt,
+        opts=QueryOptions(collection="t", k=len(rows), exclude_same_patient=True, patient_id=query.patient_id),
+    )
     assert excluded.patient_excluded
     assert patient_hash(query.patient_id, salt) not in {h.payload.get("patient_hash") for h in excluded.hits}
     assert len(excluded.hits) == len(rows) - len(same_patient)
@@ -92,8 +106,13 @@ def test_query_excludes_itself_and_its_patient(runtime: Runtime, public_sample: 
 def test_query_filters(runtime: Runtime, public_sample: Path):
     rows = read_manifest(public_sample / "manifest.csv")
     _ingest(runtime, build_items([], manifest=rows)[0])
-    result = search_file(rows[-1].path, encoder=runtime.encoder, store=runtime.store, salt=runtime.settings.salt,
-                         opts=QueryOptions(collection="t", k=50, filters=("label=covid19,normal", "view!=AP")))
+    result = search_file(
+        rows[-1].path,
+        encoder=runtime.encoder,
+        store=runtime.store,
+        salt=runtime.settings.salt,
+        opts=QueryOptions(collection="t", k=50, filters=("label=covid19,normal", "view!=AP")),
+    )
     assert result.hits
     assert {h.payload["label"] for h in result.hits} <= {"covid19", "normal"}
     assert all(h.payload.get("view") != "AP" for h in result.hits)

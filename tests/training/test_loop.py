@@ -19,8 +19,17 @@ from services.training.validation import ValScore, chance_map_at_r, collapse_rea
 
 def _cfg(sample: Path, out: Path, **kw) -> TrainConfig:
     base = dict(
-        manifest=sample / "manifest.csv", out_dir=out, shape="vit-tiny", image_size=32, batch_size=16,
-        steps=6, val_every=3, ckpt_every=3, warmup_steps=2, min_class_images=2, workers=1,
+        manifest=sample / "manifest.csv",
+        out_dir=out,
+        shape="vit-tiny",
+        image_size=32,
+        batch_size=16,
+        steps=6,
+        val_every=3,
+        ckpt_every=3,
+        warmup_steps=2,
+        min_class_images=2,
+        workers=1,
         loss=LossConfig(memory_size=32, koleo_weight=0.3),
     )
     return TrainConfig(**{**base, **kw})
@@ -61,7 +70,9 @@ def test_lr_schedule_warms_up_then_anneals(public_sample: Path, tmp_path: Path):
 
 
 def test_collapse_is_detected_by_spread_and_by_falling_to_chance():
-    assert "mean pairwise cosine" in collapse_reason(ValScore(0.4, 0.99, 10), best=0.4, chance=0.3, max_mean_cosine=0.95)
+    assert "mean pairwise cosine" in collapse_reason(
+        ValScore(0.4, 0.99, 10), best=0.4, chance=0.3, max_mean_cosine=0.95
+    )
     assert "fell to chance" in collapse_reason(ValScore(0.30, 0.2, 10), best=0.45, chance=0.30, max_mean_cosine=0.95)
     assert collapse_reason(ValScore(0.31, 0.2, 10), best=0.31, chance=0.30, max_mean_cosine=0.95) == ""  # early
 
