@@ -38,7 +38,7 @@ def eval_(
 ) -> None:
     """Index the train split as the gallery, query with every test image, write the report.
 
-    Example: cxr eval --model runs/vit-s --manifest data/manifest.csv --merge pneumonia_bacterial,pneumonia_viral=pneumonia --out reports/3class
+    Example: cxr eval --model runs/vit-s --manifest data/manifest.csv --out reports/4class
     """
     settings = load_settings()
     cfg = EvalConfig(
