@@ -14,12 +14,6 @@ from rich.table import Table
 from cli.errors import stderr
 from cli.options import ModelOpt, load_settings
 from cli.progress import progress_bar
-from services.errors import DataError
-from services.evaluation.splits import read_split, split_rows
-from services.manifest import read_manifest
-from services.pipeline import IngestItem, IngestOptions, Ingestor, QueryOptions, Runtime, search_file
-from services.training.config import TrainConfig
-from services.training.loop import Trainer
 
 
 def demo(
@@ -36,17 +30,28 @@ def demo(
 
     Example: cxr demo --data ../shared/data/cxr-public --train-minutes 5
     """
+    from services.errors import DataError
+    from services.evaluation.splits import read_split, split_rows
+    from services.manifest import read_manifest
+    from services.pipeline import IngestItem, IngestOptions, Ingestor, QueryOptions, Runtime, search_file
+    from services.training.config import TrainConfig
+    from services.training.loop import Trainer
+
     settings = load_settings(model=model, collection="demo")
     manifest = data / "manifest.csv"
     ckpt = settings.model_path
     if not (ckpt / "config.json").exists():
         stderr.print(
-            f"No trained checkpoint at {ckpt}: training one now with the default recipe on vit-tiny at 128 px (fast on a CPU) for "
-            f"{train_minutes:g} minutes. This short demo budget gives a weak model; see the README for the one-hour "
+            f"No trained checkpoint at {ckpt}: training one now with the default recipe on vit-tiny at 128 px "
+            f"(fast on a CPU) for {train_minutes:g} minutes. This short demo budget gives a weak model; see the README for the one-hour "
             "run behind the reported numbers."
         )
         cfg = TrainConfig(
-            manifest=manifest, out_dir=ckpt, shape="vit-tiny", image_size=128, max_minutes=train_minutes,
+            manifest=manifest,
+            out_dir=ckpt,
+            shape="vit-tiny",
+            image_size=128,
+            max_minutes=train_minutes,
             cache_dir=ckpt / "cache",
         )
         with progress_bar() as bar:

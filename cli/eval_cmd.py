@@ -9,7 +9,6 @@ import typer
 
 from cli.errors import stderr
 from cli.options import CollectionOpt, load_settings
-from services.evaluation.job import EvalConfig, run_eval
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -40,6 +39,8 @@ def eval_(
 
     Example: cxr eval --model runs/vit-s --manifest data/manifest.csv --out reports/4class
     """
+    from services.evaluation.job import EvalConfig, run_eval
+
     settings = load_settings()
     cfg = EvalConfig(
         model=model,

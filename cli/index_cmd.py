@@ -11,9 +11,6 @@ from rich.console import Console
 
 from cli.options import BatchSizeOpt, CollectionOpt, JsonOpt, ManifestOpt, ModelOpt, load_settings
 from cli.progress import progress_bar
-from services.errors import CxrError
-from services.manifest import read_manifest
-from services.pipeline import FileError, IngestOptions, Ingestor, Runtime, build_items
 
 EXIT_PARTIAL = 3
 
@@ -40,6 +37,9 @@ def index(
 
     Example: cxr index ./studies --manifest studies/manifest.csv --collection chest
     """
+    from services.manifest import read_manifest
+    from services.pipeline import FileError, IngestOptions, Ingestor, Runtime, build_items
+
     if label_from not in {"auto", "manifest", "folder", "none"}:
         raise typer.BadParameter("must be manifest, folder or none", param_hint="--label-from")
     if not paths and manifest is None:
@@ -67,6 +67,8 @@ def index(
     _print_report(report, settings.collection, as_json)
     if report.failed:
         if report.indexed + report.skipped == 0:
+            from services.errors import CxrError
+
             raise CxrError(f"none of {len(report.failed)} file(s) could be indexed", "See the failures listed above.")
         raise typer.Exit(EXIT_PARTIAL)
 

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from cli.errors import stderr
 from cli.options import CollectionOpt, JsonOpt, ModelOpt, load_settings
-from services.pipeline import QueryOptions, Runtime, hits_to_json, search_file
 
 
 def search(
@@ -39,6 +38,8 @@ def search(
 
     Example: cxr search q.dcm --k 10 --filter view=PA --exclude-same-patient
     """
+    from services.pipeline import QueryOptions, Runtime, hits_to_json, search_file
+
     settings = load_settings(collection=collection, model=model)
     opts = QueryOptions(
         collection=settings.collection,

@@ -12,7 +12,6 @@ from rich.table import Table
 from cli.errors import stderr
 from cli.options import CollectionOpt, JsonOpt, ModelOpt, load_settings
 from services import __version__
-from services.pipeline import Runtime
 
 
 def collections(as_json: JsonOpt = False) -> None:
@@ -20,6 +19,8 @@ def collections(as_json: JsonOpt = False) -> None:
 
     Example: cxr collections --json
     """
+    from services.pipeline import Runtime
+
     settings = load_settings()
     with Runtime(settings) as rt:
         infos = rt.store.collections()
@@ -71,6 +72,8 @@ def optimize(collection: CollectionOpt = None) -> None:
 
     Example: cxr optimize --collection chest
     """
+    from services.pipeline import Runtime
+
     settings = load_settings(collection=collection)
     with Runtime(settings) as rt:
         stderr.print(f"optimizing {settings.collection} ({rt.store.count(settings.collection)} points)...")

@@ -9,12 +9,6 @@ import typer
 
 from cli.errors import stderr
 from cli.progress import progress_bar
-from services.errors import CxrError
-from services.training.augment import AugmentConfig
-from services.training.config import TrainConfig
-from services.training.loop import Trainer
-from services.training.losses import LossConfig
-from services.training.recipes import RECIPES
 
 
 def train(
@@ -25,7 +19,9 @@ def train(
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Stop after N optimiser steps.")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", min=0.1, help="Stop after M minutes.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
-    recipe: Annotated[str, typer.Option("--recipe", help=f"Loss preset: {', '.join(RECIPES)}.")] = "default",
+    recipe: Annotated[
+        str, typer.Option("--recipe", help="Loss preset: default, contrastive, xbm, paper, crossentropy.")
+    ] = "default",
     memory_size: Annotated[int | None, typer.Option("--memory-size", min=0, help="Cross-batch memory (0=off).")] = None,
     koleo_weight: Annotated[float | None, typer.Option("--koleo-weight", min=0.0, help="KoLeo weight.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=4)] = 64,
@@ -51,6 +47,13 @@ def train(
     Example: cxr train --manifest data/manifest.csv --model vit-small --max-minutes 60 --out runs/vit-s
     """
     import torch
+
+    from services.errors import CxrError
+    from services.training.augment import AugmentConfig
+    from services.training.config import TrainConfig
+    from services.training.loop import Trainer
+    from services.training.losses import LossConfig
+    from services.training.recipes import RECIPES
 
     if threads:
         torch.set_num_threads(threads)

@@ -220,6 +220,7 @@ class Trainer:
                     break
                 if step % 10 == 0:
                     log.write(json.dumps(record) + "\n")
+                    log.flush()  # so `tail -f train_log.jsonl` follows a long run
                 if self.on_step:
                     self.on_step(step, record)
                 if step % cfg.val_every == 0 or (cfg.steps is not None and step == cfg.steps):
