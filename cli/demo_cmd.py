@@ -43,8 +43,8 @@ def demo(
     if not (ckpt / "config.json").exists():
         stderr.print(
             f"No trained checkpoint at {ckpt}: training one now with the default recipe on vit-tiny at 128 px "
-            f"(fast on a CPU) for {train_minutes:g} minutes. This short demo budget gives a weak model; see the README for the one-hour "
-            "run behind the reported numbers."
+            f"(fast on a CPU) for {train_minutes:g} minutes. This short demo budget gives a weak model; "
+            "see the README for the one-hour run behind the reported numbers."
         )
         cfg = TrainConfig(
             manifest=manifest,
