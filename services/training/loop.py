@@ -12,7 +12,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,29 @@ class TrainResult:
     best_step: int
     elapsed_s: float
     message: str
+
+
+@dataclass
+class _Run:
+    """The mutable state of one run: what --resume restores, plus the counters of the loop."""
+
+    model: nn.Module
+    criterion: nn.Module
+    opt: torch.optim.Optimizer
+    sampler: ClassBalancedBatchSampler
+    gen: torch.Generator
+    recipe: dict
+    step: int = 0
+    elapsed0: float = 0.0  # seconds trained before this process (resume)
+    best: float = -1.0
+    best_step: int = 0
+    evals_since_best: int = 0
+    last_val_step: int = -1
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.started
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -147,154 +170,139 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         train, val, classes, manifest_sha, split_sha = self._prepare_data()
         class_index = {c: i for i, c in enumerate(classes)}
-        y_all = torch.tensor([class_index[label] for label in train.labels])
         model, criterion = self._build(len(classes))
         opt = torch.optim.AdamW(_param_groups([model, criterion], cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-        sampler = ClassBalancedBatchSampler(train.labels, cfg.batch_size, seed=cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
-        state = self._load_state(opt, criterion, sampler, gen)
-        step, elapsed0 = state["step"], state["elapsed"]
-        best, best_step = state["best"], state["best_step"]
-        evals_since_best = 0
-        val_labels = np.asarray(val.labels)
-        val_groups = np.asarray(val.groups)
+        run = _Run(
+            model=model,
+            criterion=criterion,
+            opt=opt,
+            sampler=ClassBalancedBatchSampler(train.labels, cfg.batch_size, seed=cfg.seed),
+            gen=torch.Generator().manual_seed(cfg.seed + 1),
+            recipe={
+                **cfg.recipe(),
+                "classes": classes,
+                "manifest_sha256": manifest_sha,
+                "split_sha256": split_sha,
+                "bf16": self.bf16,
+            },
+        )
+        self._load_state(run)
+        y_all = torch.tensor([class_index[label] for label in train.labels])
+        val_labels, val_groups = np.asarray(val.labels), np.asarray(val.groups)
         chance = chance_map_at_r(val_labels, val_groups, seed=cfg.seed)
         self.say(f"val MAP@R of a random embedding (chance): {chance:.4f}")
-        recipe = {
-            **cfg.recipe(),
-            "classes": classes,
-            "manifest_sha256": manifest_sha,
-            "split_sha256": split_sha,
-            "bf16": self.bf16,
-        }
-        log = (self.out / "train_log.jsonl").open("a")
-        t_start = time.perf_counter()
+
+        def evaluate() -> str:
+            """Validate, keep the best checkpoint; returns a collapse reason or ""."""
+            score = validate(embed_images(model, val.images, bf16=self.bf16), val_labels, val_groups)
+            run.last_val_step = run.step
+            self._log({"step": run.step, "val_map_at_r": score.map_at_r, "val_mean_cosine": score.mean_cosine})
+            self.say(f"step {run.step}: val MAP@R {score.map_at_r:.4f}, mean cosine {score.mean_cosine:.3f}")
+            if score.map_at_r > run.best:
+                run.best, run.best_step, run.evals_since_best = score.map_at_r, run.step, 0
+                save_checkpoint(model, self.out, recipe={**run.recipe, "step": run.step, "val_map_at_r": run.best})
+            else:
+                run.evals_since_best += 1
+            return collapse_reason(score, run.best, chance, cfg.collapse_cosine)
+
+        self._logfile = (self.out / "train_log.jsonl").open("a")
+        run.started = time.perf_counter()
         status, message = "finished", ""
-        batches = iter(sampler)
+        batches = iter(run.sampler)
         model.train()
         try:
             while True:
-                elapsed = elapsed0 + time.perf_counter() - t_start
-                progress = max(
-                    step / cfg.steps if cfg.steps else 0.0,
-                    elapsed / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0,
-                )
-                if cfg.steps is not None and step >= cfg.steps:
+                if cfg.steps is not None and run.step >= cfg.steps:
                     break
-                if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
+                if cfg.max_minutes is not None and run.elapsed >= cfg.max_minutes * 60:
                     status = "time_limit"
                     break
-                t0 = time.perf_counter()
-                lr = lr_at(cfg, step, progress)
-                for group in opt.param_groups:
-                    group["lr"] = lr
                 idx = next(batches)
-                x = augment(train.batch(idx), cfg.augment, gen)
-                y = y_all[idx]
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                    if cfg.loss.kind == "crossentropy":
-                        logits = criterion(model.features(x))
-                if cfg.loss.kind == "crossentropy":
-                    loss = nn.functional.cross_entropy(logits.float(), y)
-                    parts = {"ce": loss.item()}
-                else:
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                        emb = model(x)
-                    loss, parts = criterion(emb.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-                opt.step()
-                step += 1
-                record = {
-                    "step": step,
-                    "loss": loss.item(),
-                    **parts,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "step_s": time.perf_counter() - t0,
-                    "elapsed_s": elapsed,
-                }
+                record = self._train_step(run, train.batch(idx), y_all[idx])
                 if not math.isfinite(record["loss"]):
-                    status, message = "collapsed", f"loss became {record['loss']} at step {step}"
+                    status, message = "collapsed", f"loss became {record['loss']} at step {run.step}"
                     break
-                if step % 10 == 0:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()  # so `tail -f train_log.jsonl` follows a long run
+                if run.step % 10 == 0:
+                    self._log(record)
                 if self.on_step:
-                    self.on_step(step, record)
-                if step % cfg.val_every == 0 or (cfg.steps is not None and step == cfg.steps):
-                    score = validate(embed_images(model, val.images, bf16=self.bf16), val_labels, val_groups)
-                    log.write(
-                        json.dumps(
-                            {
-                                "step": step,
-                                "val_map_at_r": score.map_at_r,
-                                "val_mean_cosine": score.mean_cosine,
-                            }
-                        )
-                        + "\n"
-                    )
-                    log.flush()
-                    self.say(f"step {step}: val MAP@R {score.map_at_r:.4f}, mean cosine {score.mean_cosine:.3f}")
-                    if score.map_at_r > best:
-                        best, best_step, evals_since_best = score.map_at_r, step, 0
-                        save_checkpoint(model, self.out, recipe={**recipe, "step": step, "val_map_at_r": best})
-                    else:
-                        evals_since_best += 1
-                    message = collapse_reason(score, best, chance, cfg.collapse_cosine)
-                    if message:
-                        status, message = "collapsed", f"step {step}: {message}; lower --lr or drop the memory"
+                    self.on_step(run.step, record)
+                if run.step % cfg.val_every == 0:
+                    reason = evaluate()
+                    if reason:
+                        status, message = "collapsed", f"step {run.step}: {reason}; lower --lr or drop the memory"
                         break
-                    if cfg.patience_evals and evals_since_best >= cfg.patience_evals:
-                        status, message = (
-                            "early_stop",
-                            f"no val MAP@R gain for {evals_since_best} evaluations",
-                        )
+                    if cfg.patience_evals and run.evals_since_best >= cfg.patience_evals:
+                        status, message = "early_stop", f"no val MAP@R gain for {run.evals_since_best} evaluations"
                         break
-                if step % cfg.ckpt_every == 0:
-                    self._save_state(
-                        model,
-                        opt,
-                        criterion,
-                        sampler,
-                        gen,
-                        step,
-                        elapsed0 + time.perf_counter() - t_start,
-                        best,
-                        best_step,
-                        recipe,
-                    )
+                if run.step % cfg.ckpt_every == 0:
+                    self._save_state(run)
+            if status != "collapsed" and run.last_val_step != run.step:
+                reason = evaluate()  # the final, fully annealed weights are often the best
+                if reason:
+                    status, message = "collapsed", f"step {run.step}: {reason}; lower --lr or drop the memory"
         finally:
-            log.close()
-        elapsed = elapsed0 + time.perf_counter() - t_start
-        self._save_state(model, opt, criterion, sampler, gen, step, elapsed, best, best_step, recipe)
-        if best_step == 0 and status != "collapsed":  # no validation ran: keep the last weights as the result
-            score = validate(embed_images(model, val.images, bf16=self.bf16), val_labels, val_groups)
-            best, best_step = score.map_at_r, step
-            save_checkpoint(model, self.out, recipe={**recipe, "step": step, "val_map_at_r": best})
-        return TrainResult(self.out, status, step, best, best_step, elapsed, message)
+            self._logfile.close()
+        self._save_state(run)
+        return TrainResult(self.out, status, run.step, run.best, run.best_step, run.elapsed, message)
+
+    def _train_step(self, run: _Run, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        """One optimiser step on one batch; returns the log record."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        progress = max(
+            run.step / cfg.steps if cfg.steps else 0.0,
+            run.elapsed / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0,
+        )
+        lr = lr_at(cfg, run.step, progress)
+        for group in run.opt.param_groups:
+            group["lr"] = lr
+        x = augment(images, cfg.augment, run.gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = run.model.features(x) if cfg.loss.kind == "crossentropy" else run.model(x)
+        if cfg.loss.kind == "crossentropy":
+            loss = nn.functional.cross_entropy(run.criterion(out.float()), labels)
+            parts = {"ce": loss.item()}
+        else:
+            loss, parts = run.criterion(out.float(), labels)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
+        run.opt.step()
+        run.step += 1
+        return {
+            "step": run.step,
+            "loss": loss.item(),
+            **parts,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "step_s": time.perf_counter() - t0,
+            "elapsed_s": run.elapsed,
+        }
+
+    def _log(self, record: dict) -> None:
+        self._logfile.write(json.dumps(record) + "\n")
+        self._logfile.flush()  # so `tail -f train_log.jsonl` follows a long run
 
     # ---- state --------------------------------------------------------------------------------------------
-    def _save_state(self, model, opt, criterion, sampler, gen, step, elapsed, best, best_step, recipe) -> None:  # noqa: ANN001
-        save_checkpoint(model, self.out / "last", recipe={**recipe, "step": step})
+    def _save_state(self, run: _Run) -> None:
+        save_checkpoint(run.model, self.out / "last", recipe={**run.recipe, "step": run.step})
         state = {
-            "step": step,
-            "elapsed": elapsed,
-            "best": best,
-            "best_step": best_step,
-            "optimizer": opt.state_dict(),
-            "criterion": criterion.state_dict(),
-            "sampler": sampler.state_dict(),
-            "generator": gen.get_state(),
+            "step": run.step,
+            "elapsed": run.elapsed,
+            "best": run.best,
+            "best_step": run.best_step,
+            "optimizer": run.opt.state_dict(),
+            "criterion": run.criterion.state_dict(),
+            "sampler": run.sampler.state_dict(),
+            "generator": run.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
         tmp = self.out / "train_state.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(self.out / "train_state.pt")
 
-    def _load_state(self, opt, criterion, sampler, gen) -> dict:  # noqa: ANN001
-        fresh = {"step": 0, "elapsed": 0.0, "best": -1.0, "best_step": 0}
+    def _load_state(self, run: _Run) -> None:
+        """Fresh run: refuse to overwrite one. --resume: restore optimiser, memory, sampler, RNG and counters."""
         path = self.out / "train_state.pt"
         if not self.resume:
             if path.exists():
@@ -302,14 +310,15 @@ class Trainer:
                     f"{self.out} already holds a training run",
                     "Pass --resume to continue it, or choose another --out.",
                 )
-            return fresh
+            return
         if not path.exists():
             raise ConfigError(f"nothing to resume in {self.out}", "Drop --resume to start a new run.")
         state = torch.load(path, weights_only=False)
-        opt.load_state_dict(state["optimizer"])
-        criterion.load_state_dict(state["criterion"])
-        sampler.load_state_dict(state["sampler"])
-        gen.set_state(state["generator"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.criterion.load_state_dict(state["criterion"])
+        run.sampler.load_state_dict(state["sampler"])
+        run.gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        self.say(f"resuming at step {state['step']} ({state['elapsed'] / 60:.1f} min done)")
-        return {k: state[k] for k in fresh}
+        run.step, run.elapsed0 = state["step"], state["elapsed"]
+        run.best, run.best_step = state["best"], state["best_step"]
+        self.say(f"resuming at step {run.step} ({run.elapsed0 / 60:.1f} min done)")
