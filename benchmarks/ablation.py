@@ -181,6 +181,7 @@ def embed_row(name: str, args: argparse.Namespace, split_path: Path, data: Data)
             )
             result = Trainer(cfg, on_event=lambda msg: say(f"{name}: {msg}")).run()
             record = {
+                "lr": args.lr,
                 "status": result.status,
                 "steps": result.steps,
                 "train_minutes": result.elapsed_s / 60,
