@@ -25,7 +25,9 @@ def train(
     memory_size: Annotated[int | None, typer.Option("--memory-size", min=0, help="Cross-batch memory (0=off).")] = None,
     koleo_weight: Annotated[float | None, typer.Option("--koleo-weight", min=0.0, help="KoLeo weight.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=4)] = 64,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 5e-4,
+    lr: Annotated[
+        float | None, typer.Option("--lr", min=0.0, help="Peak learning rate (default: the recipe's).")
+    ] = None,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 100,
     split: Annotated[Path | None, typer.Option("--split", help="Split file to reuse (default OUT/split.json).")] = None,
     holdout_source: Annotated[
@@ -59,7 +61,8 @@ def train(
         torch.set_num_threads(threads)
     if recipe not in RECIPES:
         raise typer.BadParameter(f"choose one of {', '.join(RECIPES)}", param_hint="--recipe")
-    base = RECIPES[recipe]
+    chosen = RECIPES[recipe]
+    base = chosen.loss
     loss = LossConfig(
         kind=base.kind,
         memory_size=base.memory_size if memory_size is None else memory_size,
@@ -75,7 +78,7 @@ def train(
         steps=steps,
         max_minutes=max_minutes,
         batch_size=batch_size,
-        lr=lr,
+        lr=chosen.lr if lr is None else lr,
         warmup_steps=warmup_steps,
         loss=loss,
         augment=AugmentConfig(hflip=hflip),

@@ -8,6 +8,7 @@ from pathlib import Path
 from services.errors import ConfigError
 from services.training.augment import AugmentConfig
 from services.training.losses import LossConfig
+from services.training.recipes import RECIPES
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,11 @@ class TrainConfig:
     steps: int | None = None
     max_minutes: float | None = None
     batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = RECIPES["default"].lr
     weight_decay: float = 0.05
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=lambda: RECIPES["default"].loss)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     bf16: bool | None = None
     val_every: int = 200
