@@ -20,7 +20,9 @@ def demo(
     data: Annotated[Path, typer.Option("--data", help="Folder with manifest.csv and images.")] = Path(
         "../shared/data/cxr-public"
     ),
-    train_minutes: Annotated[float, typer.Option("--train-minutes", min=0.5, help="Budget if no checkpoint.")] = 5.0,
+    train_minutes: Annotated[
+        float, typer.Option("--train-minutes", min=0.05, help="Training budget when no checkpoint exists.")
+    ] = 5.0,
     n_index: Annotated[int, typer.Option("--n-index", min=10, help="How many train-split images to index.")] = 300,
     k: Annotated[int, typer.Option("--k", min=1)] = 10,
     model: ModelOpt = None,
@@ -84,7 +86,8 @@ def demo(
         )
         qopts = QueryOptions(collection="demo", k=k, exclude_same_patient=True, patient_id=query.patient_id)
         result = search_file(query.path, encoder=rt.encoder, store=rt.store, opts=qopts, salt=settings.salt)
-    table = Table(title=f"query {query.path.name} (held-back test image, label {query.label})")
+    typer.echo(f"query: {query.path.name}, a held-back test image (label {query.label}); its patient's images excluded")
+    table = Table()
     for col in ("rank", "score", "label", "match", "file"):
         table.add_column(col)
     for rank, hit in enumerate(result.hits, start=1):
