@@ -29,4 +29,4 @@ RECIPES: dict[str, Recipe] = {
         "contrastive over a cross-batch memory + 0.3 KoLeo (MIDL 2024)",
     ),
 }
-RECIPES["default"] = RECIPES["crossentropy"]
+RECIPES["default"] = RECIPES["contrastive"]
