@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from services.embedding import bf16_supported, create_encoder
+from services.training.augment import AugmentConfig, augment
 from services.training.config import TrainConfig
 from services.training.loop import Trainer
 from services.training.losses import LossConfig, RetrievalLoss
@@ -25,17 +26,21 @@ from services.training.losses import LossConfig, RetrievalLoss
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step_overhead.json"
 
 
-def plain_steps(shape: str, size: int, batch: int, steps: int, bf16: bool) -> list[float]:
+def plain_steps(
+    shape: str, size: int, batch: int, steps: int, bf16: bool, *, with_augment: bool = False
+) -> list[float]:
     model = create_encoder(shape, image_size=size, seed=0)
     loss_fn = RetrievalLoss(LossConfig(), model.config.embed_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.rand(batch, 1, size, size)
     y = torch.arange(batch) % 4
+    gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
+        inputs = augment(x, AugmentConfig(), gen) if with_augment else x
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            emb = model(x)
+            emb = model(inputs)
         loss, _ = loss_fn(emb.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -76,15 +81,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bf16 = bf16_supported()
     plain: list[float] = []
+    plain_aug: list[float] = []
     ours: list[float] = []
     with tempfile.TemporaryDirectory() as cache:
         for _ in range(args.rounds):
             plain += plain_steps(args.model, args.image_size, args.batch_size, args.steps, bf16)
+            plain_aug += plain_steps(args.model, args.image_size, args.batch_size, args.steps, bf16, with_augment=True)
             ours += ours_steps(args.manifest, args.model, args.image_size, args.batch_size, args.steps, Path(cache))
-    p_med, o_med = statistics.median(plain), statistics.median(ours)
+    p_med, a_med, o_med = statistics.median(plain), statistics.median(plain_aug), statistics.median(ours)
     print(f"{args.model} @ {args.image_size} px, batch {args.batch_size}, {args.threads} threads, bf16={bf16}")
     print(f"{'loop':28} {'median s/step':>14} {'ratio':>7}")
     print(f"{'plain PyTorch':28} {p_med:14.3f} {1.0:7.2f}")
+    print(f"{'plain + same augmentation':28} {a_med:14.3f} {a_med / p_med:7.2f}")
     print(f"{'cxr train (Trainer)':28} {o_med:14.3f} {o_med / p_med:7.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
