@@ -6,6 +6,7 @@ fails at any stage becomes a FileError record (path, stage, reason); the rest of
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -79,8 +80,6 @@ class Prepared:
 
 def prepare(item: IngestItem, *, image_size: int, model_id: str | None, salt: bytes, opts: IngestOptions) -> Prepared:
     """Decode stage: read the file once, hash it, decode, resize, and build its payload."""
-    import hashlib
-
     t0 = time.perf_counter()
     try:
         data = Path(item.path).read_bytes()

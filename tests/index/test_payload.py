@@ -67,10 +67,8 @@ def test_dicom_header_phi_leaves_no_trace() -> None:
 
 
 def test_real_image_meta_leaves_no_trace() -> None:
-    try:
-        from services.imaging import ImageMeta
-    except ImportError:
-        pytest.skip("services.imaging.ImageMeta is not there yet")
+    from services.imaging import ImageMeta
+
     meta = ImageMeta(format="dicom", height=10, width=10, patient_id=RAW_ID, sex="F", age=50, sop_uid="9.9")
     payload = _payload(meta=meta)
     _assert_no_phi(payload)
