@@ -189,8 +189,8 @@ class Trainer:
         self._load_state(run)
         y_all = torch.tensor([class_index[label] for label in train.labels])
         val_labels, val_groups = np.asarray(val.labels), np.asarray(val.groups)
-        chance = chance_map_at_r(val_labels, val_groups, seed=cfg.seed)
-        self.say(f"val MAP@R of a random embedding (chance): {chance:.4f}")
+        chance = chance_map_at_r(val_labels, val_groups)
+        self.say(f"val MAP@R of a random ranking (chance): {chance:.4f}")
 
         def evaluate() -> str:
             """Validate, keep the best checkpoint; returns a collapse reason or ""."""

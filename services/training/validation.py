@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from services.embedding import CxrEncoder
+from services.evaluation.baselines import expected_map_at_r
 from services.evaluation.metrics import map_at_r
 from services.evaluation.ranking import rank_relevance
 
@@ -47,12 +48,14 @@ def validate(emb: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> ValScor
     return ValScore(score, mean_cos, n)
 
 
-def chance_map_at_r(labels: np.ndarray, groups: np.ndarray, *, seed: int = 0) -> float:
-    """Val MAP@R of random unit vectors: the floor a collapsed or untrained model sits at."""
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((len(labels), 32)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    return validate(emb, labels, groups).map_at_r
+def chance_map_at_r(labels: np.ndarray, groups: np.ndarray) -> float:
+    """Expected val MAP@R of a random ranking (exact): the floor a collapsed or untrained model sits at."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    other_patient = groups[:, None] != groups[None, :]
+    n_gallery = other_patient.sum(axis=1)
+    n_relevant = (other_patient & (labels[:, None] == labels[None, :])).sum(axis=1)
+    valid = n_relevant > 0
+    return float(expected_map_at_r(n_relevant[valid], n_gallery[valid]).mean()) if valid.any() else 0.0
 
 
 def collapse_reason(score: ValScore, best: float, chance: float, max_mean_cosine: float) -> str:
