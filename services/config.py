@@ -36,6 +36,18 @@ class Settings(BaseSettings):
     patient_salt: SecretStr | None = Field(
         None, description="Salt for patient-id hashes; default a random salt kept in DATA_DIR/patient_salt."
     )
+    store_wait_s: float = Field(
+        30.0, ge=0, description="How long to wait for another process to hand over the embedded store."
+    )
+    store_linger_s: float = Field(
+        2.0, ge=0, description="Keep the embedded store open this long after a call unless another process waits."
+    )
+    spool_dir: Path | None = Field(None, description="Received DICOM instances; default DATA_DIR/spool.")
+    spool_min_free_mb: int = Field(512, ge=0, description="Refuse C-STORE (0xA700) below this much free space.")
+    max_attempts: int = Field(5, ge=1, description="Starts of one item before it is marked failed (dead letter).")
+    requeue_after_s: float = Field(
+        900.0, gt=0, description="Re-send a queued item untouched this long (lost message or worker)."
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and result backend.")
     debug: bool = Field(False, description="Print tracebacks for domain errors.")
 
@@ -51,6 +63,14 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.qdrant_path or self.data_dir / "qdrant"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite3"
 
     @property
     def model_path(self) -> Path:

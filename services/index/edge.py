@@ -11,7 +11,9 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from services.errors import CollectionNotFoundError, StoreError, StoreLockedError
+from services.index.lease import StoreLease
 from services.index.store import (
     INDEXED_FIELDS,
     CollectionInfo,
@@ -63,19 +66,34 @@ def _vector(raw: Any) -> np.ndarray | None:
 
 
 class QdrantEdgeStore:
-    """VectorStore on qdrant-edge shards under `root`. Shards open lazily, stay open (holding their lock)
-    until `close()`, and are flushed after every upsert.
+    """VectorStore on qdrant-edge shards under `root`. Shards open lazily and are flushed after every upsert.
+
+    Several processes share one store by taking turns (services.index.lease): a store object holds the store
+    while it works, keeps its shards open for `linger_s` after its last call unless another process is waiting,
+    then closes them. A process that waits longer than `wait_s` gets StoreLockedError. `linger_s=0` closes
+    after every call.
 
     `indexing_threshold_kb` sets the engine's optimizer threshold for new or reopened shards: segments smaller
     than this stay unindexed (exact search). None keeps the engine default.
     """
 
-    def __init__(self, root: Path, *, indexing_threshold_kb: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        indexing_threshold_kb: int | None = None,
+        wait_s: float = 30.0,
+        linger_s: float = 2.0,
+    ) -> None:
         self.root = Path(root)
         self._threshold = indexing_threshold_kb
         self._shards: dict[str, qe.EdgeShard] = {}
         self._dims: dict[str, int] = {}
         self._lock = threading.RLock()
+        self._lease = StoreLease(self.root, wait_s=wait_s)
+        self._linger = float(linger_s)
+        self._last_used = 0.0
+        self._janitor: threading.Thread | None = None
 
     def __enter__(self) -> QdrantEdgeStore:
         return self
@@ -130,8 +148,51 @@ class QdrantEdgeStore:
             shard = self._shards.get(name)
             if shard is None:
                 dim = self._dim(name)  # CollectionNotFoundError before touching the engine
+                self._lease.acquire()
                 shard = self._shards[name] = self._load(self._dir(name), dim)
             return shard
+
+    @contextmanager
+    def _using(self, name: str) -> Iterator[qe.EdgeShard]:
+        """The open shard for one call; afterwards hand the store over if another process waits."""
+        with self._lock:
+            try:
+                yield self._shard(name)
+            finally:
+                self._last_used = time.monotonic()
+                self._after_call()
+
+    def _after_call(self) -> None:
+        if self._linger <= 0 or self._lease.others_waiting():
+            self._hand_over()
+        elif self._janitor is None or not self._janitor.is_alive():
+            self._janitor = threading.Thread(target=self._watch, name="cxr-store-lease", daemon=True)
+            self._janitor.start()
+
+    def _watch(self) -> None:
+        """Close the shards once idle for `linger_s` or as soon as another process waits for them."""
+        while True:
+            time.sleep(0.05)
+            with self._lock:
+                if not self._lease.held:
+                    return
+                if self._lease.others_waiting() or time.monotonic() - self._last_used >= self._linger:
+                    self._hand_over()
+                    return
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            errors = []
+            for name, shard in list(self._shards.items()):
+                try:
+                    shard.flush()
+                    shard.close()
+                except Exception as exc:
+                    errors.append(f"{name}: {exc}")
+            self._shards.clear()
+            self._lease.release()
+        if errors:
+            raise StoreError(f"closing the embedded store {self.root} failed for {'; '.join(errors)}")
 
     def _call(self, name: str, doing: str, fn: Any, *args: Any) -> Any:
         try:
@@ -154,6 +215,7 @@ class QdrantEdgeStore:
                         "Use a new collection name for a model with another embedding size.",
                     )
                 return
+            self._lease.acquire()
             if path.exists():  # an interrupted create: never visible as a collection
                 self._clear_partial(path)
             path.mkdir(parents=True)
@@ -169,6 +231,8 @@ class QdrantEdgeStore:
             tmp.write_text(json.dumps(record))
             os.replace(tmp, path / META_FILE)
             self._shards[name], self._dims[name] = shard, dim
+            self._last_used = time.monotonic()
+            self._after_call()
 
     def _clear_partial(self, path: Path) -> None:
         try:  # take its lock first, so a create in progress elsewhere is not wiped
@@ -191,12 +255,13 @@ class QdrantEdgeStore:
     def delete_collection(self, name: str) -> None:
         path = self._dir(name)
         with self._lock:
-            shard = self._shard(name)  # holds the lock, so another process's open shard is never deleted
+            shard = self._shard(name)  # holds the lease, so another process's open shard is never deleted
             shard.close()
             self._shards.pop(name, None)
             self._dims.pop(name, None)
             (path / META_FILE).unlink()
             shutil.rmtree(path)
+            self._after_call()
 
     # -- points
 
@@ -204,18 +269,18 @@ class QdrantEdgeStore:
         ids, matrix = check_points(name, points, self._dim(name))
         if not ids:
             return
-        shard = self._shard(name)
         batch = [qe.Point(pid, row, dict(p.payload)) for pid, row, p in zip(ids, matrix, points, strict=True)]
-        self._call(name, "upsert", shard.update, qe.UpdateOperation.upsert_points(batch))
-        self._call(name, "flush", shard.flush)
+        with self._using(name) as shard:
+            self._call(name, "upsert", shard.update, qe.UpdateOperation.upsert_points(batch))
+            self._call(name, "flush", shard.flush)
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         canon = check_ids(ids)
-        shard = self._shard(name)
         found: set[str] = set()
-        for i in range(0, len(canon), 1000):
-            recs = self._call(name, "retrieve", shard.retrieve, canon[i : i + 1000], False, False)
-            found.update(str(r.id) for r in recs)
+        with self._using(name) as shard:
+            for i in range(0, len(canon), 1000):
+                recs = self._call(name, "retrieve", shard.retrieve, canon[i : i + 1000], False, False)
+                found.update(str(r.id) for r in recs)
         return restore_ids(ids, found)
 
     def _request(self, vector: np.ndarray, k: int, flt: SearchFilter | None, ef: int | None) -> qe.QueryRequest:
@@ -237,8 +302,9 @@ class QdrantEdgeStore:
         hnsw_ef: int | None = None,
     ) -> list[Hit]:
         query = as_vector(name, vector, self._dim(name))
-        shard = self._shard(name)
-        points = self._call(name, "search", shard.query, self._request(query, check_k(k), flt, hnsw_ef))
+        request = self._request(query, check_k(k), flt, hnsw_ef)
+        with self._using(name) as shard:
+            points = self._call(name, "search", shard.query, request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def search_batch(
@@ -252,15 +318,15 @@ class QdrantEdgeStore:
         k, flts = check_k(k), check_filters(filters, len(matrix))
         if not len(matrix):
             return []
-        shard = self._shard(name)
         batch = qe.QueryBatchRequest([self._request(v, k, f, None) for v, f in zip(matrix, flts, strict=True)])
-        results = self._call(name, "search_batch", shard.query_batch, batch)
+        with self._using(name) as shard:
+            results = self._call(name, "search_batch", shard.query_batch, batch)
         return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in pts] for pts in results]
 
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[PointRecord]:
         canon = check_ids(ids)
-        shard = self._shard(name)
-        recs = self._call(name, "retrieve", shard.retrieve, canon, True, with_vectors)
+        with self._using(name) as shard:
+            recs = self._call(name, "retrieve", shard.retrieve, canon, True, with_vectors)
         by_id = {str(r.id): r for r in recs}
         return [
             PointRecord(pid, _vector(by_id[pid].vector), dict(by_id[pid].payload or {}))
@@ -269,13 +335,16 @@ class QdrantEdgeStore:
         ]
 
     def scroll(self, name: str, *, batch: int = 1000, with_vectors: bool = False) -> Iterator[PointRecord]:
-        batch, shard = check_k(batch), self._shard(name)  # fail here, not at the first next()
+        batch = check_k(batch)
+        with self._using(name):  # fail here, not at the first next()
+            pass
 
         def pages() -> Iterator[PointRecord]:
             offset: Any = None
-            while True:
+            while True:  # a page per call: the store may change hands between pages, and offsets stay valid
                 request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
-                recs, offset = self._call(name, "scroll", shard.scroll, request)
+                with self._using(name) as shard:
+                    recs, offset = self._call(name, "scroll", shard.scroll, request)
                 for r in recs:
                     yield PointRecord(str(r.id), _vector(r.vector), dict(r.payload or {}))
                 if offset is None:
@@ -284,25 +353,16 @@ class QdrantEdgeStore:
         return pages()
 
     def count(self, name: str) -> int:
-        shard = self._shard(name)
-        return int(self._call(name, "count", shard.count, qe.CountRequest(exact=True)))
+        with self._using(name) as shard:
+            return int(self._call(name, "count", shard.count, qe.CountRequest(exact=True)))
 
     def optimize(self, name: str) -> None:
-        shard = self._shard(name)
-        self._call(name, "optimize", shard.optimize)
-        self._call(name, "flush", shard.flush)
+        with self._using(name) as shard:
+            self._call(name, "optimize", shard.optimize)
+            self._call(name, "flush", shard.flush)
 
     def close(self) -> None:
-        """Flush and close every open shard, releasing their locks. The store reopens shards if used again."""
+        """Flush and close every open shard and give the store back. The store reopens shards if used again."""
         with self._lock:
-            errors = []
-            for name, shard in list(self._shards.items()):
-                try:
-                    shard.flush()
-                    shard.close()
-                except Exception as exc:
-                    errors.append(f"{name}: {exc}")
-            self._shards.clear()
             self._dims.clear()
-        if errors:
-            raise StoreError(f"closing the embedded store {self.root} failed for {'; '.join(errors)}")
+            self._hand_over()

@@ -16,4 +16,4 @@ def open_store(settings: Settings) -> VectorStore:
         return QdrantServerStore(settings.qdrant_url, api_key=key)
     if settings.qdrant_api_key:
         raise ConfigError("CXR_QDRANT_API_KEY is set without CXR_QDRANT_URL", "Set the URL or unset the key.")
-    return QdrantEdgeStore(settings.store_path)
+    return QdrantEdgeStore(settings.store_path, wait_s=settings.store_wait_s, linger_s=settings.store_linger_s)

@@ -17,14 +17,23 @@ from tests.index.conftest import clustered
 
 REPO = Path(__file__).resolve().parents[2]
 HOLDER = """
-import sys
+import sys, time
 from pathlib import Path
 from services.index import QdrantEdgeStore
+from services.index.lease import StoreLease
 
-store = QdrantEdgeStore(Path(sys.argv[1]))
-print(store.count(sys.argv[2]), flush=True)
-sys.stdin.read()  # hold the shard until the test closes our stdin
-store.close()
+mode = sys.argv[3]
+if mode == "lease":  # hold the store as a long optimize would: never hand it over
+    lease = StoreLease(Path(sys.argv[1]))
+    lease.acquire()
+    print("held", flush=True)
+else:  # an ordinary long-lived owner (worker, API) that lingers on its shards
+    store = QdrantEdgeStore(Path(sys.argv[1]), linger_s=3600)
+    print(store.count(sys.argv[2]), flush=True)
+sys.stdin.readline()
+if mode != "lease":
+    print(store.count(sys.argv[2]), flush=True)  # it gets the store back after the other process used it
+    sys.stdin.readline()
 """
 
 
@@ -36,40 +45,61 @@ def _store_with_points(root: Path, name: str = "cxr", n: int = 5) -> QdrantEdgeS
     return store
 
 
-def test_second_process_gets_store_locked_error(tmp_path: Path) -> None:
-    _store_with_points(tmp_path).close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path), "cxr"],
+def _holder(root: Path, mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root), "cxr", mode],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_a_lingering_owner_hands_the_store_to_another_process(tmp_path: Path) -> None:
+    _store_with_points(tmp_path).close()
+    holder = _holder(tmp_path, "linger")
     try:
-        ready = holder.stdout.readline() if holder.stdout else ""
-        assert ready.strip() == "5", holder.stderr.read() if holder.stderr else ready
-        store = QdrantEdgeStore(tmp_path)
-        with pytest.raises(StoreLockedError, match=str(tmp_path / "cxr")) as err:
+        assert holder.stdout.readline().strip() == "5", holder.stderr.read()
+        store = QdrantEdgeStore(tmp_path, wait_s=10)
+        assert store.count("cxr") == 5  # the owner saw us waiting and closed its shards
+        store.upsert("cxr", [PointRecord(str(uuid.uuid4()), np.ones(8, np.float32), {"label": "y"})])
+        store.close()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "6"  # and took it back, seeing our write
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_an_owner_that_never_hands_over_gives_store_locked_error(tmp_path: Path) -> None:
+    _store_with_points(tmp_path).close()
+    holder = _holder(tmp_path, "lease")
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        store = QdrantEdgeStore(tmp_path, wait_s=0.3)
+        with pytest.raises(StoreLockedError, match=str(tmp_path)) as err:
             store.count("cxr")
         assert "another process" in str(err.value) and err.value.hint
         with pytest.raises(StoreLockedError):
             store.delete_collection("cxr")
         assert (tmp_path / "cxr" / META_FILE).exists()
     finally:
-        holder.communicate(timeout=30)  # closes stdin: the holder closes its store and exits
-    assert holder.returncode == 0
+        holder.kill()  # SIGKILL: the kernel drops its flock
+        holder.wait(timeout=30)
     assert store.count("cxr") == 5  # the lock went with the process
 
 
-def test_two_store_objects_in_one_process(tmp_path: Path) -> None:
+def test_two_store_objects_in_one_process_take_turns(tmp_path: Path) -> None:
     first = _store_with_points(tmp_path)
-    second = QdrantEdgeStore(tmp_path)
-    assert second.has_collection("cxr")  # metadata needs no lock
-    with pytest.raises(StoreLockedError, match=str(tmp_path / "cxr")):
-        second.search("cxr", np.ones(8, np.float32), 3)
-    first.close()
+    first._linger = 3600.0  # would keep its shards open, but hands them over when asked
+    second = QdrantEdgeStore(tmp_path, wait_s=10)
+    assert second.has_collection("cxr")  # metadata needs no lease
     assert len(second.search("cxr", np.ones(8, np.float32), 3)) == 3
+    assert not first._lease.held
+    assert first.count("cxr") == 5
+    first.close()
     second.close()
 
 

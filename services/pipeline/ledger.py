@@ -1,0 +1,328 @@
+"""The ingestion ledger: one durable record per image that was handed to cxr, and the PACS pull cursors.
+
+Why SQLite: it is the smallest real component that keeps the guarantees. Every process on the machine (receiver,
+workers, API, CLI) opens the same file; WAL mode lets readers run beside the one writer, `synchronous=FULL` makes
+each commit durable before it returns, and a unique key (the SOP Instance UID, or the file path) makes every
+state change idempotent. Redis stays a delivery channel only: if it loses a message, the sweep finds the item here
+and sends it again. The spool directory holds the bytes; this file holds what happened to them.
+
+States: received -> queued -> processing -> indexed | failed. `attempts` counts starts, so a task that kills its
+worker every time is stopped after `max_attempts` instead of being redelivered forever.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATES = ("received", "queued", "processing", "indexed", "failed")
+TERMINAL = ("indexed", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    key          TEXT PRIMARY KEY,      -- 'sop:<SOPInstanceUID>' or 'file:<absolute path>'
+    path         TEXT NOT NULL,         -- where the bytes are (spool file, or the user's file)
+    origin       TEXT NOT NULL,         -- 'receiver' | 'pull' | 'file' | 'upload'
+    collection   TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    stage        TEXT,                  -- where it failed: find | decode | encode | upsert | refused | gave-up
+    reason       TEXT,
+    permanent    INTEGER NOT NULL DEFAULT 0,
+    update_mode  INTEGER NOT NULL DEFAULT 0,  -- rewrite payload (and vector) even if the point exists
+    extra        TEXT,                  -- JSON: label and manifest fields for this item (local only)
+    point_id     TEXT,
+    received_at  REAL NOT NULL,
+    queued_at    REAL,
+    updated_at   REAL NOT NULL,
+    indexed_at   REAL
+);
+CREATE INDEX IF NOT EXISTS items_state ON items(state, updated_at);
+CREATE INDEX IF NOT EXISTS items_indexed ON items(indexed_at);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS refs (ref TEXT PRIMARY KEY, path TEXT NOT NULL, created_at REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One ledger row."""
+
+    key: str
+    path: str
+    origin: str
+    collection: str
+    state: str
+    attempts: int
+    stage: str | None
+    reason: str | None
+    permanent: bool
+    update: bool
+    extra: dict[str, Any]
+    point_id: str | None
+    received_at: float
+    queued_at: float | None
+    updated_at: float
+    indexed_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def sop_key(sop_uid: str) -> str:
+    return "sop:" + sop_uid.strip()
+
+
+def file_key(path: str | Path) -> str:
+    return "file:" + str(Path(path).absolute())
+
+
+def _row(rec: sqlite3.Row) -> Item:
+    return Item(
+        key=rec["key"],
+        path=rec["path"],
+        origin=rec["origin"],
+        collection=rec["collection"],
+        state=rec["state"],
+        attempts=rec["attempts"],
+        stage=rec["stage"],
+        reason=rec["reason"],
+        permanent=bool(rec["permanent"]),
+        update=bool(rec["update_mode"]),
+        extra=json.loads(rec["extra"]) if rec["extra"] else {},
+        point_id=rec["point_id"],
+        received_at=rec["received_at"],
+        queued_at=rec["queued_at"],
+        updated_at=rec["updated_at"],
+        indexed_at=rec["indexed_at"],
+    )
+
+
+class Ledger:
+    """The ledger file at `path`; safe to use from several threads and processes at once."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = busy_timeout_s
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
+
+    # -- connections: one per thread (sqlite3 connections must not cross threads)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- writing
+
+    def record(
+        self,
+        key: str,
+        path: str | Path,
+        *,
+        origin: str,
+        collection: str,
+        extra: dict[str, Any] | None = None,
+        update: bool = False,
+    ) -> bool:
+        """Note that an image arrived. Idempotent: a resent instance that is pending or indexed stays as it is
+        (True only when the row is new, or re-armed by `update`, or a failed one came back with new bytes)."""
+        now = time.time()
+        blob = json.dumps(extra or {}, sort_keys=True)
+        with self._tx() as db:
+            rec = db.execute("SELECT state FROM items WHERE key=?", (key,)).fetchone()
+            if rec is None:
+                db.execute(
+                    "INSERT INTO items(key, path, origin, collection, state, update_mode, extra, received_at,"
+                    " updated_at) VALUES (?,?,?,?,'received',?,?,?,?)",
+                    (key, str(path), origin, collection, int(update), blob, now, now),
+                )
+                return True
+            if update or rec["state"] == "failed":
+                db.execute(
+                    "UPDATE items SET path=?, origin=?, collection=?, state='received', attempts=0, stage=NULL,"
+                    " reason=NULL, permanent=0, update_mode=?, extra=?, queued_at=NULL, updated_at=? WHERE key=?",
+                    (str(path), origin, collection, int(update), blob, now, key),
+                )
+                return True
+            return False
+
+    def mark_queued(self, keys: Sequence[str]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE items SET state='queued', queued_at=?, updated_at=? WHERE key=? AND state IN"
+                " ('received','queued','processing')",
+                [(now, now, k) for k in keys],
+            )
+
+    def claim(self, keys: Sequence[str], *, max_attempts: int) -> tuple[list[Item], list[Item]]:
+        """Start work on `keys`: returns (to_do, given_up). Items already indexed (and not in update mode) or
+        failed are left out; each claimed item's `attempts` goes up by one, and one that has already been
+        started `max_attempts` times is marked failed ('gave-up') instead of being run again."""
+        now = time.time()
+        todo: list[Item] = []
+        gave_up: list[Item] = []
+        with self._tx() as db:
+            for key in keys:
+                rec = db.execute("SELECT * FROM items WHERE key=?", (key,)).fetchone()
+                if rec is None or rec["state"] in TERMINAL:
+                    continue
+                if rec["attempts"] >= max_attempts:
+                    reason = f"gave up after {rec['attempts']} attempt(s); last error: {rec['reason'] or 'worker lost'}"
+                    db.execute(
+                        "UPDATE items SET state='failed', stage='gave-up', reason=?, updated_at=? WHERE key=?",
+                        (reason, now, key),
+                    )
+                    gave_up.append(_row(db.execute("SELECT * FROM items WHERE key=?", (key,)).fetchone()))
+                    continue
+                db.execute(
+                    "UPDATE items SET state='processing', attempts=attempts+1, updated_at=? WHERE key=?", (now, key)
+                )
+                todo.append(_row(db.execute("SELECT * FROM items WHERE key=?", (key,)).fetchone()))
+        return todo, gave_up
+
+    def mark_indexed(self, done: Iterable[tuple[str, str]]) -> None:
+        """(key, point_id) pairs that are now searchable."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE items SET state='indexed', point_id=?, stage=NULL, reason=NULL, update_mode=0,"
+                " indexed_at=?, updated_at=? WHERE key=?",
+                [(pid, now, now, key) for key, pid in done],
+            )
+
+    def mark_failed(self, key: str, stage: str, reason: str, *, permanent: bool = True) -> None:
+        """A permanent failure (bad file) ends the item; a transient one only records the reason, leaving it
+        to be retried (its attempts are already counted)."""
+        now = time.time()
+        state = "failed" if permanent else "received"
+        with self._tx() as db:
+            db.execute(
+                "UPDATE items SET state=?, stage=?, reason=?, permanent=?, updated_at=? WHERE key=?",
+                (state, stage, reason[:2000], int(permanent), now, key),
+            )
+
+    def retry(self, keys: Sequence[str] | None = None) -> list[str]:
+        """Re-arm failed items (all of them when `keys` is None): attempts back to 0, state received."""
+        now = time.time()
+        with self._tx() as db:
+            if keys is None:
+                found = [r["key"] for r in db.execute("SELECT key FROM items WHERE state='failed'")]
+            else:
+                found = [
+                    k for k in keys if db.execute("SELECT 1 FROM items WHERE key=? AND state='failed'", (k,)).fetchone()
+                ]
+            db.executemany(
+                "UPDATE items SET state='received', attempts=0, stage=NULL, reason=NULL, permanent=0,"
+                " queued_at=NULL, updated_at=? WHERE key=?",
+                [(now, k) for k in found],
+            )
+        return found
+
+    # -- reading
+
+    def get(self, key: str) -> Item | None:
+        rec = self._conn().execute("SELECT * FROM items WHERE key=?", (key,)).fetchone()
+        return _row(rec) if rec else None
+
+    def items(self, keys: Sequence[str]) -> list[Item]:
+        out = [self.get(k) for k in keys]
+        return [i for i in out if i is not None]
+
+    def due(self, *, requeue_after_s: float, limit: int = 10_000) -> list[Item]:
+        """Items to (re-)send: received ones, and queued or processing ones untouched for `requeue_after_s`
+        (their message or worker was lost). Oldest first."""
+        cutoff = time.time() - requeue_after_s
+        recs = self._conn().execute(
+            "SELECT * FROM items WHERE state='received' OR (state IN ('queued','processing') AND updated_at < ?)"
+            " ORDER BY received_at LIMIT ?",
+            (cutoff, limit),
+        )
+        return [_row(r) for r in recs]
+
+    def failures(self, *, limit: int = 1000) -> list[Item]:
+        recs = self._conn().execute(
+            "SELECT * FROM items WHERE state='failed' ORDER BY updated_at DESC LIMIT ?", (limit,)
+        )
+        return [_row(r) for r in recs]
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        for rec in self._conn().execute("SELECT state, COUNT(*) AS n FROM items GROUP BY state"):
+            out[rec["state"]] = rec["n"]
+        return out
+
+    def indexed_since(self, seconds: float) -> int:
+        """How many items became searchable in the last `seconds` (the recent rate's numerator)."""
+        cutoff = time.time() - seconds
+        rec = self._conn().execute("SELECT COUNT(*) AS n FROM items WHERE indexed_at >= ?", (cutoff,)).fetchone()
+        return int(rec["n"])
+
+    # -- pull cursors (committed only after what they cover is durably recorded)
+
+    def cursor(self, name: str) -> str | None:
+        rec = self._conn().execute("SELECT value FROM cursors WHERE name=?", (name,)).fetchone()
+        return rec["value"] if rec else None
+
+    def set_cursor(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO cursors(name, value, updated_at) VALUES (?,?,?)"
+                " ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+                (name, value, time.time()),
+            )
+
+    # -- opaque source references: payloads carry the ref, this machine knows the path
+
+    def put_ref(self, ref: str, path: str | Path) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO refs(ref, path, created_at) VALUES (?,?,?)"
+                " ON CONFLICT(ref) DO UPDATE SET path=excluded.path",
+                (ref, str(path), time.time()),
+            )
+
+    def put_refs(self, pairs: Iterable[tuple[str, str | Path]]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO refs(ref, path, created_at) VALUES (?,?,?)"
+                " ON CONFLICT(ref) DO UPDATE SET path=excluded.path",
+                [(r, str(p), now) for r, p in pairs],
+            )
+
+    def resolve_ref(self, ref: str) -> Path | None:
+        rec = self._conn().execute("SELECT path FROM refs WHERE ref=?", (ref,)).fetchone()
+        return Path(rec["path"]) if rec else None
