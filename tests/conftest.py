@@ -82,3 +82,14 @@ def public_sample(cxr_public: Path, tmp_path_factory: pytest.TempPathFactory) ->
         writer.writeheader()
         writer.writerows(chosen)
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real redis-server for the session (loopback, free port, appendonly). Tests that stop Redis
+    start their own `tests.services.RedisServer` instead."""
+    from tests.services import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
