@@ -1,0 +1,139 @@
+"""Container health probes for the cxr services, in plain Python so that the image needs no curl, wget or nc.
+
+    python deploy/healthcheck.py http URL            2xx from URL (sends CXR_API_TOKEN as a bearer token if set)
+    python deploy/healthcheck.py tcp HOST PORT       something accepts a TCP connection
+    python deploy/healthcheck.py dicom HOST PORT     a DICOM Storage SCP answers an association (C-ECHO)
+    python deploy/healthcheck.py celery              a Celery worker on this host answers a broadcast ping
+
+Exit 0 when healthy, 1 when not, with one line saying why (Docker keeps it in the container's health log).
+Every probe is bounded by --timeout, so a broker or peer that hangs makes the check fail, never stall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+
+def probe_http(url: str, timeout: float) -> tuple[bool, str]:
+    """GET `url`; healthy on a 2xx answer."""
+    request = urllib.request.Request(url, method="GET")
+    token = os.environ.get("CXR_API_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the URL is ours)
+            return True, f"{url}: HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"{url}: HTTP {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"{url}: {getattr(exc, 'reason', exc)}"
+
+
+def probe_tcp(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """Healthy when a TCP connection to host:port opens."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, f"{host}:{port} accepts connections"
+    except OSError as exc:
+        return False, f"{host}:{port}: {exc.strerror or exc}"
+
+
+def probe_dicom(host: str, port: int, called_aet: str, calling_aet: str, timeout: float) -> tuple[bool, str]:
+    """Associate and send a C-ECHO. A rejected association also counts: the DICOM layer is up and answering,
+    it just does not accept this calling AE title (the receiver's allow-list decides)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    assoc = ae.associate(host, port, ae_title=called_aet)
+    try:
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            code = getattr(status, "Status", None)
+            if code == 0x0000:
+                return True, f"{called_aet}@{host}:{port}: C-ECHO success"
+            return False, f"{called_aet}@{host}:{port}: C-ECHO answered {code!r}"
+        if assoc.is_rejected:
+            return True, f"{called_aet}@{host}:{port}: up (association from {calling_aet} rejected)"
+        return False, f"{called_aet}@{host}:{port}: no DICOM association (aborted or unreachable)"
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def probe_celery(broker: str, timeout: float, hostname: str | None = None) -> tuple[bool, str]:
+    """Broadcast a ping on the broker; healthy when a worker whose node name ends in @<this host> answers."""
+    from celery import Celery
+
+    host = hostname or socket.gethostname()
+    app = Celery("cxr-healthcheck", broker=broker)
+    app.conf.broker_connection_retry_on_startup = False
+    app.conf.broker_connection_max_retries = 0
+    app.conf.broker_transport_options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    except Exception as exc:  # any broker failure means unhealthy, with its reason
+        return False, f"broker {_redact(broker)}: {type(exc).__name__}: {exc}"
+    finally:
+        app.close()
+    nodes = [name for reply in replies for name in reply]
+    mine = [name for name in nodes if name.rsplit("@", 1)[-1] == host]
+    if mine:
+        return True, f"worker {mine[0]} answers"
+    return False, f"no worker on {host} answered a ping within {timeout:g}s (answered: {nodes or 'none'})"
+
+
+def _redact(url: str) -> str:
+    """Drop a password from a broker URL before printing it."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    auth, _, tail = rest.rpartition("@")
+    user = auth.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{tail}" if ":" in auth else url
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the probe and its target, run it, print one line, return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds for the whole probe (default 5)")
+    sub = parser.add_subparsers(dest="probe", required=True)
+    http = sub.add_parser("http")
+    http.add_argument("url")
+    tcp = sub.add_parser("tcp")
+    tcp.add_argument("host")
+    tcp.add_argument("port", type=int)
+    dicom = sub.add_parser("dicom")
+    dicom.add_argument("host")
+    dicom.add_argument("port", type=int)
+    dicom.add_argument("--aet", default="CXR", help="the receiver's AE title (called AE)")
+    dicom.add_argument("--calling-aet", default="CXR-HEALTH", help="the AE title this probe calls from")
+    celery = sub.add_parser("celery")
+    celery.add_argument("--broker", default=None, help="broker URL (default CXR_REDIS_URL)")
+    celery.add_argument("--hostname", default=None, help="node host to look for (default this host)")
+    args = parser.parse_args(argv)
+
+    if args.probe == "http":
+        ok, why = probe_http(args.url, args.timeout)
+    elif args.probe == "tcp":
+        ok, why = probe_tcp(args.host, args.port, args.timeout)
+    elif args.probe == "dicom":
+        ok, why = probe_dicom(args.host, args.port, args.aet, args.calling_aet, args.timeout)
+    else:
+        broker = args.broker or os.environ.get("CXR_REDIS_URL", "redis://127.0.0.1:6379/0")
+        ok, why = probe_celery(broker, args.timeout, args.hostname)
+    print(("healthy: " if ok else "unhealthy: ") + why)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
