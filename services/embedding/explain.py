@@ -1,0 +1,381 @@
+"""Why two X-rays are similar: a heat map on each image of the regions that drove their cosine similarity.
+
+`relevance`: gradient-weighted attention relevance (Chefer, Gur and Wolf, ICCV 2021, "Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers"), with the pair's cosine as the target.
+For image A of the pair (A, B) the target is cos(f(A), f(B).detach()); one forward and one backward give every
+layer's attention probabilities A_l and their gradients, and
+
+    R = I;  for each layer l in order:  R = R + mean_heads(clamp(grad(A_l) * A_l, min=0)) @ R
+
+The CLS row of R over the patch tokens, on the patch grid, is the map. It is specific to the pair (rollout alone
+is not), and it reaches the patch tokens of a CLS model (last-layer Grad-CAM does not). Every pair of a batch is
+explained by one batched forward and backward pass.
+
+`occlusion`: the slow "verify" mode, SBSM-style (sliding masks, ~100 batched forward passes per image): each
+window is filled with the image's mean grey and the drop in the pair's cosine is spread over the window's pixels.
+
+Explanations run on an "eager-attention twin" of the encoder that shares its weights (no copy) but has its own
+config, so normal inference keeps its SDPA attention, speed and numerics.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from services.errors import CxrError, DecodeError, ModelError
+
+from .batch import BatchEncoder
+from .model import CxrEncoder
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+Method = Literal["relevance", "occlusion"]
+METHODS: tuple[str, ...] = ("relevance", "occlusion")
+_PAIR_BATCH = 8  # pairs per relevance pass (16 images)
+_OCCLUSION_BATCH = 50
+DISPLAY_MAX_SIDE = 512
+
+
+@dataclass(frozen=True)
+class PairExplanation:
+    """The maps of one (query, result) pair on the model's patch grid (g, g), raw values (>= 0 for relevance)."""
+
+    query_map: np.ndarray
+    result_map: np.ndarray
+    similarity: float
+    method: str
+    patch_size: int
+    image_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able: each map as rows of floats on the patch grid, scaled to [0, 1] (0 = least relevant)."""
+        grid = list(self.query_map.shape)
+        return {
+            "method": self.method,
+            "similarity": round(float(self.similarity), 6),
+            "grid": grid,
+            "patch_size": self.patch_size,
+            "image_size": self.image_size,
+            "query": {"map": _rounded(normalise_map(self.query_map))},
+            "result": {"map": _rounded(normalise_map(self.result_map))},
+        }
+
+
+class Explainer:
+    """Explains (query, result) pairs with one encoder; safe to share between threads (calls are serialised)."""
+
+    def __init__(self, encoder: CxrEncoder | BatchEncoder) -> None:
+        base = encoder.encoder if isinstance(encoder, BatchEncoder) else encoder
+        if not isinstance(base, CxrEncoder):
+            raise TypeError(f"Explainer needs a CxrEncoder or BatchEncoder, got {type(base).__name__}")
+        self.base = base
+        self.config = base.config
+        self.grid = self.config.image_size // self.config.patch_size
+        self.device = next(base.parameters()).device
+        self.model = _eager_twin(base)
+        from transformers.models.vit.modeling_vit import ViTAttention
+
+        self._attention = [m for m in self.model.modules() if isinstance(m, ViTAttention)]
+        if len(self._attention) != self.model.vit.config.num_hidden_layers:
+            raise ModelError(
+                f"found {len(self._attention)} attention modules in a {self.model.vit.config.num_hidden_layers}"
+                "-layer ViT; this transformers version lays the ViT out differently from what explain.py expects"
+            )
+        self._lock = threading.Lock()
+
+    def explain(
+        self, query: np.ndarray, result: np.ndarray, *, method: Method = "relevance", masks: int = 100
+    ) -> PairExplanation:
+        """Maps for one pair of grey images in [0, 1] (any size: each is resized to the model's input)."""
+        return self.explain_many(query, [result], method=method, masks=masks)[0]
+
+    def explain_many(
+        self, query: np.ndarray, results: list[np.ndarray], *, method: Method = "relevance", masks: int = 100
+    ) -> list[PairExplanation]:
+        """One explanation per result, each against the same query (the query's map depends on the result)."""
+        if method not in METHODS:
+            raise ValueError(f"unknown explanation method {method!r}; known: {', '.join(METHODS)}")
+        if not results:
+            return []
+        q = self._tensor([query])
+        r = self._tensor(results)
+        with self._lock:
+            if method == "relevance":
+                q_maps, r_maps, sims = self._relevance_pairs(q.expand(len(r), -1, -1, -1), r)
+            else:
+                q_maps, r_maps, sims = self._occlusion_pairs(q, r, masks)
+        c = self.config
+        return [
+            PairExplanation(q_maps[i], r_maps[i], float(sims[i]), method, c.patch_size, c.image_size)
+            for i in range(len(r))
+        ]
+
+    def relevance_maps(self, images: Tensor, partners: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairwise relevance for model-sized (N, 1, S, S) batches: (query maps, partner maps, cosines)."""
+        with self._lock:
+            return self._relevance_pairs(images.to(self.device), partners.to(self.device))
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(N, 1, S, S) in [0, 1] -> (N, D) unit vectors in fp32 with the encoder's own attention."""
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), _OCCLUSION_BATCH):
+                out.append(self.base(images[start : start + _OCCLUSION_BATCH].to(self.device)).float())
+        return torch.cat(out)
+
+    def _tensor(self, images: list[np.ndarray]) -> Tensor:
+        from services.imaging import to_model_input
+
+        size = self.config.image_size
+        arrays = []
+        for img in images:
+            img = np.asarray(img)
+            if img.ndim != 2 or not np.issubdtype(img.dtype, np.floating):
+                raise ModelError(f"explanations take 2-D float grey images in [0, 1], got {img.dtype} {img.shape}")
+            arrays.append(to_model_input(img, size))
+        return torch.from_numpy(np.stack(arrays)).unsqueeze(1).to(self.device)
+
+    def _relevance_pairs(self, a: Tensor, b: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        maps_a, maps_b, sims = [], [], []
+        for start in range(0, len(a), _PAIR_BATCH):
+            ma, mb, s = self._relevance_batch(a[start : start + _PAIR_BATCH], b[start : start + _PAIR_BATCH])
+            maps_a.append(ma)
+            maps_b.append(mb)
+            sims.append(s)
+        return np.concatenate(maps_a), np.concatenate(maps_b), np.concatenate(sims)
+
+    def _relevance_batch(self, a: Tensor, b: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(a)
+        x = torch.cat([a, b]).float().detach().requires_grad_(True)  # the graph needs a leaf; weights are frozen
+        attentions: list[Tensor] = []
+
+        def keep(_module: torch.nn.Module, _args: object, output: tuple[Tensor, Tensor | None]) -> None:
+            probs = output[1]
+            if probs is None:
+                raise ModelError("the attention layer returned no probabilities; eager attention was not used")
+            probs.retain_grad()
+            attentions.append(probs)
+
+        handles = [m.register_forward_hook(keep) for m in self._attention]
+        try:
+            with torch.enable_grad(), torch.autocast(self.device.type, enabled=False):
+                emb = self.model(x)
+                ea, eb = emb[:n], emb[n:]
+                # Each image's own term only: cos(f(A), f(B).detach()) for A, and the mirror for B.
+                target = (ea * eb.detach()).sum() + (ea.detach() * eb).sum()
+                target.backward()
+        finally:
+            for h in handles:
+                h.remove()
+        tokens = attentions[0].shape[-1]
+        relevance = torch.eye(tokens, device=x.device).expand(2 * n, tokens, tokens).clone()
+        with torch.no_grad():
+            for probs in attentions:
+                cam = (probs.grad * probs).clamp(min=0).mean(dim=1)
+                relevance = relevance + torch.bmm(cam, relevance)
+        maps = relevance[:, 0, 1:].reshape(2 * n, self.grid, self.grid).cpu().numpy().astype(np.float32)
+        sims = (ea * eb).sum(-1).detach().cpu().numpy()
+        return maps[:n], maps[n:], sims
+
+    def _occlusion_pairs(self, q: Tensor, r: Tensor, masks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        eq, er = self.embed(q), self.embed(r)
+        sims = (er @ eq[0]).cpu().numpy()
+        windows = sliding_masks(self.config.image_size, masks, self.config.patch_size).to(self.device)
+        q_maps = [self._occlusion_map(q[0], windows, er[i]) for i in range(len(r))]
+        r_maps = [self._occlusion_map(r[i], windows, eq[0]) for i in range(len(r))]
+        return np.stack(q_maps), np.stack(r_maps), sims
+
+    def _occlusion_map(self, image: Tensor, windows: Tensor, partner: Tensor) -> np.ndarray:
+        """Mean cosine drop of the masks covering each patch (pixels averaged per patch)."""
+        base = float(self.embed(image[None]) @ partner)
+        fill = image.mean()
+        occluded = image[None] * (1 - windows[:, None]) + fill * windows[:, None]
+        drops = base - self.embed(occluded) @ partner  # (M,)
+        weight = windows.sum(0).clamp(min=1e-6)
+        pixels = (drops[:, None, None] * windows).sum(0) / weight
+        p = self.config.patch_size
+        return F.avg_pool2d(pixels[None, None], p)[0, 0].cpu().numpy().astype(np.float32)
+
+
+def _eager_twin(base: CxrEncoder) -> CxrEncoder:
+    """The same weights (shared storage, frozen) under a ViT config of its own that uses eager attention."""
+    from transformers import ViTModel
+
+    vit_config = copy.deepcopy(base.vit.config)
+    vit_config._attn_implementation = "eager"
+    vit_config.attention_probs_dropout_prob = 0.0
+    with torch.device("meta"):
+        twin = CxrEncoder(base.config, ViTModel(vit_config, add_pooling_layer=False))
+    try:
+        twin.load_state_dict(base.state_dict(), strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelError(f"cannot build the explanation model from this encoder ({str(exc).splitlines()[0]})") from exc
+    return twin.eval().requires_grad_(False)
+
+
+def sliding_masks(image_size: int, count: int = 100, patch_size: int = 16, window: int | None = None) -> Tensor:
+    """About `count` square window masks (M, S, S) sliding on a regular grid over the image (SBSM).
+
+    The default window is one patch, or 1.5 strides where the grid is coarser than the patches, so the
+    windows overlap and cover every pixel.
+    """
+    per_side = max(2, round(math.sqrt(count)))
+    if window is None:
+        window = max(patch_size, math.ceil(1.5 * image_size / per_side))
+    window = min(image_size, window)
+    starts = np.linspace(0, image_size - window, per_side).round().astype(int)
+    masks = torch.zeros(per_side * per_side, image_size, image_size)
+    for i, top in enumerate(starts):
+        for j, left in enumerate(starts):
+            masks[i * per_side + j, top : top + window, left : left + window] = 1.0
+    return masks
+
+
+def normalise_map(heat: np.ndarray) -> np.ndarray:
+    """Scale a map to [0, 1] (min to max); a constant map becomes zeros."""
+    heat = np.asarray(heat, dtype=np.float32)
+    low, high = float(heat.min()), float(heat.max())
+    if not high > low:
+        return np.zeros_like(heat)
+    return (heat - low) / (high - low)
+
+
+def upsample_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A patch-grid map resized bilinearly to (height, width), e.g. the original image's size."""
+    t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+# A small perceptual colormap (matplotlib's "inferno" sampled at 9 points), so rendering needs no matplotlib.
+_INFERNO = np.array(
+    [
+        [0, 0, 4],
+        [31, 12, 72],
+        [85, 15, 109],
+        [136, 34, 106],
+        [186, 54, 85],
+        [227, 89, 51],
+        [249, 140, 10],
+        [249, 201, 50],
+        [252, 255, 164],
+    ],
+    dtype=np.float32,
+)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB (..., 3) by linear interpolation between the colormap's anchors."""
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0.0, 1.0) * (len(_INFERNO) - 1)
+    low = np.floor(v).astype(int).clip(0, len(_INFERNO) - 2)
+    frac = (v - low)[..., None]
+    rgb = _INFERNO[low] * (1 - frac) + _INFERNO[low + 1] * frac
+    return rgb.round().astype(np.uint8)
+
+
+def overlay_image(
+    pixels: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6, max_side: int = DISPLAY_MAX_SIDE
+) -> Image.Image:
+    """The grey image (float in [0, 1], any size) with the map over it, as an RGB PIL image.
+
+    The map is scaled to [0, 1] and blended with opacity alpha * value, so irrelevant regions show the film.
+    The image is shrunk to at most `max_side` pixels on its longer side for display.
+    """
+    from PIL import Image
+
+    grey = np.clip(np.nan_to_num(np.asarray(pixels, dtype=np.float32)), 0.0, 1.0)
+    if grey.ndim != 2:
+        raise ValueError(f"expected a 2-D grey image, got shape {grey.shape}")
+    h, w = grey.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    shown = Image.fromarray((grey * 255).round().astype(np.uint8), mode="L").resize(size, Image.Resampling.BILINEAR)
+    base = np.repeat(np.asarray(shown, dtype=np.float32)[..., None], 3, axis=-1)
+    values = np.clip(upsample_map(normalise_map(heat), size[1], size[0]), 0.0, 1.0)
+    a = (alpha * values)[..., None]
+    rgb = base * (1 - a) + colormap(values).astype(np.float32) * a
+    return Image.fromarray(rgb.round().astype(np.uint8), mode="RGB")
+
+
+def overlay_png(pixels: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
+    """`overlay_image` encoded as PNG bytes."""
+    buf = io.BytesIO()
+    overlay_image(pixels, heat, alpha=alpha, max_side=max_side).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pair_png(query: np.ndarray, result: np.ndarray, explanation: PairExplanation, *, gap: int = 8) -> bytes:
+    """The query (left) and the result (right), each with its own map, side by side on black, as PNG bytes."""
+    from PIL import Image
+
+    left = overlay_image(query, explanation.query_map)
+    right = overlay_image(result, explanation.result_map)
+    canvas = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width + gap, 0))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _rounded(heat: np.ndarray) -> list[list[float]]:
+    return [[round(float(v), 4) for v in row] for row in heat]
+
+
+# ---- where an indexed point's image lives ------------------------------------------------------------------
+# The ONE place that maps a stored payload to the file its pixels come from. Payloads carry `source_uri` (a
+# file:// URI) today; an opaque `source_ref` resolved by the pipeline is coming, so a resolver for it is passed in.
+
+
+class StoredImageError(CxrError):
+    """An indexed point whose image cannot be found or read any more."""
+
+    default_hint = "Re-index the image from where it lives now, or restore the file."
+
+
+def stored_image_path(payload: Mapping[str, Any], *, resolve_ref: Callable[[str], Path] | None = None) -> Path:
+    """The local file of an indexed point: `source_ref` through `resolve_ref` when given, else a file:// URI."""
+    ref = payload.get("source_ref")
+    if ref and resolve_ref is not None:
+        return Path(resolve_ref(str(ref)))
+    uri = payload.get("source_uri")
+    if isinstance(uri, str) and uri.startswith("file:"):
+        return Path(url2pathname(urlparse(uri).path))
+    what = f"source_ref {ref!r} and no resolver" if ref else f"source {uri!r}"
+    raise StoredImageError(f"the point's image has no local file ({what})")
+
+
+def load_point_pixels(
+    store: Any,
+    collection: str,
+    point_id: str,
+    *,
+    resolve_ref: Callable[[str], Path] | None = None,
+    max_pixels: int = 80_000_000,
+    min_side: int = 32,
+) -> np.ndarray:
+    """Decoded grey pixels in [0, 1] of an indexed point; LookupError when the id is not in the collection."""
+    from services.imaging import decode_image
+
+    records = store.retrieve(collection, [point_id])
+    if not records:
+        raise LookupError(f"no point {point_id} in collection {collection!r}")
+    path = stored_image_path(records[0].payload, resolve_ref=resolve_ref)
+    try:
+        return decode_image(path, max_pixels=max_pixels, min_side=min_side).pixels
+    except DecodeError as exc:
+        raise StoredImageError(f"point {point_id}: {exc.message}") from exc
