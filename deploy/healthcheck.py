@@ -76,9 +76,15 @@ def probe_celery(broker: str, timeout: float, hostname: str | None = None) -> tu
 
     host = hostname or socket.gethostname()
     app = Celery("cxr-healthcheck", broker=broker)
+    # No reconnect loops: a broker that is down or hangs fails the probe within about `timeout`.
+    app.conf.broker_connection_retry = False
     app.conf.broker_connection_retry_on_startup = False
-    app.conf.broker_connection_max_retries = 0
-    app.conf.broker_transport_options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    app.conf.broker_connection_max_retries = 1
+    app.conf.broker_transport_options = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        "max_retries": 1,
+    }
     try:
         replies = app.control.ping(timeout=timeout) or []
     except Exception as exc:  # any broker failure means unhealthy, with its reason

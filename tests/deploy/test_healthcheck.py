@@ -1,0 +1,165 @@
+"""deploy/healthcheck.py, run as Docker runs it (a subprocess), against real servers on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.compose import REPO
+
+PROBE = REPO / "deploy" / "healthcheck.py"
+
+
+def _probe(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "CXR_API_TOKEN"} | (env or {})
+    return subprocess.run(
+        [sys.executable, str(PROBE), *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    ready = False
+    seen_auth: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).seen_auth.append(self.headers.get("Authorization"))
+        code = 200 if self.path == "/readyz" and type(self).ready else 503
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"ready" if code == 200 else b"model not loaded")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def http_server() -> Iterator[tuple[str, type[_Readyz]]]:
+    handler = type("Handler", (_Readyz,), {"ready": False, "seen_auth": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_probe_follows_readiness_and_sends_the_token(http_server: tuple[str, type[_Readyz]]) -> None:
+    base, handler = http_server
+    not_ready = _probe("http", f"{base}/readyz")
+    assert not_ready.returncode == 1 and "HTTP 503" in not_ready.stdout
+    handler.ready = True
+    ready = _probe("http", f"{base}/readyz", env={"CXR_API_TOKEN": "s3cret"})
+    assert ready.returncode == 0 and ready.stdout.startswith("healthy:")
+    assert handler.seen_auth == [None, "Bearer s3cret"]
+
+
+def test_http_and_tcp_probes_fail_fast_on_a_closed_port() -> None:
+    port = _closed_port()
+    start = time.monotonic()
+    http = _probe("--timeout", "2", "http", f"http://127.0.0.1:{port}/livez")
+    tcp = _probe("--timeout", "2", "tcp", "127.0.0.1", str(port))
+    assert http.returncode == 1 and tcp.returncode == 1
+    assert "refused" in tcp.stdout.lower()
+    assert time.monotonic() - start < 10
+
+
+def test_tcp_probe_accepts_a_listener() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        result = _probe("tcp", "127.0.0.1", str(listener.getsockname()[1]))
+    assert result.returncode == 0, result.stdout
+
+
+def test_dicom_probe_echoes_and_counts_a_rejection_as_up() -> None:
+    pytest.importorskip("pynetdicom", reason="pynetdicom is installed with the DICOM receiver")
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    port = _closed_port()
+    assert _probe("--timeout", "2", "dicom", "127.0.0.1", str(port)).returncode == 1
+    ae = AE(ae_title="CXR")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        echo = _probe("dicom", "127.0.0.1", str(port), "--aet", "CXR")
+        assert echo.returncode == 0 and "C-ECHO success" in echo.stdout
+        ae.require_calling_aet = ["PACS"]  # the allow-list does not name the probe
+        rejected = _probe("dicom", "127.0.0.1", str(port), "--aet", "CXR")
+        assert rejected.returncode == 0 and "rejected" in rejected.stdout
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture()
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (deploy/test-services.sh installs it)")
+    port = _closed_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "redis-server did not answer PING"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_celery_probe_needs_a_worker_on_this_host(redis_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("celery", reason="celery is installed with the queue")
+    start = time.monotonic()
+    down = _probe("--timeout", "2", "celery", "--broker", f"redis://127.0.0.1:{_closed_port()}/0")
+    assert down.returncode == 1 and "Connection refused" in down.stdout
+    assert time.monotonic() - start < 6, "a broker that is down fails the probe at once, without reconnect loops"
+    nobody = _probe("--timeout", "1", "celery", "--broker", redis_url)
+    assert nobody.returncode == 1 and "no worker" in nobody.stdout
+    (tmp_path / "probe_app.py").write_text(f"from celery import Celery\napp = Celery(broker={redis_url!r})\n")
+    host = socket.gethostname()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "probe_app", "worker", "--pool", "solo", "-n", f"embed@{host}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (result := _probe("--timeout", "1", "celery", "--broker", redis_url)).returncode != 0:
+            assert worker.poll() is None, "the celery worker exited"
+            assert time.monotonic() < deadline, result.stdout
+        assert f"embed@{host}" in result.stdout
+        other = _probe("--timeout", "1", "celery", "--broker", redis_url, "--hostname", "another-container")
+        assert other.returncode == 1, "a worker in another container does not make this one healthy"
+    finally:
+        worker.terminate()
+        worker.wait(30)
