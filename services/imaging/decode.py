@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from services.errors import DecodeError
 from services.imaging.dicom import decode_dicom
+from services.imaging.files import read_regular_file
 from services.imaging.raster import decode_raster
 from services.imaging.sniff import HEAD_BYTES, is_dicom
 from services.imaging.types import DecodedImage
@@ -20,31 +19,17 @@ _BYTES_PER_PIXEL = 8
 _HEADER_ALLOWANCE = 64 * 1024 * 1024
 
 
+def max_file_bytes(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The largest file read for an image of at most `max_pixels` pixels (headers and compression included)."""
+    return max_pixels * _BYTES_PER_PIXEL + _HEADER_ALLOWANCE
+
+
 def decode_image(
     path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
 ) -> DecodedImage:
     """Decode the file at `path` (DICOM or raster, whatever its extension) into a grey image."""
     name = str(path)
-    try:
-        info = os.stat(path)
-        if stat.S_ISDIR(info.st_mode):
-            raise DecodeError(name, "is a directory, not a file")
-        if not stat.S_ISREG(info.st_mode):
-            raise DecodeError(name, "not a regular file")
-        if info.st_size > max_pixels * _BYTES_PER_PIXEL + _HEADER_ALLOWANCE:
-            raise DecodeError(name, f"file too large ({info.st_size / 2**20:,.0f} MiB) for the pixel limit")
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise DecodeError(name, "file not found") from None
-    except PermissionError:
-        raise DecodeError(name, "permission denied") from None
-    except IsADirectoryError:
-        raise DecodeError(name, "is a directory, not a file") from None
-    except OSError as exc:
-        raise DecodeError(name, f"cannot read the file ({exc.strerror or exc})") from None
-    except ValueError:  # e.g. an embedded NUL byte
-        raise DecodeError(name, "invalid path") from None
+    data = read_regular_file(path, max_file_bytes(max_pixels))
     return decode_bytes(data, name, max_pixels=max_pixels, min_side=min_side)
 
 

@@ -12,13 +12,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from services.embedding import BatchEncoder
 from services.errors import CxrError, DecodeError, StoreError
-from services.imaging import decode_bytes, to_model_input
+from services.imaging import decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.index import PointRecord, VectorStore
 from services.index.payload import build_payload, point_id
 from services.pipeline.sources import IngestItem
@@ -81,10 +80,7 @@ class Prepared:
 def prepare(item: IngestItem, *, image_size: int, model_id: str | None, salt: bytes, opts: IngestOptions) -> Prepared:
     """Decode stage: read the file once, hash it, decode, resize, and build its payload."""
     t0 = time.perf_counter()
-    try:
-        data = Path(item.path).read_bytes()
-    except OSError as exc:
-        raise DecodeError(item.path, f"cannot read file: {exc.strerror or exc}") from exc
+    data = read_regular_file(item.path, max_file_bytes(opts.max_pixels))  # never blocks on a FIFO
     decoded = decode_bytes(data, str(item.path), max_pixels=opts.max_pixels, min_side=opts.min_side)
     sha = hashlib.sha256(data).hexdigest()
     payload = build_payload(

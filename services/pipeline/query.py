@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.embedding import BatchEncoder
-from services.errors import DecodeError
-from services.imaging import DecodedImage, ImageMeta, decode_bytes, to_model_input
+from services.imaging import DecodedImage, ImageMeta, decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.index import Hit, VectorStore
 from services.index.payload import patient_hash, point_id
 from services.pipeline.filters import parse_filters
@@ -37,10 +36,7 @@ class QueryResult:
 
 def read_query(path: str | Path, opts: QueryOptions) -> tuple[DecodedImage, str]:
     """Decode a query file; returns the image and its content SHA-256."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DecodeError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    data = read_regular_file(path, max_file_bytes(opts.max_pixels))
     return decode_bytes(data, str(path), max_pixels=opts.max_pixels, min_side=opts.min_side), _sha(data)
 
 

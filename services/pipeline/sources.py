@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from services.errors import DataError
+from services.imaging.files import not_regular_reason
 from services.manifest import ManifestRow
 
 LabelFrom = Literal["manifest", "folder", "none"]
@@ -36,23 +37,39 @@ class Unfound:
     reason: str
 
 
+def _entry(path: Path, *, walking: bool) -> Path | Unfound:
+    """A regular file (or a symlink to one) as itself; anything else as an Unfound with its reason.
+
+    Only stat is used: a FIFO, socket or device is never opened (opening a FIFO blocks until a writer comes).
+    """
+    reason = not_regular_reason(path)
+    if reason is None:
+        return path
+    if walking and reason == "file not found":
+        reason = "vanished while walking"
+    return Unfound(str(path), reason)
+
+
 def walk_files(paths: Sequence[Path]) -> Iterator[Path | Unfound]:
-    """Yield regular files under each path (sorted, recursive, hidden entries skipped) or an Unfound record."""
+    """Yield regular files under each path (sorted, recursive, hidden entries skipped) or an Unfound record.
+
+    Named pipes, sockets, devices, broken symlinks, unreadable files and files that vanish mid-walk each become
+    an Unfound ("named pipe (FIFO)", "socket", "device", "broken symlink", "permission denied", "vanished while
+    walking"); none of them is ever opened. Symlinked folders are not followed.
+    """
     for root in paths:
         root = Path(root)
-        if root.is_file():
-            yield root
-        elif root.is_dir():
+        if root.is_dir():
             errors: list[OSError] = []
             for dirpath, dirnames, filenames in os.walk(root, onerror=errors.append):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     if not name.startswith("."):
-                        yield Path(dirpath) / name
+                        yield _entry(Path(dirpath) / name, walking=True)
             for err in errors:
                 yield Unfound(str(err.filename or root), f"cannot list folder: {err.strerror or err}")
-        elif root.exists():
-            yield Unfound(str(root), "not a regular file or folder")
+        elif root.exists() or root.is_symlink():
+            yield _entry(root, walking=False)
         else:
             yield Unfound(str(root), "no such file or folder")
 

@@ -47,7 +47,7 @@ def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         def refuse(*args: object, **kwargs: object) -> None:
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr("services.imaging.decode.open", refuse, raising=False)
+        monkeypatch.setattr("services.imaging.files._open_nonblocking", refuse)
     with pytest.raises(DecodeError, match="permission denied"):
         decode_image(path)
 
