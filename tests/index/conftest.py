@@ -50,20 +50,34 @@ def _server_url_or_skip() -> str:
     return url
 
 
-@pytest.fixture(params=["edge", "memory", "server"])
+@pytest.fixture(scope="session")
+def qdrant_container() -> Iterator[tuple[str, str]]:
+    """(url, api_key) of a Qdrant server container from docker-compose.yml's pinned image, started once per
+    session with testcontainers; skips with the reason where no Docker engine exists."""
+    from tests.deploy.containers import qdrant_server
+
+    with qdrant_server() as server:
+        yield server.url, server.api_key
+
+
+@pytest.fixture(params=["edge", "memory", "server", "container"])
 def store_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreCase]:
-    """Each adapter in turn; the real-server variant only when CXR_TEST_QDRANT_URL points at a live server."""
+    """Each adapter in turn; the real-server variant only when CXR_TEST_QDRANT_URL points at a live server, the
+    container variant only where a Docker engine runs the compose file's Qdrant image."""
     opener: Callable[[], VectorStore]
     if request.param == "edge":
         # A tiny indexing threshold makes optimize() really build HNSW on a few thousand test vectors.
         opener = partial(QdrantEdgeStore, tmp_path / "qdrant", indexing_threshold_kb=10)
     elif request.param == "memory":
         opener = partial(QdrantServerStore, location=":memory:")
-    else:
+    elif request.param == "server":
         opener = partial(QdrantServerStore, _server_url_or_skip())
+    else:
+        url, api_key = request.getfixturevalue("qdrant_container")
+        opener = partial(QdrantServerStore, url, api_key=api_key)
     case = StoreCase(request.param, opener(), request.param != "memory", opener)
     yield case
-    if case.kind == "server":
+    if case.kind in ("server", "container"):
         for info in case.store.collections():
             if info.name.startswith(case.prefix):
                 case.store.delete_collection(info.name)
