@@ -3,7 +3,7 @@
 Rows: (1) raw pixels, (2) random-init ViT, (3) cross-entropy on CLS features, (4) contrastive without memory,
 (5) plus a cross-batch memory, (6) plus KoLeo 0.3 (the paper's full recipe). Every trained row uses the same
 split file, backbone, image size, step budget, learning rate and seed. Every row is scored by
-`services.evaluation.job.score_retrieval`, the function `cxr eval` uses: test queries against the train
+`services.evaluation.scoring.score_retrieval`, the function `cxr eval` uses: test queries against the train
 gallery, exact cosine ranking, the query's own patient excluded. The only difference from `cxr eval` is that
 embeddings are computed in memory, not read back from a vector store.
 
@@ -29,9 +29,10 @@ import numpy as np
 
 from services.embedding import bf16_supported, create_encoder, load_checkpoint
 from services.evaluation.baselines import RAW_PIXEL_SIZE, chance_summary, raw_pixel_embeddings
-from services.evaluation.job import RetrievalSet, score_retrieval
 from services.evaluation.report import shape_summary
+from services.evaluation.scoring import score_retrieval
 from services.evaluation.splits import make_split, merge_labels, read_split, split_rows, write_split
+from services.evaluation.types import RetrievalSet
 from services.manifest import ManifestRow, file_sha256, read_manifest
 from services.training.config import TrainConfig
 from services.training.data import ImageCache, load_image_cache

@@ -1,4 +1,5 @@
-"""`cxr eval`: score a checkpoint on the held-out split, honestly (patient-level, same-patient results excluded)."""
+"""`cxr eval`: score a checkpoint on the held-out split or on another manifest, honestly (patient-level,
+same-patient results excluded, leaks counted)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,28 @@ def _ks(text: str) -> tuple[int, ...]:
 
 def eval_(
     model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint folder (a `cxr train` run).")],
-    manifest: Annotated[Path, typer.Option("--manifest", help="CSV with path,label,patient_id,...")],
+    manifest: Annotated[
+        Path, typer.Option("--manifest", help="Gallery CSV (path,label,patient_id,...); in-split also the queries.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder: report.json, report.md, PNGs.")],
     split: Annotated[Path | None, typer.Option("--split", help="Split file (default: MODEL/split.json).")] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option("--queries", help="Another manifest: every row queries the gallery (instead of the test split)."),
+    ] = None,
+    gallery: Annotated[
+        str, typer.Option("--gallery", help="Gallery: 'train' (the split's train part) or 'all' (needs --queries).")
+    ] = "train",
+    exclude_leaks: Annotated[
+        bool, typer.Option("--exclude-leaks", help="Drop queries whose file or near-duplicate is in the gallery.")
+    ] = False,
+    allow_split_mismatch: Annotated[
+        bool,
+        typer.Option("--allow-split-mismatch", help="Evaluate on a split other than the model's training split."),
+    ] = False,
+    min_class_queries: Annotated[
+        int, typer.Option("--min-class-queries", min=1, help="Macro average over classes with >= N queries.")
+    ] = 10,
     merge: Annotated[
         list[str] | None, typer.Option("--merge", help="Merge labels: a,b=c (repeatable), e.g. 3-class.")
     ] = None,
@@ -35,18 +55,29 @@ def eval_(
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the raw-pixel row.")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Index the train split as the gallery, query with every test image, write the report.
+    """Index the train split as the gallery, query with every test image (or every row of --queries), report.
 
     Example: cxr eval --model runs/vit-s --manifest data/manifest.csv --out reports/4class
+    External: cxr eval --model runs/vit-s --manifest data/manifest.csv --queries ours.csv --out reports/ours
     """
-    from services.evaluation.job import EvalConfig, run_eval
+    from services.evaluation.job import run_eval
+    from services.evaluation.types import GALLERIES, EvalConfig
 
+    if gallery not in GALLERIES:
+        raise typer.BadParameter(f"choose one of {', '.join(GALLERIES)}", param_hint="--gallery")
+    if gallery == "all" and queries is None:
+        raise typer.BadParameter("--gallery all needs --queries (the test split would be in its gallery)")
     settings = load_settings()
     cfg = EvalConfig(
         model=model,
         manifest=manifest,
         out_dir=out,
         split_file=split,
+        queries=queries,
+        gallery=gallery,
+        exclude_leaks=exclude_leaks,
+        allow_split_mismatch=allow_split_mismatch,
+        min_class_queries=min_class_queries,
         merges=tuple(merge or ()),
         ks=_ks(k),
         collection=collection,
@@ -56,6 +87,12 @@ def eval_(
     )
     report = run_eval(cfg, settings, on_event=lambda m: stderr.print(m, markup=False))
     typer.echo(headline_table(report))
+    leak = report["leakage"]
+    typer.echo(
+        f"leakage: {leak['exact']['n_queries']} exact and {leak['near_duplicate']['n_queries']} near-duplicate "
+        f"queries in the gallery ({'excluded' if leak['excluded'] else 'kept'}); "
+        f"{leak['queries_without_patient_id']} queries without a patient id"
+    )
     typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -12,14 +12,10 @@ computed by exact numpy are known to describe what the deployed search returns.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from services.evaluation.types import RetrievalSet, Scored
 from services.index import SearchFilter, VectorStore
-
-if TYPE_CHECKING:
-    from services.evaluation.job import RetrievalSet, Scored
 
 AUDIT_FIELDS = (
     "same_source",

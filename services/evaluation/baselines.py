@@ -11,15 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from services.evaluation.metrics import expected_random_ap
 from services.evaluation.summary import summarize
-
-if TYPE_CHECKING:
-    from services.evaluation.job import Scored
+from services.evaluation.types import Scored
 
 RAW_PIXEL_SIZE = 32
 LENIENT_K = 10  # the cut-off of the lenient AP@k/hits that prior work reported
@@ -138,9 +135,11 @@ def chance_per_query(n_relevant: np.ndarray, n_gallery: np.ndarray, ks: Sequence
     return out
 
 
-def chance_summary(scored: Scored, labels: np.ndarray, *, ks: Sequence[int], n_boot: int, seed: int) -> dict:
+def chance_summary(
+    scored: Scored, labels: np.ndarray, *, ks: Sequence[int], n_boot: int, seed: int, min_class_queries: int = 1
+) -> dict:
     """The chance row: every metric's random-ranking expectation per scored query, summarised like a method
-    (same queries, same bootstrap), so its CIs reflect which queries were drawn."""
+    (same queries, same bootstrap, same macro classes), so its CIs reflect which queries were drawn."""
     v = scored.valid
     per_query = chance_per_query(scored.n_relevant[v], scored.n_eligible[v], ks, LENIENT_K)
-    return summarize(per_query, np.asarray(labels)[v], n_boot=n_boot, seed=seed)
+    return summarize(per_query, np.asarray(labels)[v], n_boot=n_boot, seed=seed, min_class_queries=min_class_queries)

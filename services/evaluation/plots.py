@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from services.config import Settings
+from services.evaluation.types import RetrievalSet, Scored
 from services.imaging import decode_image, to_model_input
-
-if TYPE_CHECKING:
-    from services.evaluation.job import RetrievalSet, Scored
 
 RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 THUMB = 128
@@ -144,13 +142,16 @@ def write_plots(
     query: RetrievalSet,
     gallery: RetrievalSet,
     scored: Scored,
-    root: Path,
+    roots: tuple[Path, Path],
     settings: Settings,
     *,
     seed: int = 0,
     top_k: int = 5,
 ) -> dict[str, str]:
-    """Draw the three figures into `out_dir`; returns {caption: file name} for the markdown report."""
+    """Draw the three figures into `out_dir`; returns {caption: file name} for the markdown report.
+
+    `roots` are the folders the query and the gallery paths are relative to (their manifests' folders)."""
+    query_root, gallery_root = (Path(r) for r in roots)
     out_dir = Path(out_dir)
     v = scored.valid
     prevalence = {c: e["r_precision"]["mean"] for c, e in report["chance"]["per_class"].items()}
@@ -159,9 +160,9 @@ def write_plots(
     picks = pick_examples(query.labels, v, seed=seed)
     top = [scored.order[q, : min(top_k, int(scored.n_eligible[q]))].tolist() for q in picks]
     plot_examples(
-        [Path(root) / query.paths[q] for q in picks],
+        [query_root / query.paths[q] for q in picks],
         query.labels[picks],
-        [Path(root) / p for p in gallery.paths],
+        [gallery_root / p for p in gallery.paths],
         gallery.labels,
         top,
         out_dir / "examples.png",

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from services.evaluation.audit import AUDIT_FIELDS
-
-if TYPE_CHECKING:
-    from services.evaluation.job import EvalConfig, RetrievalSet, Scored
+from services.evaluation.types import EvalConfig, RetrievalSet, Scored
 
 LENIENT_KEY = "lenient_map_at_10"
 RANKED_KEYS = ("map", "map_at_r", "r_precision")
@@ -44,12 +42,19 @@ DEFINITIONS = {
     LENIENT_KEY: "lenient AP@10/hits: sum of precision@i over relevant ranks i <= 10, divided by the number of "
     "relevant images in the top 10 instead of R; for comparison with prior work only, never an mAP",
     "micro": "mean over queries (common classes weigh more)",
-    "macro": "mean of the per-class means (every class weighs the same)",
+    "macro": "mean of the per-class means over the classes with at least N scored queries (every such class "
+    "weighs the same); N is stated with the table, the other classes are listed apart",
     "ci": "95% percentile bootstrap interval over queries; per-class and macro resample within each class",
     "chance": "exact expectation of each metric under a uniformly random ranking of the same gallery with the "
     "query's own patient removed (P@K and R-Precision: prevalence R/N; Recall@K: K/N)",
     "raw_pixels": "cosine on images downsampled to 32x32, flattened and L2-normalised, scored identically",
     "dropped_queries": "queries whose class has no gallery image after exclusion (R = 0) have no AP; dropped",
+    "ties": "gallery images with equal cosine are ordered by a hash of (seed, store point id), not by gallery "
+    "order (which is sorted by path, and paths often begin with the label)",
+    "leak_exact": "a query whose file bytes have the same SHA-256 as a gallery image's",
+    "leak_near_duplicate": "a query whose 256-bit difference hash (dHash of the image shrunk to 17x16) is within "
+    "the stated number of bits of a gallery image's, and that has no exact copy there; catches re-encoded, "
+    "resized and re-windowed copies, not crops",
 }
 CAVEAT = (
     "**Label is confounded with source.** In cxr-public, normal and pneumonia images are almost all Kermany "
@@ -115,6 +120,12 @@ def build_report(
     report["definitions"] = dict(DEFINITIONS)
     report["bootstrap"] = {"n_boot": model["n_boot"], "seed": model["seed"], "alpha": model["alpha"]}
     report["classes"] = list(model["classes"])
+    in_macro = list(model.get("macro_classes", model["classes"]))
+    report["macro"] = {
+        "min_class_queries": few,
+        "classes": in_macro,
+        "left_out": [c for c in model["classes"] if c not in in_macro],
+    }
     report.update(meta)
     return report
 
@@ -188,7 +199,7 @@ def _per_class(report: Mapping[str, Any], block: Mapping[str, Any]) -> list[str]
     header = ["class", "queries", *(NAMES[k] for k in RANKED_KEYS), *(f"P@{k}" for k in pk), "chance full mAP"]
     lines = []
     for cls, entry in block["per_class"].items():
-        flag = " (few queries)" if entry["few_queries"] else ""
+        flag = " (few queries, not in macro)" if entry["few_queries"] else ""
         cells = [_ci(entry[k]) for k in RANKED_KEYS] + [_ci(entry["precision_at_k"][k]) for k in pk]
         chance = report["chance"]["per_class"][cls]["map"]["mean"]
         lines.append([f"{cls}{flag}", str(entry["n_queries"]), *cells, f"{chance:.3f}"])
@@ -219,6 +230,67 @@ def _audit(report: Mapping[str, Any]) -> list[str]:
     return _table(header, lines)
 
 
+def _macro_line(report: Mapping[str, Any]) -> str:
+    macro = report["macro"]
+    line = (
+        f"Macro (mean of per-class means over the {len(macro['classes'])} classes with at least "
+        f"N = {macro['min_class_queries']} scored queries: {', '.join(macro['classes'])})"
+    )
+    if macro["left_out"]:
+        line += f"; left out, listed per class below: {', '.join(macro['left_out'])}"
+    return line + ":"
+
+
+def _provenance(report: Mapping[str, Any]) -> list[str]:
+    """Which queries against which gallery, and whether the split is the model's own (stated, not hidden)."""
+    split, queries = report["split"], report["queries"]
+    source = f"the query manifest `{queries['manifest']}`" if queries["manifest"] else "the test split"
+    if split["gallery"] == "all":
+        gallery = "every image of the manifest"
+    else:
+        gallery = f"the train split `{split['file']}` (sha256 {split['sha256'][:12]})"
+    out = [
+        f"{report['n_queries']} queries from {source} against a gallery of {report['n_gallery']} images, "
+        f"{gallery}, collection `{report['collection']}`.",
+        "",
+    ]
+    if split.get("matches_training_split") is False:
+        out += [
+            f"**Split mismatch.** This split is not the one the model was trained on (model: sha256 "
+            f"{split['model_split_sha256'][:12]}). Evaluated anyway with --allow-split-mismatch: test images "
+            "may be in the model's training data, so these numbers may be inflated.",
+            "",
+        ]
+    elif split.get("gallery") == "train" and not split.get("model_split_sha256"):
+        out += ["The model records no training split, so the split could not be checked against it.", ""]
+    if split.get("manifest_matches") is False:
+        out += ["The split was made from another version of the manifest (its manifest_sha256 differs).", ""]
+    return out
+
+
+def _leakage(report: Mapping[str, Any]) -> list[str]:
+    leak = report["leakage"]
+    exact, near = leak["exact"], leak["near_duplicate"]
+    action = "excluded from scoring" if leak["excluded"] else "kept in scoring (pass --exclude-leaks to drop them)"
+    out = [
+        "## Leakage checks",
+        "",
+        f"Of {leak['n_queries_checked']} queries, {exact['n_queries']} are byte-identical to a gallery image "
+        f"(same SHA-256) and {near['n_queries']} more are near-duplicates (256-bit dHash within "
+        f"{near['max_bits']} bits); these {leak['n_leaking_queries']} are {action}. "
+        f"{leak['queries_without_patient_id']} queries and {leak['gallery_without_patient_id']} gallery images "
+        "have no patient id (each counts as its own patient, so same-patient exclusion cannot reach them); "
+        f"{leak['queries_sharing_a_gallery_patient']} queries share a patient with gallery images (those are "
+        "excluded from their rankings).",
+    ]
+    pairs = [("exact", p) for p in exact["pairs"]] + [(f"{p['bits']} bits", p) for p in near["pairs"]]
+    if pairs:
+        out += ["", *_table(["kind", "query", "gallery image"], [[k, p["query"], p["gallery"]] for k, p in pairs[:20]])]
+        if leak["n_leaking_queries"] > 20:
+            out.append(f"(first 20 of {leak['n_leaking_queries']}; report.json lists up to 200 of each kind)")
+    return out
+
+
 def render_markdown(report: Mapping[str, Any], figures: Mapping[str, str]) -> str:
     """The human report: headline table first, then per class, secondary metrics, audit, definitions."""
     split, agree = report["split"], report["store_agreement"]
@@ -227,17 +299,18 @@ def render_markdown(report: Mapping[str, Any], figures: Mapping[str, str]) -> st
     md = [
         f"# Retrieval evaluation: {report['model_id']}",
         "",
-        f"{report['n_queries']} test queries against a gallery of {report['n_gallery']} train images "
-        f"(collection `{report['collection']}`), split `{split['file']}` (sha256 {split['sha256'][:12]}). "
-        "Gallery images of the query's own patient are excluded. "
+        *_provenance(report),
+        f"Gallery images of the query's own patient are excluded. "
         f"{report['n_queries_without_relevant']} queries had no relevant gallery image and were dropped. "
         f"Store search agreed with the exact ranking on {agree['n_agree']}/{agree['n_checked']} sampled queries.",
+        "",
+        *_leakage(report),
         "",
         "## Headline: micro mean over queries, 95% bootstrap CI",
         "",
         *_headline(report, "micro"),
         "",
-        "Macro (mean of per-class means):",
+        _macro_line(report),
         "",
         *_headline(report, "macro"),
         "",
@@ -281,7 +354,7 @@ def render_markdown(report: Mapping[str, Any], figures: Mapping[str, str]) -> st
         "## Run",
         "",
         f"- model recipe: `{json.dumps(report['model_recipe'], default=str)}`",
-        f"- split counts: {split['counts']}; indexing: `{json.dumps(report['indexing'])}`",
+        f"- split counts: {split.get('counts', '-')}; indexing: `{json.dumps(report['indexing'])}`",
         f"- bootstrap: {report['bootstrap']}",
         "",
     ]

@@ -175,6 +175,43 @@ def write_split(split: Split, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def load_or_make_split(
+    path: Path,
+    rows: Sequence[ManifestRow],
+    *,
+    root: Path,
+    manifest_sha256: str,
+    seed: int = 0,
+    holdout_source: str | None = None,
+) -> tuple[Split, bool]:
+    """The split at `path` if it was made from this manifest (and holdout), else a new one written there.
+
+    A split.json left in a run folder by another manifest would otherwise be reused silently, and fail later
+    with a misleading message (or quietly train on the wrong images). So a split whose recorded manifest hash
+    differs is refused, naming both hashes; so is one made with another --holdout-source. A split that records
+    no manifest hash (written by hand) is used as it is. Returns (split, newly made).
+    """
+    path = Path(path)
+    if not path.exists():
+        split = make_split(rows, root=root, seed=seed, holdout_source=holdout_source, manifest_sha256=manifest_sha256)
+        write_split(split, path)
+        return split, True
+    split = read_split(path)
+    fix = f"Train into a new --out, delete {path} to re-split, or pass --split with a split of this manifest."
+    if split.manifest_sha256 and split.manifest_sha256 != manifest_sha256:
+        raise DataError(
+            f"{path} was made from another manifest (sha256 {split.manifest_sha256[:12]}); this manifest's "
+            f"sha256 is {manifest_sha256[:12]}",
+            hint=fix,
+        )
+    if (split.holdout_source or None) != (holdout_source or None):
+        raise DataError(
+            f"{path} was made with holdout source {split.holdout_source!r}, this run asks for {holdout_source!r}",
+            hint=fix,
+        )
+    return split, False
+
+
 def _path_list(payload: dict, name: str, where: Path) -> list[str]:
     items = payload.get(name)
     if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):

@@ -1,8 +1,9 @@
 """Summarise per-query metric arrays: micro, macro and per-class means with percentile bootstrap CIs.
 
 Micro weights every query equally, so big classes dominate; macro averages the per-class means, so a rare
-class counts as much as a common one. Report both. Callers drop queries without a defined score (R == 0)
-first.
+class counts as much as a common one. Report both. A class with a handful of queries has a mean too noisy to
+weigh as much as the others, so the macro mean counts only classes with at least `min_class_queries` queries
+(the rest are still reported per class). Callers drop queries without a defined score (R == 0) first.
 """
 
 from __future__ import annotations
@@ -39,14 +40,17 @@ def summarize(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    min_class_queries: int = 1,
 ) -> dict:
     """Micro, macro and per-class means of each metric with (1 - alpha) percentile bootstrap CIs.
 
     Micro resamples all queries with replacement; per-class and macro resample within each class (a stratified
     bootstrap, so every resample keeps every class). All metrics share the same resamples, so their CIs are
-    paired. The result holds only str, int, float and lists, ready for `json.dumps`:
-    `{"n_queries", "n_boot", "seed", "alpha", "classes", "metrics": {name: {"micro", "macro", "per_class":
-    {label: {"mean", "ci_low", "ci_high", "n_queries"}}}}}`.
+    paired. The macro mean averages the classes with >= `min_class_queries` queries (all classes when none has
+    that many; `macro_classes` names the ones used). The result holds only str, int, float and lists, ready
+    for `json.dumps`: `{"n_queries", "n_boot", "seed", "alpha", "classes", "macro_classes",
+    "macro_min_queries", "metrics": {name: {"micro", "macro", "per_class": {label: {"mean", "ci_low",
+    "ci_high", "n_queries"}}}}}`.
     """
     labels = np.asarray(labels).astype(str)
     names = list(per_query)
@@ -56,6 +60,8 @@ def summarize(
         raise ValueError("labels must be a non-empty 1-D array")
     if n_boot < 1 or not 0 < alpha < 1:
         raise ValueError("need n_boot >= 1 and 0 < alpha < 1")
+    if min_class_queries < 1:
+        raise ValueError(f"min_class_queries must be >= 1, got {min_class_queries}")
     columns = []
     for name in names:
         col = np.asarray(per_query[name], dtype=np.float64)
@@ -75,8 +81,9 @@ def summarize(
         class_means.append(rows.mean(axis=0))
         class_boots.append(_boot_means(rows, n_boot, rng))
         class_sizes.append(len(rows))
-    macro_mean = np.mean(class_means, axis=0)
-    macro_boot = np.mean(class_boots, axis=0)
+    in_macro = [i for i, size in enumerate(class_sizes) if size >= min_class_queries] or list(range(len(classes)))
+    macro_mean = np.mean([class_means[i] for i in in_macro], axis=0)
+    macro_boot = np.mean([class_boots[i] for i in in_macro], axis=0)
     micro_mean = values.mean(axis=0)
 
     metrics: dict[str, dict] = {}
@@ -95,5 +102,7 @@ def summarize(
         "seed": int(seed),
         "alpha": float(alpha),
         "classes": classes,
+        "macro_classes": [classes[i] for i in in_macro],
+        "macro_min_queries": int(min_class_queries),
         "metrics": metrics,
     }

@@ -21,7 +21,7 @@ from torch import nn
 
 from services.embedding import bf16_supported, create_encoder, load_checkpoint, save_checkpoint
 from services.errors import ConfigError, DataError
-from services.evaluation.splits import make_split, read_split, split_rows, write_split
+from services.evaluation.splits import load_or_make_split, split_rows
 from services.manifest import file_sha256, read_manifest
 from services.training.augment import augment
 from services.training.config import TrainConfig
@@ -106,19 +106,16 @@ class Trainer:
         rows = read_manifest(cfg.manifest)
         manifest_sha = file_sha256(cfg.manifest)
         split_path = Path(cfg.split_file) if cfg.split_file else self.out / "split.json"
-        if split_path.exists():
-            split = read_split(split_path)
-            self.say(f"using split {split_path}")
-        else:
-            split = make_split(
-                rows,
-                root=Path(cfg.manifest).parent,
-                seed=cfg.seed,
-                holdout_source=cfg.holdout_source,
-                manifest_sha256=manifest_sha,
-            )
-            write_split(split, split_path)
-            self.say(f"wrote patient-level split to {split_path}")
+        # A split left in the run folder by another manifest (or holdout) is refused, not silently reused.
+        split, made = load_or_make_split(
+            split_path,
+            rows,
+            root=Path(cfg.manifest).parent,
+            manifest_sha256=manifest_sha,
+            seed=cfg.seed,
+            holdout_source=cfg.holdout_source,
+        )
+        self.say(f"wrote patient-level split to {split_path}" if made else f"using split {split_path}")
         split_sha = file_sha256(split_path)
         parts = split_rows(rows, split, Path(cfg.manifest).parent)
         counts = Counter(row.label for row in parts["train"])
@@ -217,8 +214,9 @@ class Trainer:
                 if cfg.max_minutes is not None and run.elapsed >= cfg.max_minutes * 60:
                     status = "time_limit"
                     break
+                started = time.perf_counter()  # the step's time includes the sampler and the cache gather
                 idx = next(batches)
-                record = self._train_step(run, train.batch(idx), y_all[idx])
+                record = self._train_step(run, train.batch(idx), y_all[idx], started=started)
                 if not math.isfinite(record["loss"]):
                     status, message = "collapsed", f"loss became {record['loss']} at step {run.step}"
                     break
@@ -245,10 +243,13 @@ class Trainer:
         self._save_state(run)
         return TrainResult(self.out, status, run.step, run.best, run.best_step, run.elapsed, message)
 
-    def _train_step(self, run: _Run, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        """One optimiser step on one batch; returns the log record."""
+    def _train_step(
+        self, run: _Run, images: torch.Tensor, labels: torch.Tensor, *, started: float | None = None
+    ) -> dict:
+        """One optimiser step on one batch; returns the log record. `step_s` counts from `started` (when the
+        batch was drawn) to the end of the optimiser step."""
         cfg = self.cfg
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if started is None else started
         progress = max(
             run.step / cfg.steps if cfg.steps else 0.0,
             run.elapsed / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0,

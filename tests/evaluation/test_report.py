@@ -15,10 +15,11 @@ from services.evaluation.baselines import (
     expected_map_at_r,
     raw_pixel_embeddings,
 )
-from services.evaluation.job import EvalConfig, RetrievalSet, per_query_metrics, score_retrieval
 from services.evaluation.metrics import hit_at_k, lenient_map_at_k, map_at_r
 from services.evaluation.plots import interpolated_pr
 from services.evaluation.report import NAMES, build_report, render_markdown, shape_summary
+from services.evaluation.scoring import per_query_metrics, score_retrieval
+from services.evaluation.types import EvalConfig, RetrievalSet
 
 
 @pytest.mark.parametrize(("r", "n"), [(1, 12), (4, 12), (9, 15), (12, 12), (3, 30)])
@@ -113,7 +114,15 @@ def _fake_summary(classes: list[str], ks: tuple[int, ...]) -> dict:
         n: {"micro": cell, "macro": cell, "per_class": {c: {**cell, "n_queries": 1 + i} for i, c in enumerate(classes)}}
         for n in names
     }
-    return {"n_queries": 3, "n_boot": 10, "seed": 0, "alpha": 0.05, "classes": classes, "metrics": metrics}
+    return {
+        "n_queries": 3,
+        "n_boot": 10,
+        "seed": 0,
+        "alpha": 0.05,
+        "classes": classes,
+        "macro_classes": classes[1:],
+        "metrics": metrics,
+    }
 
 
 def test_build_report_layout_and_markdown() -> None:
@@ -135,7 +144,25 @@ def test_build_report_layout_and_markdown() -> None:
         "model_id": "m-1",
         "model_recipe": {"loss": "x"},
         "collection": "c",
-        "split": {"file": "s.json", "sha256": "ab" * 32, "counts": {"train": 1, "val": 0, "test": 1}},
+        "split": {
+            "file": "s.json",
+            "sha256": "ab" * 32,
+            "gallery": "train",
+            "model_split_sha256": "cd" * 32,
+            "matches_training_split": False,
+            "counts": {"train": 1, "val": 0, "test": 1},
+        },
+        "queries": {"manifest": "theirs.csv", "from": "query manifest", "n_rows": 4},
+        "leakage": {
+            "n_queries_checked": 4,
+            "exact": {"n_queries": 1, "pairs": [{"query": "q/copy.png", "gallery": "g/orig.png"}]},
+            "near_duplicate": {"n_queries": 0, "max_bits": 10, "pairs": []},
+            "n_leaking_queries": 1,
+            "excluded": True,
+            "queries_without_patient_id": 2,
+            "gallery_without_patient_id": 0,
+            "queries_sharing_a_gallery_patient": 0,
+        },
         "n_queries": 3,
         "n_queries_without_relevant": 0,
         "n_gallery": 9,
@@ -163,4 +190,12 @@ def test_build_report_layout_and_markdown() -> None:
     model_row = next(line for line in lines if line.startswith("| model |"))
     assert "0.500 [0.400, 0.600]" in model_row
     assert md.index("| raw pixels |") < md.index("| chance |") < md.index("Recall@1")
-    assert "a (few queries)" in md and "![pr](pr_curves.png)" in md
+    assert "a (few queries, not in macro)" in md and "![pr](pr_curves.png)" in md
+    assert report["macro"] == {"min_class_queries": 2, "classes": ["b"], "left_out": ["a"]}
+    assert "N = 2 scored queries: b); left out, listed per class below: a" in md
+    # Provenance and leakage are stated, not hidden: the external manifest, the split mismatch, the leaked pair.
+    assert "queries from the query manifest `theirs.csv`" in md
+    assert "**Split mismatch.**" in md and "cdcdcdcdcdcd" in md
+    assert "1 are byte-identical to a gallery image" in md and "excluded from scoring" in md
+    assert "| exact | q/copy.png | g/orig.png |" in md
+    assert "2 queries and 0 gallery images have no patient id" in md
