@@ -3,7 +3,7 @@
     python deploy/healthcheck.py http URL            2xx from URL (sends CXR_API_TOKEN as a bearer token if set)
     python deploy/healthcheck.py tcp HOST PORT       something accepts a TCP connection
     python deploy/healthcheck.py dicom HOST PORT     a DICOM Storage SCP answers an association (C-ECHO)
-    python deploy/healthcheck.py celery              a Celery worker on this host answers a broadcast ping
+    python deploy/healthcheck.py worker [--queue Q]  a worker process for Q runs here and its broker answers
 
 Exit 0 when healthy, 1 when not, with one line saying why (Docker keeps it in the container's health log).
 Every probe is bounded by --timeout, so a broker or peer that hangs makes the check fail, never stall.
@@ -17,6 +17,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 def probe_http(url: str, timeout: float) -> tuple[bool, str]:
@@ -70,32 +71,44 @@ def probe_dicom(host: str, port: int, called_aet: str, calling_aet: str, timeout
         ae.shutdown()
 
 
-def probe_celery(broker: str, timeout: float, hostname: str | None = None) -> tuple[bool, str]:
-    """Broadcast a ping on the broker; healthy when a worker whose node name ends in @<this host> answers."""
-    from celery import Celery
+def worker_processes(queue: str | None = None, proc: Path = Path("/proc")) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of the `cxr worker` / `celery worker` processes visible here (in a container: its own), that
+    consume `queue` when one is given (`--queues a,b` or `-Q a,b`)."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:  # the process ended while we looked
+            continue
+        if "worker" not in argv or not any(Path(a).name in ("cxr", "celery") for a in argv[:3]):
+            continue
+        if queue is not None:
+            flags = [i for i, a in enumerate(argv) if a in ("--queues", "-Q")]
+            consumed = {q for i in flags if i + 1 < len(argv) for q in argv[i + 1].split(",")}
+            if queue not in consumed:
+                continue
+        found.append((int(entry.name), argv))
+    return found
 
-    host = hostname or socket.gethostname()
-    app = Celery("cxr-healthcheck", broker=broker)
-    # No reconnect loops: a broker that is down or hangs fails the probe within about `timeout`.
-    app.conf.broker_connection_retry = False
-    app.conf.broker_connection_retry_on_startup = False
-    app.conf.broker_connection_max_retries = 1
-    app.conf.broker_transport_options = {
-        "socket_connect_timeout": timeout,
-        "socket_timeout": timeout,
-        "max_retries": 1,
-    }
+
+def probe_worker(broker: str, queue: str | None, timeout: float) -> tuple[bool, str]:
+    """Healthy when a worker process for `queue` runs here and its broker answers PING. (The cxr workers run with
+    Celery's remote control off, so a broadcast ping would get no answer by design.)"""
+    workers = worker_processes(queue)
+    if not workers:
+        return False, f"no cxr/celery worker process{f' for queue {queue}' if queue else ''} is running"
+    import redis
+
+    client = redis.Redis.from_url(broker, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        replies = app.control.ping(timeout=timeout) or []
-    except Exception as exc:  # any broker failure means unhealthy, with its reason
-        return False, f"broker {_redact(broker)}: {type(exc).__name__}: {exc}"
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return False, f"worker pid {workers[0][0]} runs, but broker {_redact(broker)} does not answer: {exc}"
     finally:
-        app.close()
-    nodes = [name for reply in replies for name in reply]
-    mine = [name for name in nodes if name.rsplit("@", 1)[-1] == host]
-    if mine:
-        return True, f"worker {mine[0]} answers"
-    return False, f"no worker on {host} answered a ping within {timeout:g}s (answered: {nodes or 'none'})"
+        client.close()
+    return True, f"worker pid {workers[0][0]} runs and broker {_redact(broker)} answers"
 
 
 def _redact(url: str) -> str:
@@ -123,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     dicom.add_argument("port", type=int)
     dicom.add_argument("--aet", default="CXR", help="the receiver's AE title (called AE)")
     dicom.add_argument("--calling-aet", default="CXR-HEALTH", help="the AE title this probe calls from")
-    celery = sub.add_parser("celery")
-    celery.add_argument("--broker", default=None, help="broker URL (default CXR_REDIS_URL)")
-    celery.add_argument("--hostname", default=None, help="node host to look for (default this host)")
+    worker = sub.add_parser("worker")
+    worker.add_argument("--queue", default=None, help="the queue the worker must consume (default any)")
+    worker.add_argument("--broker", default=None, help="broker URL (default CXR_REDIS_URL)")
     args = parser.parse_args(argv)
 
     if args.probe == "http":
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         ok, why = probe_dicom(args.host, args.port, args.aet, args.calling_aet, args.timeout)
     else:
         broker = args.broker or os.environ.get("CXR_REDIS_URL", "redis://127.0.0.1:6379/0")
-        ok, why = probe_celery(broker, args.timeout, args.hostname)
+        ok, why = probe_worker(broker, args.queue, args.timeout)
     print(("healthy: " if ok else "unhealthy: ") + why)
     return 0 if ok else 1
 

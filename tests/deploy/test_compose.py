@@ -25,7 +25,7 @@ CXR_SERVICES = {"worker-embed", "worker-index", "api", "dicom"}
 INFRA_SERVICES = {"qdrant", "redis"}
 WORKERS = {"worker-embed", "worker-index"}
 SETTINGS_VARS = {f"CXR_{name.upper()}" for name in Settings.model_fields}
-PROBES = {"http", "tcp", "dicom", "celery"}
+PROBES = {"http", "tcp", "dicom", "worker"}
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +128,9 @@ def test_cxr_healthchecks_call_the_probe_shipped_in_the_image(services: dict[str
         assert test[:3] == ["CMD", "python", "/app/deploy/healthcheck.py"], name
         probe = next(arg for arg in test[3:] if not arg.startswith("-") and not arg.replace(".", "").isdigit())
         assert probe in PROBES, f"{name}: unknown probe {probe}"
-    assert "celery" in services["worker-embed"]["healthcheck"]["test"]
-    assert "celery" in services["worker-index"]["healthcheck"]["test"]
+    for name in WORKERS:
+        test = services[name]["healthcheck"]["test"]
+        assert "worker" in test and _option(test, "--queue") == _option(services[name]["command"], "--queues"), name
     assert "http://127.0.0.1:8000/readyz" in services["api"]["healthcheck"]["test"]
     dicom = services["dicom"]["healthcheck"]["test"]
     assert dicom[dicom.index("dicom") + 2] == _option(services["dicom"]["command"], "--port")
@@ -214,7 +215,10 @@ def test_secrets_are_required_not_defaulted(compose: dict[str, Any], services: d
     ops = {}
     for var, op in variables(compose):
         ops.setdefault(var, set()).add(op)
-    assert ops["CXR_API_TOKEN"] == {":?"} and ops["CXR_QDRANT_API_KEY"] == {":?"}
+    # The API binds 0.0.0.0 and the receiver is published on every interface: both need their guard set.
+    for var in ("CXR_API_TOKEN", "CXR_QDRANT_API_KEY", "CXR_DICOM_ALLOW_AETS"):
+        assert ops[var] == {":?"}, f"{var} must be required (${{{var}:?...}}), never defaulted"
+    assert "CXR_DICOM_ALLOW_AETS" in environment(services["dicom"])
     api_env = environment(services["api"])
     with pytest.raises(MissingVariable, match="CXR_API_TOKEN"):
         interpolate(api_env["CXR_API_TOKEN"], {"CXR_API_TOKEN": ""})

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -136,30 +137,31 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def test_celery_probe_needs_a_worker_on_this_host(redis_url: str, tmp_path: Path) -> None:
+def test_worker_probe_needs_the_queue_s_worker_process_and_its_broker(redis_url: str, tmp_path: Path) -> None:
     pytest.importorskip("celery", reason="celery is installed with the queue")
-    start = time.monotonic()
-    down = _probe("--timeout", "2", "celery", "--broker", f"redis://127.0.0.1:{_closed_port()}/0")
-    assert down.returncode == 1 and "Connection refused" in down.stdout
-    assert time.monotonic() - start < 6, "a broker that is down fails the probe at once, without reconnect loops"
-    nobody = _probe("--timeout", "1", "celery", "--broker", redis_url)
-    assert nobody.returncode == 1 and "no worker" in nobody.stdout
-    (tmp_path / "probe_app.py").write_text(f"from celery import Celery\napp = Celery(broker={redis_url!r})\n")
-    host = socket.gethostname()
+    queue = f"embed-{uuid.uuid4().hex[:8]}"  # unique: other workers may run on this machine
+    nobody = _probe("worker", "--queue", queue, env={"CXR_REDIS_URL": redis_url})
+    assert nobody.returncode == 1 and "no cxr/celery worker process" in nobody.stdout
+    (tmp_path / "probe_app.py").write_text(
+        "from celery import Celery\n"
+        f"app = Celery(broker={redis_url!r})\n"
+        "app.conf.worker_enable_remote_control = False  # as cxr's workers run\n"
+    )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "probe_app", "worker", "--pool", "solo", "-n", f"embed@{host}"],
+        [sys.executable, "-m", "celery", "-A", "probe_app", "worker", "--pool", "solo", "--queues", queue],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while (result := _probe("--timeout", "1", "celery", "--broker", redis_url)).returncode != 0:
-            assert worker.poll() is None, "the celery worker exited"
-            assert time.monotonic() < deadline, result.stdout
-        assert f"embed@{host}" in result.stdout
-        other = _probe("--timeout", "1", "celery", "--broker", redis_url, "--hostname", "another-container")
-        assert other.returncode == 1, "a worker in another container does not make this one healthy"
+        healthy = _probe("worker", "--queue", queue, env={"CXR_REDIS_URL": redis_url})
+        assert healthy.returncode == 0 and f"worker pid {worker.pid} runs" in healthy.stdout, healthy.stdout
+        other = _probe("worker", "--queue", f"{queue}-other", env={"CXR_REDIS_URL": redis_url})
+        assert other.returncode == 1, "a worker for another queue does not count"
+        start = time.monotonic()
+        down = _probe("--timeout", "2", "worker", "--queue", queue, "--broker", f"redis://127.0.0.1:{_closed_port()}/0")
+        assert down.returncode == 1 and "does not answer" in down.stdout
+        assert time.monotonic() - start < 6, "a broker that is down fails the probe at once"
     finally:
         worker.terminate()
         worker.wait(30)
