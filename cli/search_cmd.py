@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,10 @@ from rich.table import Table
 
 from cli.errors import stderr
 from cli.options import CollectionOpt, JsonOpt, ModelOpt, load_settings
+
+if TYPE_CHECKING:  # the heavy modules load inside the command only
+    from services.index import Hit
+    from services.pipeline import QueryOptions, Runtime
 
 
 def search(
@@ -33,6 +37,13 @@ def search(
     collection: CollectionOpt = None,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
+    explain_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--explain",
+            help="Write PNG heat maps of why each result is similar (query and result overlays) to this folder.",
+        ),
+    ] = None,
 ) -> None:
     """Find the most similar indexed X-rays, with their diagnosis and score.
 
@@ -53,6 +64,8 @@ def search(
     )
     with Runtime(settings) as rt:
         result = search_file(query, encoder=rt.encoder, store=rt.store, opts=opts, salt=settings.salt)
+        if explain_dir is not None:
+            write_explanations(explain_dir, query, result.hits, rt=rt, opts=opts)
     if exclude_same_patient and not result.patient_excluded:
         stderr.print(
             "warning: the query carries no patient id, so same-patient results could not be excluded; pass --patient-id"
@@ -73,3 +86,41 @@ def search(
             str(p.get("source_uri", "-")),
         )
     Console(highlight=False).print(table)
+
+
+def write_explanations(out_dir: Path, query: Path, hits: list[Hit], *, rt: Runtime, opts: QueryOptions) -> None:
+    """`--explain`: NN_query.png and NN_result.png per result (the query's map depends on the result), and
+    explain.json with the maps on the patch grid; results whose image cannot be read are reported and skipped."""
+    from services.embedding.explain import Explainer, StoredImageError, load_point_pixels, overlay_png
+    from services.pipeline.query import read_query
+
+    settings = rt.settings
+    query_pixels = read_query(query, opts)[0].pixels
+    kept, pixels = [], []
+    for rank, hit in enumerate(hits, start=1):
+        try:
+            pixels.append(
+                load_point_pixels(
+                    rt.store,
+                    settings.collection,
+                    hit.id,
+                    max_pixels=settings.max_pixels,
+                    min_side=settings.min_side,
+                )
+            )
+            kept.append((rank, hit))
+        except (StoredImageError, LookupError) as exc:
+            stderr.print(f"warning: result {rank} ({hit.id}) not explained: {exc}")
+    explanations = Explainer(rt.encoder).explain_many(query_pixels, pixels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for (rank, hit), result_pixels, ex in zip(kept, pixels, explanations, strict=True):
+        names = {"query": f"{rank:02d}_query.png", "result": f"{rank:02d}_result.png"}
+        (out_dir / names["query"]).write_bytes(overlay_png(query_pixels, ex.query_map))
+        (out_dir / names["result"]).write_bytes(overlay_png(result_pixels, ex.result_map))
+        doc = ex.to_json()
+        doc["query"].update(png=names["query"], file=str(query))
+        doc["result"].update(png=names["result"], id=hit.id)
+        records.append({"rank": rank, "score": round(float(hit.score), 6), "label": hit.payload.get("label"), **doc})
+    (out_dir / "explain.json").write_text(json.dumps(records, indent=1) + "\n")
+    stderr.print(f"wrote {2 * len(records)} heat-map overlays and explain.json to {out_dir}")

@@ -347,11 +347,15 @@ class StoredImageError(CxrError):
     default_hint = "Re-index the image from where it lives now, or restore the file."
 
 
-def stored_image_path(payload: Mapping[str, Any], *, resolve_ref: Callable[[str], Path] | None = None) -> Path:
-    """The local file of an indexed point: `source_ref` through `resolve_ref` when given, else a file:// URI."""
+def stored_image_path(payload: Mapping[str, Any], *, resolve_ref: Callable[[str], Path | None] | None = None) -> Path:
+    """The local file of an indexed point: `source_ref` through `resolve_ref` (e.g. `Ledger.resolve_ref`) when
+    given, else a file:// `source_uri`."""
     ref = payload.get("source_ref")
     if ref and resolve_ref is not None:
-        return Path(resolve_ref(str(ref)))
+        path = resolve_ref(str(ref))
+        if path is None:
+            raise StoredImageError(f"the point's source_ref {ref!r} resolves to no file")
+        return Path(path)
     uri = payload.get("source_uri")
     if isinstance(uri, str) and uri.startswith("file:"):
         return Path(url2pathname(urlparse(uri).path))
@@ -364,7 +368,7 @@ def load_point_pixels(
     collection: str,
     point_id: str,
     *,
-    resolve_ref: Callable[[str], Path] | None = None,
+    resolve_ref: Callable[[str], Path | None] | None = None,
     max_pixels: int = 80_000_000,
     min_side: int = 32,
 ) -> np.ndarray:
