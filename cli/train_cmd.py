@@ -14,7 +14,12 @@ from cli.progress import progress_bar
 def train(
     manifest: Annotated[Path, typer.Option("--manifest", help="CSV with path,label,patient_id,...")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder; holds the best checkpoint.")],
-    model: Annotated[str, typer.Option("--model", help="Shape: vit-tiny, vit-small or vit-base.")] = "vit-small",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="Shape: vit-tiny, vit-small, vit-base, or hybrid-lite0 (ImageNet EfficientNet-Lite0 stem)."
+        ),
+    ] = "vit-small",
     image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input side in pixels.")] = 128,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Stop after N optimiser steps.")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", min=0.1, help="Stop after M minutes.")] = None,
@@ -29,6 +34,9 @@ def train(
         float | None, typer.Option("--lr", min=0.0, help="Peak learning rate (default: the recipe's).")
     ] = None,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 100,
+    stem_lr_scale: Annotated[
+        float, typer.Option("--stem-lr-scale", min=0.0, help="A pretrained CNN stem learns at lr times this.")
+    ] = 0.1,
     split: Annotated[Path | None, typer.Option("--split", help="Split file to reuse (default OUT/split.json).")] = None,
     holdout_source: Annotated[
         str | None, typer.Option("--holdout-source", help="Put every image of this source in test.")
@@ -80,6 +88,7 @@ def train(
         batch_size=batch_size,
         lr=chosen.lr if lr is None else lr,
         warmup_steps=warmup_steps,
+        stem_lr_scale=stem_lr_scale,
         loss=loss,
         augment=AugmentConfig(hflip=hflip),
         bf16=False if no_bf16 else None,

@@ -43,6 +43,21 @@ def vit_config(config: EncoderConfig) -> ViTConfig:
     )
 
 
+class HybridPatchEmbeddings(nn.Module):
+    """Patch tokens from a CNN feature map: EfficientNet-Lite0 to stride 16, then a 1x1 projection to the
+    transformer width. Drop-in for transformers' ViTPatchEmbeddings ((B, C, H, W) -> (B, N, hidden))."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        from .lite import STRIDE16_CHANNELS, Lite0Stem
+
+        self.stem = Lite0Stem()
+        self.projection = nn.Conv2d(STRIDE16_CHANNELS, hidden_size, kernel_size=1)
+
+    def forward(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
+        return self.projection(self.stem(pixel_values)).flatten(2).transpose(1, 2)
+
+
 class CxrEncoder(nn.Module):
     """Grey images in [0, 1] -> L2-normalised embeddings; normalisation and channel repeat happen inside."""
 
@@ -52,6 +67,8 @@ class CxrEncoder(nn.Module):
         self.vit = vit if vit is not None else ViTModel(vit_config(config), add_pooling_layer=False)
         if self.vit.config.hidden_size != config.hidden_size or self.vit.config.image_size != config.image_size:
             raise ModelError("encoder config does not match the ViT it wraps (hidden_size or image_size differ)")
+        if config.stem == "lite0":
+            self.vit.embeddings.patch_embeddings = HybridPatchEmbeddings(config.hidden_size)
         if config.head == "linear":
             # No bias, like CLIP's projection: the output is L2-normalised anyway.
             self.head: nn.Module = nn.Linear(config.hidden_size, config.embed_dim, bias=False)
@@ -81,21 +98,30 @@ def create_encoder(
     head: str = "linear",
     init: str | Path | None = None,
     seed: int | None = None,
+    pretrained: bool = True,
 ) -> CxrEncoder:
     """Build an encoder: a registry shape at random init, or the Hugging Face ViT folder `init`.
 
     With `init`, that checkpoint's config decides width, depth, heads, patch size and channels (`shape` is not
     used); its position embeddings are resampled once to `image_size`, exactly as transformers'
     `interpolate_pos_encoding` would at every forward. `seed` makes the random parts reproducible.
+    A hybrid shape (stem "lite0") starts its CNN stem from the ImageNet weights unless `pretrained=False`; its
+    input normalisation is ImageNet's, applied inside the stem.
     """
     # Fork the global RNG only when seeding, so unseeded calls still draw fresh weights each time.
     with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
         if seed is not None:
             torch.manual_seed(seed)
         if init is None:
-            get_shape(shape)
-            config = EncoderConfig(shape=shape, image_size=image_size, embed_dim=embed_dim or 0, head=head)
+            hybrid = get_shape(shape).stem == "lite0"
+            norm = {"norm_mean": 0.0, "norm_std": 1.0} if hybrid else {}  # the stem normalises as ImageNet did
+            config = EncoderConfig(shape=shape, image_size=image_size, embed_dim=embed_dim or 0, head=head, **norm)
             encoder = CxrEncoder(config)
+            if hybrid and pretrained:
+                from .lite import load_imagenet
+
+                load_imagenet(encoder.vit.embeddings.patch_embeddings.stem)
+                config.recipe = {**config.recipe, "stem_init": "imagenet-efficientnet-lite0"}
         else:
             vit, norm_mean, norm_std = _load_hf_vit(Path(init), image_size)
             c = vit.config

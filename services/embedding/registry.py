@@ -22,6 +22,7 @@ class ModelShape:
     num_heads: int
     mlp_dim: int
     patch_size: int = 16
+    stem: str = "patch"  # "patch": linear patch embedding; "lite0": pretrained EfficientNet-Lite0 to stride 16
 
 
 SHAPES: dict[str, ModelShape] = {
@@ -30,12 +31,16 @@ SHAPES: dict[str, ModelShape] = {
         ModelShape("vit-tiny", hidden_size=192, num_layers=12, num_heads=3, mlp_dim=768),
         ModelShape("vit-small", hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536),
         ModelShape("vit-base", hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+        # Hybrid ViT (Dosovitskiy et al. 2021): tokens from the ImageNet EfficientNet-Lite0 feature map at
+        # stride 16, then a 6-layer ViT-Tiny-width encoder with a CLS token.
+        ModelShape("hybrid-lite0", hidden_size=192, num_layers=6, num_heads=3, mlp_dim=768, stem="lite0"),
     )
 }
 
 # The shape name recorded for a checkpoint initialised from a Hugging Face ViT that matches no registry shape.
 CUSTOM_SHAPE = "custom"
 HEADS = ("linear", "none")
+STEMS = ("patch", "lite0")
 POOLINGS = ("cls",)
 
 
@@ -87,6 +92,7 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-6
     hidden_act: str = "gelu"
     qkv_bias: bool = True
+    stem: str = "patch"  # set from the shape; see ModelShape.stem
     recipe: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
 
@@ -102,6 +108,8 @@ class EncoderConfig:
             self.num_layers = self.num_layers or shape.num_layers
             self.num_heads = self.num_heads or shape.num_heads
             self.mlp_dim = self.mlp_dim or shape.mlp_dim
+        if self.shape in SHAPES and SHAPES[self.shape].stem != "patch":
+            self.stem = SHAPES[self.shape].stem
         self.embed_dim = self.embed_dim or self.hidden_size
         self._validate()
 
@@ -127,6 +135,10 @@ class EncoderConfig:
                 f"got {self.embed_dim}",
                 "Use head='linear' for a different embedding size.",
             )
+        if self.stem not in STEMS:
+            raise ModelError(f"encoder config: unknown stem {self.stem!r}; known: {', '.join(STEMS)}")
+        if self.stem == "lite0" and self.patch_size != 16:
+            raise ModelError("encoder config: the lite0 stem makes tokens at stride 16, so patch_size must be 16")
         if self.pooling not in POOLINGS:
             raise ModelError(f"encoder config: unknown pooling {self.pooling!r}; known: {', '.join(POOLINGS)}")
         if not self.norm_std > 0:
@@ -161,7 +173,7 @@ class EncoderConfig:
         return cls(**data)
 
 
-_OPTIONAL_KEYS = frozenset({"recipe", "version"})
+_OPTIONAL_KEYS = frozenset({"recipe", "version", "stem"})
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "shape": (str,),
     "image_size": (int,),
@@ -179,6 +191,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "layer_norm_eps": (float, int),
     "hidden_act": (str,),
     "qkv_bias": (bool,),
+    "stem": (str,),
     "recipe": (dict,),
     "version": (str,),
 }

@@ -30,6 +30,7 @@ class TrainConfig:
     max_minutes: float | None = None
     batch_size: int = 64
     lr: float = RECIPES["default"].lr
+    stem_lr_scale: float = 0.1  # a pretrained CNN stem (hybrid shapes) learns at lr * this
     weight_decay: float = 0.05
     warmup_steps: int = 100
     grad_clip: float = 1.0

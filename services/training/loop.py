@@ -73,15 +73,22 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, the CLS token and position embeddings (standard for ViTs)."""
-    decay, no_decay = [], []
+def _param_groups(modules: list[nn.Module], weight_decay: float, stem_lr_scale: float = 1.0) -> list[dict]:
+    """No weight decay on biases, norms, the CLS token and position embeddings (standard for ViTs). A pretrained
+    CNN stem (hybrid shapes) gets its own groups at `lr_scale = stem_lr_scale`, so fine-tuning does not wash out
+    its ImageNet features in the first steps."""
+    groups: dict[tuple[bool, bool], list] = {(d, s): [] for d in (True, False) for s in (False, True)}
     for module in modules:
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim < 2 or "embeddings" in name and "patch" not in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decay = not (p.ndim < 2 or "embeddings" in name and "patch" not in name)
+            groups[(decay, ".patch_embeddings.stem." in f".{name}")].append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": stem_lr_scale if stem else 1.0}
+        for (decay, stem), params in groups.items()
+        if params
+    ]
 
 
 class Trainer:
@@ -168,7 +175,8 @@ class Trainer:
         train, val, classes, manifest_sha, split_sha = self._prepare_data()
         class_index = {c: i for i, c in enumerate(classes)}
         model, criterion = self._build(len(classes))
-        opt = torch.optim.AdamW(_param_groups([model, criterion], cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        groups = _param_groups([model, criterion], cfg.weight_decay, cfg.stem_lr_scale)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
         run = _Run(
             model=model,
             criterion=criterion,
@@ -256,7 +264,7 @@ class Trainer:
         )
         lr = lr_at(cfg, run.step, progress)
         for group in run.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         x = augment(images, cfg.augment, run.gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             out = run.model.features(x) if cfg.loss.kind == "crossentropy" else run.model(x)

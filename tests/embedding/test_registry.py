@@ -13,10 +13,11 @@ EXPECTED = {
     "vit-tiny": (192, 12, 3, 768),
     "vit-small": (384, 12, 6, 1536),
     "vit-base": (768, 12, 12, 3072),
+    "hybrid-lite0": (192, 6, 3, 768),
 }
 
 
-def test_registry_holds_the_three_vit_shapes() -> None:
+def test_registry_holds_the_vit_and_hybrid_shapes() -> None:
     assert set(SHAPES) == set(EXPECTED)
     for name, dims in EXPECTED.items():
         shape = SHAPES[name]
@@ -31,14 +32,15 @@ def test_registry_holds_the_three_vit_shapes() -> None:
 def test_each_shape_builds_with_its_sizes(name: str) -> None:
     hidden, layers, heads, mlp = EXPECTED[name]
     with torch.device("meta"):  # sizes only; no memory or init time for vit-base
-        encoder = create_encoder(name, image_size=64)
+        encoder = create_encoder(name, image_size=64, pretrained=False)  # weights cannot load on meta
     vit = encoder.vit
     linears = [m for m in vit.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 6 * layers  # q, k, v, out, and the two MLP layers per block
     assert sum(m.weight.shape == (mlp, hidden) for m in linears) == layers
     assert all(m.bias is not None for m in linears)  # qkv_bias, like timm
     assert vit.config.num_attention_heads == heads
-    assert vit.embeddings.patch_embeddings.projection.weight.shape == (hidden, 1, 16, 16)
+    tokens_from = (112, 1, 1) if SHAPES[name].stem == "lite0" else (1, 16, 16)  # CNN map or 16 px patches
+    assert vit.embeddings.patch_embeddings.projection.weight.shape == (hidden, *tokens_from)
     assert vit.embeddings.position_embeddings.shape == (1, (64 // 16) ** 2 + 1, hidden)
     assert vit.layernorm.eps == pytest.approx(1e-6)
     assert encoder.head.weight.shape == (hidden, hidden)  # embed_dim defaults to the hidden size
