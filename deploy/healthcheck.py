@@ -82,6 +82,9 @@ def worker_processes(queue: str | None = None, proc: Path = Path("/proc")) -> li
             argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
         except OSError:  # the process ended while we looked
             continue
+        if argv and argv[0].startswith("[celery"):
+            # Celery rewrites its title when setproctitle is installed: "[celeryd: x@h:MainProcess] -active- (...)"
+            argv = ["celery", "worker", *" ".join(argv).replace("(", " ").replace(")", " ").split()[1:]]
         if "worker" not in argv or not any(Path(a).name in ("cxr", "celery") for a in argv[:3]):
             continue
         if queue is not None:

@@ -165,3 +165,31 @@ def test_worker_probe_needs_the_queue_s_worker_process_and_its_broker(redis_url:
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_worker_processes_parse_argv_init_wrappers_and_celery_titles(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cxr_healthcheck", PROBE)
+    assert spec and spec.loader
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    table = {
+        11: ["/opt/venv/bin/python", "/opt/venv/bin/cxr", "worker", "--queues", "embed", "--concurrency", "2"],
+        12: ["[celeryd: celery@abc:MainProcess] -active- (worker --queues index --concurrency 1)"],
+        13: ["python", "/app/deploy/healthcheck.py", "worker", "--queue", "embed"],  # the probe itself
+        14: ["/sbin/docker-init", "--", "cxr", "worker", "-Q", "embed,index"],
+        15: ["/opt/venv/bin/python", "/opt/venv/bin/cxr", "serve", "--host", "0.0.0.0"],
+    }
+    for pid, argv in table.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (tmp_path / "self").mkdir()
+
+    def pids(queue: str | None) -> list[int]:
+        return sorted(pid for pid, _ in probe.worker_processes(queue, tmp_path))
+
+    assert pids("embed") == [11, 14]
+    assert pids("index") == [12, 14]
+    assert pids(None) == [11, 12, 14]
+    assert pids("missing") == []
