@@ -49,6 +49,21 @@ class Settings(BaseSettings):
         900.0, gt=0, description="Re-send a queued item untouched this long (lost message or worker)."
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and result backend.")
+    queue_batch_size: int = Field(16, ge=1, description="Images per embed task on the background queue.")
+    visibility_timeout_s: float = Field(
+        3600.0, gt=0, description="Redis redelivers a task unacknowledged this long; keep it above the longest task."
+    )
+    unacked_restore_interval_s: float = Field(
+        5.0, gt=0, description="How often a worker looks for unacknowledged tasks of dead workers to redeliver."
+    )
+    broker_timeout_s: float = Field(
+        2.0, gt=0, description="Connect/socket timeout towards Redis, so publishing never hangs while it is down."
+    )
+    sweep_interval_s: float = Field(
+        30.0, gt=0, description="How often `cxr worker` re-sends ledger items not yet queued or lost (the sweep)."
+    )
+    task_retries: int = Field(4, ge=0, description="Celery retries of a task hit by a transient error (then the sweep).")
+    retry_backoff_s: float = Field(2.0, gt=0, description="First retry delay of a transient error; doubles, max 60 s.")
     debug: bool = Field(False, description="Print tracebacks for domain errors.")
 
     @model_validator(mode="after")

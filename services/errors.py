@@ -55,6 +55,12 @@ class StoreLockedError(StoreError):
     )
 
 
+class StoreUnavailableError(StoreError):
+    """The Qdrant server could not be reached (down, restarting, network): worth retrying later."""
+
+    default_hint = "Check that the Qdrant server at CXR_QDRANT_URL is up; queued work is retried."
+
+
 class CollectionNotFoundError(StoreError):
     """The named collection does not exist."""
 

@@ -14,7 +14,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from services.errors import CollectionNotFoundError, ConfigError, StoreError
+from services.errors import CollectionNotFoundError, ConfigError, StoreError, StoreUnavailableError
 from services.index.store import (
     INDEXED_FIELDS,
     CollectionInfo,
@@ -102,7 +102,7 @@ class QdrantServerStore:
                 ) from exc
             raise StoreError(f"{doing} failed on Qdrant at {self.where}: {exc}") from exc
         except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
-            raise StoreError(f"cannot reach Qdrant at {self.where}: {exc}") from exc
+            raise StoreUnavailableError(f"cannot reach Qdrant at {self.where}: {exc}") from exc
         except ValueError as exc:  # local mode reports unknown collections and bad input this way
             if name is not None and "not found" in str(exc):
                 self._dims.pop(name, None)

@@ -9,20 +9,24 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from services.embedding import BatchEncoder
-from services.errors import CxrError, DecodeError, StoreError
+from services.errors import CxrError, DecodeError, StoreError, StoreLockedError, StoreUnavailableError
 from services.imaging import decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.index import PointRecord, VectorStore
 from services.index.payload import build_payload, point_id
 from services.pipeline.sources import IngestItem
 
+if TYPE_CHECKING:  # the encoder comes from the caller; importing it here would load torch
+    from services.embedding import BatchEncoder
+
 Progress = Callable[[int], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class IngestOptions:
     max_pixels: int = 80_000_000
     min_side: int = 32
     skip_existing: bool = True
+    update: bool = False  # rewrite the payload of points already stored (and the vector if the content changed)
 
 
 @dataclass(frozen=True)
@@ -165,33 +170,107 @@ class Ingestor:
         return report
 
     def _flush(self, batch: list[Prepared], report: IngestReport, progress: Progress | None) -> None:
-        todo = batch
-        if self.opts.skip_existing:
-            present = self.store.existing_ids(self.opts.collection, [p.point_id for p in batch])
-            todo = [p for p in batch if p.point_id not in present]
-            report.skipped += len(batch) - len(todo)
-        if todo:
-            self._encode_and_upsert(todo, report)
-        _tick(progress, len(batch))
-
-    def _encode_and_upsert(self, todo: list[Prepared], report: IngestReport) -> None:
-        t0 = time.perf_counter()
+        collection = self.opts.collection
         try:
-            vectors = self.encoder.encode(np.stack([p.pixels for p in todo]))
-        except Exception as exc:  # noqa: BLE001
-            report.failed.extend(FileError(str(p.item.path), "encode", _reason(exc)) for p in todo)
+            if self.opts.skip_existing or self.opts.update:
+                todo, reuse, skipped = plan_existing(self.store, collection, batch, update=self.opts.update)
+            else:
+                todo, reuse, skipped = list(batch), [], []
+        except StoreError as exc:  # the store could not be read (locked past its wait, server down)
+            report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p in batch)
+            _tick(progress, len(batch))
             return
-        finally:
-            report.stage_seconds["encode"] += time.perf_counter() - t0
+        report.skipped += len(skipped)
+        t0 = time.perf_counter()
+        encoded, bad = encode_stage(self.encoder, todo)
+        report.stage_seconds["encode"] += time.perf_counter() - t0
+        report.failed.extend(err for _, err in bad)
+        records = [(p, PointRecord(p.point_id, v, p.payload)) for p, v in [*encoded, *reuse]]
         t1 = time.perf_counter()
-        points = [PointRecord(p.point_id, v, p.payload) for p, v in zip(todo, vectors, strict=True)]
         try:
-            self.store.upsert(self.opts.collection, points)
-            report.indexed += len(points)
+            landed, refused = upsert_stage(self.store, collection, records)
+            report.indexed += len(landed)
+            report.failed.extend(FileError(str(p.item.path), "upsert", why) for p, why in refused)
         except StoreError as exc:
-            report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p in todo)
+            report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p, _ in records)
         finally:
             report.stage_seconds["upsert"] += time.perf_counter() - t1
+        _tick(progress, len(batch))
+
+
+# -- the stages shared by the inline run (Ingestor), the queue's embed task and its index writer
+
+# Errors after which nothing was refused, only delayed: the queue retries them; the inline run reports them.
+TRANSIENT_STORE_ERRORS: tuple[type[StoreError], ...] = (StoreLockedError, StoreUnavailableError)
+
+
+def plan_existing(
+    store: VectorStore, collection: str, batch: Sequence[Prepared], *, update: bool
+) -> tuple[list[Prepared], list[tuple[Prepared, np.ndarray]], list[Prepared]]:
+    """Split a batch by what the store already holds: (to encode, (prepared, stored vector) to rewrite with the
+    new payload, skipped). Without `update` a stored point is skipped; with it, its payload is rewritten and its
+    vector kept when the content hash is unchanged, re-encoded when the content changed."""
+    present = store.existing_ids(collection, [p.point_id for p in batch])
+    if not update:
+        return [p for p in batch if p.point_id not in present], [], [p for p in batch if p.point_id in present]
+    stored = {r.id: r for r in store.retrieve(collection, sorted(present), with_vectors=True)} if present else {}
+    todo: list[Prepared] = []
+    reuse: list[tuple[Prepared, np.ndarray]] = []
+    for p in batch:
+        old = stored.get(p.point_id)
+        same = old is not None and old.vector is not None
+        if same and old.payload.get("content_sha256") == p.payload.get("content_sha256"):
+            reuse.append((p, old.vector))
+        else:
+            todo.append(p)
+    return todo, reuse, []
+
+
+def encode_stage(
+    encoder: BatchEncoder, batch: Sequence[Prepared]
+) -> tuple[list[tuple[Prepared, np.ndarray]], list[tuple[Prepared, FileError]]]:
+    """Encode a batch in one model call: ((prepared, vector) pairs, (prepared, FileError) pairs). If the batch
+    call fails, each image is encoded alone, so only the image that breaks the encoder fails."""
+    if not batch:
+        return [], []
+    try:
+        vectors = encoder.encode(np.stack([p.pixels for p in batch]))
+        return list(zip(batch, vectors, strict=True)), []
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a per-file record
+        if len(batch) == 1:
+            return [], [(batch[0], FileError(str(batch[0].item.path), "encode", _reason(exc)))]
+    ok: list[tuple[Prepared, np.ndarray]] = []
+    bad: list[tuple[Prepared, FileError]] = []
+    for p in batch:
+        good, err = encode_stage(encoder, [p])
+        ok.extend(good)
+        bad.extend(err)
+    return ok, bad
+
+
+def upsert_stage(
+    store: VectorStore, collection: str, records: Sequence[tuple[T, PointRecord]]
+) -> tuple[list[T], list[tuple[T, str]]]:
+    """Upsert (tag, point) pairs in one call: (tags that landed, (tag, reason) refused). If the store refuses the
+    batch (a NaN vector, a bad payload), it is retried point by point so only the bad points fail. Transient
+    errors (TRANSIENT_STORE_ERRORS) propagate: they refuse nothing, the caller retries or reports them."""
+    if not records:
+        return [], []
+    try:
+        store.upsert(collection, [r for _, r in records])
+        return [t for t, _ in records], []
+    except TRANSIENT_STORE_ERRORS:
+        raise
+    except StoreError as exc:
+        if len(records) == 1:
+            return [], [(records[0][0], _reason(exc))]
+    landed: list[T] = []
+    refused: list[tuple[T, str]] = []
+    for rec in records:
+        ok, bad = upsert_stage(store, collection, [rec])
+        landed.extend(ok)
+        refused.extend(bad)
+    return landed, refused
 
 
 def _tick(progress: Progress | None, n: int = 1) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.config import Settings
-from services.embedding import BatchEncoder
 from services.errors import ModelError
 from services.index import VectorStore, open_store
+
+if TYPE_CHECKING:  # torch loads only when the encoder is first used
+    from services.embedding import BatchEncoder
 
 
 class Runtime:
@@ -29,6 +32,8 @@ class Runtime:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
+        from services.embedding import BatchEncoder
+
         return BatchEncoder.from_checkpoint(
             self.model_path, batch_size=self.settings.batch_size, bf16=self.settings.bf16
         )

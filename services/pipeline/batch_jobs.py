@@ -1,0 +1,175 @@
+"""The background queue's two jobs on ledger keys, built from the same ingest stages as `cxr index`.
+
+- `embed_keys`: claim the keys in the ledger (attempts counted, bounded), read/decode/payload each file, encode the
+  batch; bad files are marked failed with their stage and reason; the rest come back as PointBatches.
+- `write_points`: the single writer's job: upsert a PointBatch (point by point if the store refuses one), mark
+  the items indexed, and leave the refresh of the HNSW index to `refresh_if_due`.
+
+Celery-free (workers/tasks.py wraps these in tasks); transient store errors propagate so the task can retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from services.errors import StoreError
+from services.index import PointRecord, VectorStore
+from services.manifest import ManifestRow
+from services.pipeline.ingest import (
+    TRANSIENT_STORE_ERRORS,
+    IngestOptions,
+    Prepared,
+    _reason,
+    encode_stage,
+    ensure_same_model,
+    prepare,
+    upsert_stage,
+)
+from services.pipeline.ledger import Item, Ledger
+from services.pipeline.sources import IngestItem
+
+if TYPE_CHECKING:
+    from services.embedding import BatchEncoder
+
+
+@dataclass
+class PointBatch:
+    """Encoded points of one collection on their way to the writer; JSON-able (vectors as lists)."""
+
+    collection: str
+    dim: int
+    model_id: str | None
+    points: list[dict[str, Any]] = field(default_factory=list)  # {"key", "id", "vector", "payload", "update"}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"collection": self.collection, "dim": self.dim, "model_id": self.model_id, "points": self.points}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PointBatch:
+        return cls(data["collection"], int(data["dim"]), data.get("model_id"), list(data["points"]))
+
+
+@dataclass
+class EmbedOutcome:
+    batches: list[PointBatch]
+    failed: int = 0
+    gave_up: int = 0
+
+
+@dataclass
+class WriteOutcome:
+    indexed: int = 0
+    skipped: int = 0  # already stored (and not in update mode): marked indexed without a write
+    refused: int = 0
+
+
+def ingest_item(item: Item) -> IngestItem:
+    """The ingest item of a ledger row: its file, and the label and manifest fields `submit` put in `extra`."""
+    row = None
+    if item.extra.get("row"):
+        fields = dict(item.extra["row"])
+        fields["path"] = Path(fields["path"])
+        row = ManifestRow(**fields)
+    return IngestItem(Path(item.path), item.extra.get("label"), row)
+
+
+def embed_keys(
+    ledger: Ledger,
+    encoder: BatchEncoder,
+    keys: Sequence[str],
+    *,
+    opts: IngestOptions,
+    salt: bytes,
+    max_attempts: int,
+) -> EmbedOutcome:
+    """Claim `keys`, decode and encode them; permanent per-file errors go to the ledger as failed."""
+    todo, gave_up = ledger.claim(list(keys), max_attempts=max_attempts)
+    out = EmbedOutcome([], gave_up=len(gave_up))
+    if not todo:
+        return out
+    items = [ingest_item(i) for i in todo]
+
+    def job(item: IngestItem) -> Prepared:
+        return prepare(item, image_size=encoder.image_size, model_id=encoder.model_id, salt=salt, opts=opts)
+
+    def safe(item: IngestItem) -> Prepared | BaseException:
+        try:
+            return job(item)
+        except Exception as exc:  # noqa: BLE001 - becomes a per-file record
+            return exc
+
+    with ThreadPoolExecutor(max(1, opts.decode_workers), thread_name_prefix="cxr-decode") as pool:
+        results = list(pool.map(safe, items))
+    ready: list[Prepared] = []
+    key_of: dict[int, Item] = {}
+    for row, res in zip(todo, results, strict=True):
+        if isinstance(res, BaseException):
+            ledger.mark_failed(row.key, "decode", _reason(res), permanent=True)
+            out.failed += 1
+            continue
+        key_of[id(res)] = row
+        ready.append(res)
+    encoded, bad = encode_stage(encoder, ready)
+    for p, err in bad:
+        ledger.mark_failed(key_of[id(p)].key, "encode", err.reason, permanent=True)
+        out.failed += 1
+    by_collection: dict[str, PointBatch] = {}
+    for p, vector in encoded:
+        row = key_of[id(p)]
+        batch = by_collection.setdefault(row.collection, PointBatch(row.collection, encoder.dim, encoder.model_id))
+        batch.points.append(
+            {"key": row.key, "id": p.point_id, "vector": vector.tolist(), "payload": p.payload, "update": row.update}
+        )
+    out.batches = list(by_collection.values())
+    return out
+
+
+def write_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> WriteOutcome:
+    """Upsert `batch` and mark its items indexed. Points already stored are skipped unless their item is in update
+    mode. A store that refuses a point fails that item only; transient store errors propagate (nothing marked)."""
+    out = WriteOutcome()
+    points = batch.points
+    if not points:
+        return out
+    try:
+        store.create_collection(batch.collection, batch.dim)
+        ensure_same_model(store, batch.collection, batch.model_id)
+    except TRANSIENT_STORE_ERRORS:
+        raise
+    except StoreError as exc:  # another model's collection, a wrong size: permanent for these items
+        for p in points:
+            ledger.mark_failed(p["key"], "upsert", _reason(exc), permanent=True)
+        out.refused = len(points)
+        return out
+    plain = [p["id"] for p in points if not p.get("update")]
+    present = store.existing_ids(batch.collection, plain) if plain else set()
+    skipped = [p for p in points if not p.get("update") and p["id"] in present]
+    records = [
+        (p, PointRecord(p["id"], np.asarray(p["vector"], dtype=np.float32), p["payload"]))
+        for p in points
+        if p.get("update") or p["id"] not in present
+    ]
+    landed, refused = upsert_stage(store, batch.collection, records)
+    ledger.mark_indexed([(p["key"], p["id"]) for p in [*landed, *skipped]])
+    for p, why in refused:
+        ledger.mark_failed(p["key"], "upsert", why, permanent=True)
+    out.indexed, out.skipped, out.refused = len(landed), len(skipped), len(refused)
+    return out
+
+
+def refresh_if_due(store: VectorStore, collection: str, threshold: int | None) -> bool:
+    """Build the HNSW index of the points not yet indexed once there are `threshold` of them (None: never).
+    The store keeps segments bounded, so a refresh indexes the new segment(s), not the whole collection."""
+    if not threshold:
+        return False
+    unindexed = getattr(store, "unindexed_count", None)
+    if unindexed is None or unindexed(collection) < threshold:
+        return False
+    store.optimize(collection)
+    return True

@@ -1,0 +1,138 @@
+"""Thin Celery tasks over services.pipeline.batch_jobs: ledger keys and JSON in, nothing pickled.
+
+- `cxr.embed(keys)` (queue `embed`, N processes): claim, decode, encode the batch. With the embedded store it
+  sends the points to `cxr.index` (queue `index`, one process: the single writer); with a Qdrant server
+  (`CXR_QDRANT_URL`) it upserts itself.
+- `cxr.index(batch)`: upsert, mark indexed, refresh the HNSW index when enough points are unindexed.
+
+Transient errors (store locked or unreachable) are retried with exponential backoff, `settings.task_retries` times;
+then the items go back to 'received' with the reason and the sweep sends them again, until the ledger's attempt
+counter (`settings.max_attempts`) marks them failed. Permanent errors (a corrupt file) fail at once, per file.
+The model loads in the pool process on its first task, never in the parent, with one torch thread unless
+`CXR_TORCH_THREADS` says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from services.config import Settings
+from workers.app import EMBED_TASK, INDEX_QUEUE, INDEX_TASK
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
+
+    from services.pipeline.ledger import Ledger
+    from services.pipeline.runtime import Runtime
+
+log = logging.getLogger("cxr.tasks")
+MAX_BACKOFF_S = 60.0
+
+
+class WorkerContext:
+    """What one worker process keeps between tasks: the ledger, and the model and store opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        from services.pipeline.ledger import Ledger
+        from services.pipeline.runtime import Runtime
+
+        threads = settings.torch_threads or 1  # several processes share the cores
+        self.settings = settings.model_copy(update={"torch_threads": threads})
+        self.ledger: Ledger = Ledger(settings.ledger_path)
+        self.runtime: Runtime = Runtime(self.settings)
+        self.pid = os.getpid()
+
+
+_contexts: dict[int, WorkerContext] = {}
+
+
+def context(app: Celery) -> WorkerContext:
+    """This process's context (a forked child never reuses its parent's)."""
+    ctx = _contexts.get(os.getpid())
+    if ctx is None:
+        ctx = _contexts[os.getpid()] = WorkerContext(app.cxr_settings)  # type: ignore[attr-defined]
+    return ctx
+
+
+def _backoff(task: Task, settings: Settings) -> float:
+    return min(MAX_BACKOFF_S, settings.retry_backoff_s * 2**task.request.retries)
+
+
+def _retry_or_release(task: Task, ctx: WorkerContext, keys: list[str], stage: str, exc: Exception) -> None:
+    """Retry a transient failure with backoff; past `task_retries`, hand the items back to the sweep (state
+    'received', reason kept), where the ledger's attempt counter bounds them."""
+    if task.request.retries < ctx.settings.task_retries:
+        log.warning("transient %s error on %d item(s), retrying: %s", stage, len(keys), exc)
+        raise task.retry(exc=exc, countdown=_backoff(task, ctx.settings), max_retries=ctx.settings.task_retries)
+    log.warning("transient %s error on %d item(s), retries used up; back to the sweep: %s", stage, len(keys), exc)
+    for key in keys:
+        ctx.ledger.mark_failed(key, stage, f"{type(exc).__name__}: {exc}", permanent=False)
+
+
+def _opts(settings: Settings) -> Any:
+    from services.pipeline.ingest import IngestOptions
+
+    return IngestOptions(
+        collection=settings.collection,
+        batch_size=settings.batch_size,
+        decode_workers=settings.decode_workers,
+        max_pixels=settings.max_pixels,
+        min_side=settings.min_side,
+    )
+
+
+def embed(task: Task, keys: list[str]) -> dict[str, int]:
+    """Embed one batch of ledger keys; see the module docstring."""
+    from services.errors import CxrError
+    from services.pipeline.batch_jobs import embed_keys, write_points
+    from services.pipeline.ingest import TRANSIENT_STORE_ERRORS
+
+    ctx = context(task.app)
+    settings = ctx.settings
+    try:
+        encoder = ctx.runtime.encoder
+    except CxrError as exc:  # no checkpoint, or an unreadable one: nothing to do but report and let the sweep retry
+        log.error("cannot load the model: %s", exc)
+        _retry_or_release(task, ctx, keys, "encode", exc)
+        return {"indexed": 0}
+    out = embed_keys(
+        ctx.ledger, encoder, keys, opts=_opts(settings), salt=settings.salt, max_attempts=settings.max_attempts
+    )
+    stats = {"embedded": sum(len(b.points) for b in out.batches), "failed": out.failed, "gave_up": out.gave_up}
+    for batch in out.batches:
+        if settings.qdrant_url:  # a server takes writes from every worker
+            try:
+                write_points(ctx.runtime.store, ctx.ledger, batch)
+            except TRANSIENT_STORE_ERRORS as exc:
+                _retry_or_release(task, ctx, [p["key"] for p in batch.points], "upsert", exc)
+        else:
+            task.app.send_task(INDEX_TASK, args=[batch.to_json()], queue=INDEX_QUEUE)
+    return stats
+
+
+def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
+    """The single writer of the embedded store: upsert, mark indexed, refresh the index when due."""
+    from services.pipeline.batch_jobs import PointBatch, refresh_if_due, write_points
+    from services.pipeline.ingest import TRANSIENT_STORE_ERRORS
+
+    ctx = context(task.app)
+    points = PointBatch.from_json(batch)
+    store = ctx.runtime.store
+    try:
+        out = write_points(store, ctx.ledger, points)
+    except TRANSIENT_STORE_ERRORS as exc:
+        _retry_or_release(task, ctx, [p["key"] for p in points.points], "upsert", exc)
+        return {"indexed": 0}
+    try:
+        refresh_if_due(store, points.collection, getattr(ctx.settings, "index_threshold_points", None))
+    except TRANSIENT_STORE_ERRORS as exc:  # the points landed; the next batch refreshes instead
+        log.warning("index refresh postponed: %s", exc)
+    return {"indexed": out.indexed, "skipped": out.skipped, "refused": out.refused}
+
+
+def register(app: Celery) -> None:
+    """Register the cxr tasks on `app` (bound, late-acknowledged; no automatic retries besides ours)."""
+    app.task(name=EMBED_TASK, bind=True, acks_late=True, max_retries=None)(embed)
+    app.task(name=INDEX_TASK, bind=True, acks_late=True, max_retries=None)(index)
