@@ -40,7 +40,7 @@ def info(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
 
     Example: cxr info --model runs/vit-small
     """
-    from services.embedding import bf16_supported, checkpoint_id
+    from services.embedding import checkpoint_id, native_bf16_cpu  # neither loads torch
 
     settings = load_settings(model=model)
     data = {
@@ -50,7 +50,7 @@ def info(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
         "collection": settings.collection,
         "model": str(settings.model_path),
         "model_id": None,
-        "bf16_supported": bf16_supported(),
+        "bf16_supported": native_bf16_cpu(),
     }
     cfg_path = settings.model_path / "config.json"
     if cfg_path.exists():

@@ -2,22 +2,37 @@
 
 The recipe follows "Analysis of Transformers for Medical Image Retrieval" (MIDL 2024): ViT-S/16, CLS token,
 contrastive training. Training lives in services.training; this package only builds, stores and runs encoders.
+
+Names are imported on first use (PEP 562): `checkpoint_id` and `native_bf16_cpu` come without torch, so light
+commands (`cxr info`) can use them; the rest loads torch and transformers when first touched.
 """
 
-from .batch import BatchEncoder, bf16_supported
-from .checkpoint import checkpoint_id, load_checkpoint, save_checkpoint
-from .model import CxrEncoder, create_encoder
-from .registry import SHAPES, EncoderConfig, ModelShape
+from __future__ import annotations
 
-__all__ = [
-    "SHAPES",
-    "BatchEncoder",
-    "CxrEncoder",
-    "EncoderConfig",
-    "ModelShape",
-    "bf16_supported",
-    "checkpoint_id",
-    "create_encoder",
-    "load_checkpoint",
-    "save_checkpoint",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "BatchEncoder": "services.embedding.batch",
+    "bf16_supported": "services.embedding.batch",
+    "checkpoint_id": "services.embedding.checkpoint_meta",
+    "read_checkpoint_config": "services.embedding.checkpoint_meta",
+    "load_checkpoint": "services.embedding.checkpoint",
+    "save_checkpoint": "services.embedding.checkpoint",
+    "CxrEncoder": "services.embedding.model",
+    "create_encoder": "services.embedding.model",
+    "native_bf16_cpu": "services.embedding.cpu_features",
+    "SHAPES": "services.embedding.registry",
+    "EncoderConfig": "services.embedding.registry",
+    "ModelShape": "services.embedding.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'services.embedding' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -22,13 +22,19 @@ from safetensors.torch import save as save_safetensors
 
 from services.errors import ModelError
 
+from .checkpoint_meta import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    checkpoint_folder,
+    checkpoint_id,
+    read_checkpoint_config,
+)
 from .model import CxrEncoder
 from .registry import EncoderConfig
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT = "cxr-encoder"
-FORMAT_VERSION = 1
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "checkpoint_id", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(encoder: CxrEncoder, out_dir: str | Path, *, recipe: dict[str, Any] | None = None) -> Path:
@@ -78,8 +84,8 @@ def save_checkpoint(encoder: CxrEncoder, out_dir: str | Path, *, recipe: dict[st
 
 def load_checkpoint(path: str | Path) -> CxrEncoder:
     """Rebuild the encoder saved in the folder `path`, in eval mode; ModelError names the file and reason."""
-    folder = _folder(path)
-    doc = _read_config(folder)
+    folder = checkpoint_folder(path)
+    doc = read_checkpoint_config(folder)
     config = EncoderConfig.from_dict(doc["encoder"])
     weights_path = folder / WEIGHTS_FILE
     try:
@@ -107,55 +113,6 @@ def load_checkpoint(path: str | Path) -> CxrEncoder:
         reason = str(exc).splitlines()[0:3]
         raise ModelError(f"{weights_path}: weights do not fit {CONFIG_FILE} ({' '.join(reason)})") from exc
     return encoder.eval()
-
-
-def checkpoint_id(path: str | Path) -> str:
-    """A stable short id, `<folder>-<sha256 of the weights, 12 hex>`; read from config.json when recorded."""
-    folder = _folder(path)
-    sha = _read_config(folder).get("weights_sha256")
-    if not isinstance(sha, str):
-        weights_path = folder / WEIGHTS_FILE
-        try:
-            sha = _sha256_file(weights_path)
-        except OSError as exc:
-            raise ModelError(f"{weights_path}: unreadable ({exc})") from exc
-    return f"{folder.resolve().name}-{sha[:12]}"
-
-
-def _folder(path: str | Path) -> Path:
-    folder = Path(path)
-    if folder.is_file() and folder.name in (CONFIG_FILE, WEIGHTS_FILE):
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ModelError(f"{folder}: no checkpoint folder there")
-    return folder
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing; {folder} is not a cxr checkpoint") from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("encoder"), dict):
-        raise ModelError(f"{path}: not a cxr encoder checkpoint (format is not {FORMAT!r})")
-    version = doc.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelError(
-            f"{path}: checkpoint format version {version!r} is not supported (this cxr reads {FORMAT_VERSION})",
-            "Upgrade cxr to read this checkpoint.",
-        )
-    return doc
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_synced(path: Path, data: bytes) -> None:

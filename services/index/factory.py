@@ -5,13 +5,14 @@ from __future__ import annotations
 from services.config import Settings
 from services.errors import ConfigError
 from services.index.edge import QdrantEdgeStore
-from services.index.server import QdrantServerStore
 from services.index.store import VectorStore
 
 
 def open_store(settings: Settings) -> VectorStore:
     """The server store if `settings.qdrant_url` is set, else the embedded store at `settings.store_path`."""
     if settings.qdrant_url:
+        from services.index.server import QdrantServerStore  # qdrant-client is slow to import: only when used
+
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return QdrantServerStore(settings.qdrant_url, api_key=key)
     if settings.qdrant_api_key:
