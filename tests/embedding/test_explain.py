@@ -301,3 +301,119 @@ def test_sliding_masks_cover_the_image_with_about_100_windows():
     masks = sliding_masks(96, 100, 16)
     assert masks.shape == (100, 96, 96) and masks.sum(dim=(1, 2)).unique().tolist() == [16 * 16]
     assert (masks.sum(0) > 0).all()
+
+
+# ---- the REST router and `cxr search --explain`, on the real pipeline and embedded store ------------------
+@pytest.fixture()
+def indexed(data_dir: Path, tiny_checkpoint: Path, public_sample: Path):
+    """A Runtime over 24 indexed public images (random-init 32 px model: fast), and id by file name."""
+    from services.config import Settings
+    from services.manifest import read_manifest
+    from services.pipeline import IngestOptions, Ingestor, Runtime, build_items
+
+    rt = Runtime(Settings(), model_path=tiny_checkpoint)
+    items, _ = build_items([], manifest=read_manifest(public_sample / "manifest.csv"))
+    opts = IngestOptions(collection=rt.settings.collection, batch_size=8, decode_workers=1)
+    assert Ingestor(rt.encoder, rt.store, opts, salt=rt.settings.salt).run(items).indexed == 24
+    ids = {Path(p.payload["source_uri"]).name: p.id for p in rt.store.scroll(rt.settings.collection)}
+    yield rt, ids
+    rt.close()
+
+
+@pytest.fixture()
+def client(indexed):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from services.api.explain_routes import router
+
+    app = FastAPI()
+    app.state.runtime = indexed[0]
+    app.include_router(router)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_get_explain_json_and_png_for_two_indexed_points(client, indexed):
+    from PIL import Image
+
+    rt, ids = indexed
+    q, r = sorted(ids.values())[:2]
+    res = client.get("/v1/explain", params={"query": q, "result": r})
+    assert res.status_code == 200, res.text
+    doc = res.json()
+    assert doc["query"]["id"] == q and doc["result"]["id"] == r and doc["grid"] == [2, 2]
+    assert all(0 <= v <= 1 for row in doc["query"]["map"] + doc["result"]["map"] for v in row)
+    stored = {p.id: p.vector for p in rt.store.retrieve(rt.settings.collection, [q, r], with_vectors=True)}
+    assert doc["similarity"] == pytest.approx(float(stored[q] @ stored[r]), abs=0.02)  # index ran in bf16
+
+    png = client.get("/v1/explain", params={"query": q, "result": r, "format": "png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).format == "PNG"
+    one = client.get("/v1/explain", params={"query": q, "result": r, "format": "png", "image": "result"})
+    assert Image.open(io.BytesIO(one.content)).width < Image.open(io.BytesIO(png.content)).width
+    occ = client.get("/v1/explain", params={"query": q, "result": r, "method": "occlusion"})
+    assert occ.status_code == 200 and occ.json()["method"] == "occlusion"
+
+
+def test_get_explain_errors(client, indexed, tmp_path: Path, public_sample: Path):
+    from services.pipeline import IngestOptions, Ingestor, build_items
+
+    rt, ids = indexed
+    known = next(iter(ids.values()))
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert client.get("/v1/explain", params={"query": missing, "result": known}).status_code == 404
+    assert client.get("/v1/explain", params={"query": "../../etc/passwd", "result": known}).status_code == 422
+    gone = tmp_path / "gone" / "normal" / "film.jpg"  # an indexed point whose file was deleted since
+    gone.parent.mkdir(parents=True)
+    shutil.copy(next((public_sample / "images" / "normal").iterdir()), gone)
+    gone.write_bytes(gone.read_bytes() + b"\0")  # new content hash, so a new point
+    opts = IngestOptions(collection=rt.settings.collection, batch_size=8, decode_workers=1)
+    Ingestor(rt.encoder, rt.store, opts, salt=rt.settings.salt).run(build_items([gone.parent.parent])[0])
+    points = rt.store.scroll(rt.settings.collection)
+    gone_id = next(p.id for p in points if p.payload["source_uri"].endswith("film.jpg"))
+    gone.unlink()
+    res = client.get("/v1/explain", params={"query": known, "result": gone_id})
+    assert res.status_code == 409 and "file not found" in res.json()["detail"]
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from services.api.explain_routes import router
+
+    starting = FastAPI()  # no app.state.runtime yet
+    starting.include_router(router)
+    assert TestClient(starting).get("/v1/explain", params={"query": known, "result": known}).status_code == 503
+
+
+def test_post_explain_with_an_uploaded_query(client, indexed, public_sample: Path):
+    _, ids = indexed
+    path = next((public_sample / "images" / "covid19").iterdir())
+    result = next(iter(ids.values()))
+    data = path.read_bytes()
+    res = client.post("/v1/explain", params={"result": result}, files={"file": ("q.jpg", data, "image/jpeg")})
+    assert res.status_code == 200, res.text
+    assert res.json()["query"]["id"] is None and res.json()["result"]["id"] == result
+    text = client.post("/v1/explain", params={"result": result}, files={"file": ("q.png", b"hello", "image/png")})
+    assert text.status_code == 415
+    cut = client.post("/v1/explain", params={"result": result}, files={"file": ("q.jpg", data[:300], "image/jpeg")})
+    assert cut.status_code == 422 and "cannot be read" in cut.json()["detail"]
+
+
+def test_cxr_search_explain_writes_overlays(data_dir, tiny_checkpoint, public_sample: Path, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("CXR_MODEL", str(tiny_checkpoint))
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", "--manifest", str(public_sample / "manifest.csv")]).exit_code == 0
+    query, out = next((public_sample / "images" / "normal").iterdir()), tmp_path / "why"
+    res = runner.invoke(app, ["search", str(query), "--k", "3", "--json", "--explain", str(out)])
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)  # stdout stays the result JSON; the note about the overlays goes to stderr
+    records = json.loads((out / "explain.json").read_text())
+    assert [r["rank"] for r in records] == [1, 2, 3] and [r["result"]["id"] for r in records] == [h["id"] for h in hits]
+    for r in records:
+        assert (out / r["query"]["png"]).stat().st_size > 0 and (out / r["result"]["png"]).stat().st_size > 0
+    assert "6 heat-map overlays" in res.stderr
