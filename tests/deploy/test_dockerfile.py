@@ -92,3 +92,13 @@ def test_entrypoint_is_the_cxr_command_and_ports_match_compose(instructions: lis
     for name in ("api", "dicom"):
         port = int(compose[name]["command"][compose[name]["command"].index("--port") + 1])
         assert port in exposed, f"{name} port {port} is not EXPOSEd"
+
+
+def test_the_build_context_sends_only_what_the_image_copies(instructions: list[tuple[str, str]]) -> None:
+    ignore = (REPO / "deploy" / "Dockerfile.dockerignore").read_text().splitlines()
+    rules = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*", "deny everything, then allow what COPY needs"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    copied = {s.rstrip("/") for word, rest in instructions if word == "COPY" for s in rest.split()[:-1]}
+    assert copied == allowed
+    assert not {".env", ".venv", "runs", "models", ".git"} & allowed
