@@ -7,13 +7,12 @@ import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from services.config import Settings
 from services.evaluation.leakage import DHASH_BYTES, dhash
-from services.imaging import decode_bytes, to_model_input
+from services.imaging import decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.manifest import ManifestRow
 
 
@@ -47,10 +46,7 @@ def decode_rows(rows: Sequence[ManifestRow], sizes: Sequence[int], settings: Set
 
     def one(row: ManifestRow) -> tuple[str, list[np.ndarray], np.ndarray] | str:
         try:
-            data = Path(row.path).read_bytes()
-        except OSError as exc:
-            return f"cannot read file: {exc.strerror or exc}"
-        try:
+            data = read_regular_file(row.path, max_file_bytes(settings.max_pixels))  # never blocks on a FIFO
             px = decode_bytes(data, str(row.path), max_pixels=settings.max_pixels, min_side=settings.min_side).pixels
             tiles = [to_model_input(px, size) for size in sizes]
             phash = dhash(px)

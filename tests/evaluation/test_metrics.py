@@ -222,3 +222,21 @@ def test_agrees_with_pytorch_metric_learning() -> None:
     assert math.isclose(m.r_precision(rel, r).mean(), theirs["r_precision"], abs_tol=1e-6)
     assert math.isclose(m.precision_at_k(rel, 1).mean(), theirs["precision_at_1"], abs_tol=1e-6)
     assert 0.3 < theirs["mean_average_precision_at_r"] < 0.95  # a non-trivial problem, not all 0 or 1
+
+    # Full mAP: pml's mean_average_precision divides by the hits within its top k, so with k = the whole
+    # gallery every relevant item is a hit and it is exactly our AP over the whole ranking (divided by R).
+    full = AccuracyCalculator(
+        include=("mean_average_precision",),
+        k=len(ref_labels),
+        knn_func=CustomKNN(CosineSimilarity()),
+        device=torch.device("cpu"),
+    ).get_accuracy(
+        torch.tensor(query, dtype=torch.float32),
+        torch.tensor(query_labels),
+        torch.tensor(reference, dtype=torch.float32),
+        torch.tensor(ref_labels),
+        ref_includes_query=False,
+    )
+    ours = m.average_precision(rel, r).mean()
+    assert math.isclose(ours, full["mean_average_precision"], abs_tol=1e-6)
+    assert ours > theirs["mean_average_precision_at_r"] + 0.05  # full AP also credits hits beyond rank R

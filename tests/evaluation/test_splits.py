@@ -11,6 +11,7 @@ import pytest
 from services.errors import DataError
 from services.evaluation.splits import (
     Split,
+    load_or_make_split,
     make_split,
     merge_labels,
     parse_merges,
@@ -174,3 +175,24 @@ def _labels_by_patient(manifest: list[ManifestRow]) -> dict[str, set[str]]:
     for row in manifest:
         out.setdefault(row.patient_id or "", set()).add(row.label)
     return out
+
+
+def test_a_split_of_another_manifest_is_refused_not_reused(tmp_path: Path) -> None:
+    rows = [
+        ManifestRow(path=tmp_path / f"img{i}.png", label="a" if i % 2 else "b", patient_id=f"p{i}") for i in range(40)
+    ]
+    path = tmp_path / "run" / "split.json"
+    first, made = load_or_make_split(path, rows, root=tmp_path, manifest_sha256="1" * 64, seed=0)
+    assert made and read_split(path) == first and first.manifest_sha256 == "1" * 64
+    again, made = load_or_make_split(path, rows, root=tmp_path, manifest_sha256="1" * 64, seed=0)
+    assert not made and again == first
+    with pytest.raises(DataError, match="made from another manifest") as info:
+        load_or_make_split(path, rows[:30], root=tmp_path, manifest_sha256="2" * 64, seed=0)
+    assert "111111111111" in info.value.message and "222222222222" in info.value.message
+    assert "--out" in info.value.hint and str(path) in info.value.hint
+    with pytest.raises(DataError, match="holdout source"):
+        load_or_make_split(path, rows, root=tmp_path, manifest_sha256="1" * 64, holdout_source="x")
+    # A hand-written split without a manifest hash cannot be checked, so it is used as it is.
+    write_split(Split(**{**first.__dict__, "manifest_sha256": None}), path)
+    unchecked, made = load_or_make_split(path, rows, root=tmp_path, manifest_sha256="2" * 64)
+    assert not made and unchecked.train == first.train

@@ -67,3 +67,19 @@ def test_rejects_bad_input() -> None:
         summarize({"ap": np.array([0.5, np.nan])}, labels)
     with pytest.raises(ValueError):
         summarize({}, labels)
+
+
+def test_macro_counts_only_classes_with_enough_queries(problem: tuple[dict[str, np.ndarray], np.ndarray]) -> None:
+    per_query, labels = problem  # covid19 40, normal 150, viral 10 queries
+    out = summarize(per_query, labels, n_boot=200, seed=0, min_class_queries=20)
+    assert out["macro_classes"] == ["covid19", "normal"] and out["macro_min_queries"] == 20
+    ap = per_query["average_precision"]
+    expected = np.mean([ap[labels == "covid19"].mean(), ap[labels == "normal"].mean()])
+    assert out["metrics"]["average_precision"]["macro"]["mean"] == pytest.approx(expected)
+    # The left-out class is still reported on its own.
+    assert out["metrics"]["average_precision"]["per_class"]["viral"]["n_queries"] == 10
+    # When no class has enough queries, the macro mean falls back to every class, and says so.
+    fallback = summarize(per_query, labels, n_boot=50, seed=0, min_class_queries=1000)
+    assert fallback["macro_classes"] == ["covid19", "normal", "viral"]
+    with pytest.raises(ValueError, match="min_class_queries"):
+        summarize(per_query, labels, min_class_queries=0)
