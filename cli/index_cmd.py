@@ -32,6 +32,13 @@ def index(
         typer.Option("--errors-out", help="Write failed files as JSON lines (path, stage, reason)."),
     ] = None,
     as_json: JsonOpt = False,
+    queue: Annotated[
+        bool, typer.Option("--queue", help="Record the files and hand them to the background workers (`cxr worker`).")
+    ] = False,
+    update: Annotated[
+        bool,
+        typer.Option("--update", help="Rewrite stored points' payloads (and vectors if the content changed)."),
+    ] = False,
 ) -> None:
     """Index X-rays into a collection. Re-indexing a file never duplicates it.
 
@@ -49,12 +56,16 @@ def index(
     mode = ("manifest" if rows is not None else "none") if label_from == "auto" else label_from
     items, unfound = build_items(paths or [], manifest=rows, label_from=mode)  # type: ignore[arg-type]
     items = items[:limit] if limit else items
+    if queue:
+        _enqueue(settings, items, unfound, update=update, as_json=as_json)
+        return
     opts = IngestOptions(
         collection=settings.collection,
         batch_size=settings.batch_size,
         decode_workers=settings.decode_workers,
         max_pixels=settings.max_pixels,
         min_side=settings.min_side,
+        update=update,
     )
     with Runtime(settings) as rt:
         ingestor = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt)
@@ -70,6 +81,32 @@ def index(
             from services.errors import CxrError
 
             raise CxrError(f"none of {len(report.failed)} file(s) could be indexed", "See the failures listed above.")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _enqueue(settings, items, unfound, *, update: bool, as_json: bool) -> None:  # noqa: ANN001
+    """`--queue`: the ledger records every file (durable before this returns), then a best-effort dispatch."""
+    from workers.dispatch import submit
+
+    done = submit(settings, items, collection=settings.collection, update=update)
+    report = {
+        "collection": settings.collection,
+        "recorded": done.recorded,
+        "already_known": done.already,
+        "sent_now": done.sent,
+        "failed": [{"path": u.path, "stage": "find", "reason": u.reason} for u in unfound],
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        later = "" if done.sent >= done.recorded else "; the rest is sent by `cxr worker`'s sweep (is Redis up?)"
+        typer.echo(
+            f"collection {settings.collection}: recorded {done.recorded}, already known {done.already}, "
+            f"sent to the queue now {done.sent}{later}; watch with `cxr status`"
+        )
+        for u in unfound:
+            typer.echo(f"  failed [find] {u.path}: {u.reason}")
+    if unfound:
         raise typer.Exit(EXIT_PARTIAL)
 
 

@@ -8,6 +8,7 @@ from cli.demo_cmd import demo
 from cli.errors import CxrGroup
 from cli.eval_cmd import eval_
 from cli.index_cmd import index
+from cli.queue_cmd import failures, retry, status, worker
 from cli.search_cmd import search
 from cli.store_cmd import collections, info, optimize
 from cli.train_cmd import train
@@ -29,6 +30,10 @@ app.command()(optimize)
 app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(demo)
+app.command()(worker)
+app.command()(status)
+app.command()(failures)
+app.command()(retry)
 
 
 def main() -> None:

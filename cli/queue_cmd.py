@@ -1,0 +1,213 @@
+"""`cxr worker`, `cxr status`, `cxr failures`, `cxr retry`: run and watch the background ingestion queue.
+
+`status`, `failures` and `retry` read the ledger (SQLite) and Redis only: no torch, no store, well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import stderr
+from cli.options import JsonOpt, load_settings
+
+QUEUES = ("embed", "index")
+# kombu keeps a queue's messages in the list named after it, plus one list per priority step (sep \x06\x16).
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def queue_depths(redis_url: str, *, timeout_s: float = 0.5) -> dict[str, Any]:
+    """Messages waiting per queue and unacknowledged (running or held by a dead worker), read from Redis;
+    {"error": ...} when Redis does not answer within `timeout_s`."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        pipe = client.pipeline()
+        for q in QUEUES:
+            for suffix in _PRIORITY_SUFFIXES:
+                pipe.llen(q + suffix)
+        pipe.hlen("unacked")
+        counts = pipe.execute()
+    except (redis.RedisError, OSError) as exc:
+        return {"error": f"Redis at {redis_url} does not answer ({type(exc).__name__}: {exc})"}
+    finally:
+        client.close()
+    n = len(_PRIORITY_SUFFIXES)
+    out: dict[str, Any] = {q: sum(counts[i * n : (i + 1) * n]) for i, q in enumerate(QUEUES)}
+    out["unacked"] = counts[-1]
+    return out
+
+
+def status(as_json: JsonOpt = False) -> None:
+    """Queue depths (Redis), ledger counts and the recent indexing rate. Works while Redis is down.
+
+    Example: cxr status --json
+    """
+    from services.pipeline.ledger import Ledger
+
+    settings = load_settings()
+    ledger = Ledger(settings.ledger_path)
+    data = {
+        "ledger": ledger.counts(),
+        "indexed_last_60s": ledger.indexed_since(60),
+        "indexed_last_5min": ledger.indexed_since(300),
+        "queues": queue_depths(settings.redis_url),
+        "ledger_path": str(settings.ledger_path),
+    }
+    data["rate_per_s_5min"] = round(data["indexed_last_5min"] / 300, 2)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    counts = data["ledger"]
+    typer.echo("ledger   " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+    typer.echo(
+        f"rate     {data['indexed_last_60s']} indexed in the last minute, {data['indexed_last_5min']} in 5 min"
+        f" ({data['rate_per_s_5min']:.2f}/s)"
+    )
+    queues = data["queues"]
+    if "error" in queues:
+        typer.echo(f"queues   unknown: {queues['error']}; items stay in the ledger and are sent when it returns")
+    else:
+        typer.echo(f"queues   embed {queues['embed']}  index {queues['index']}  unacknowledged {queues['unacked']}")
+
+
+def failures(
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N, newest first.")] = 1000,
+) -> None:
+    """List items that failed for good (dead letters): key, stage, reason, attempts.
+
+    Example: cxr failures --json
+    """
+    from services.pipeline.ledger import Ledger
+
+    settings = load_settings()
+    rows = Ledger(settings.ledger_path).failures(limit=limit)
+    if as_json:
+        keep = ("key", "path", "collection", "stage", "reason", "attempts", "permanent", "updated_at")
+        typer.echo(json.dumps([{k: r.to_dict()[k] for k in keep} for r in rows], indent=2))
+        return
+    if not rows:
+        typer.echo("no failures")
+        return
+    table = Table(title=f"{len(rows)} failed item(s); `cxr retry KEY` or `cxr retry --all` re-arms them")
+    for col in ("key", "stage", "reason", "attempts"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.key, r.stage or "", r.reason or "", str(r.attempts))
+    Console(highlight=False).print(table)
+
+
+def retry(
+    keys: Annotated[list[str] | None, typer.Argument(help="Ledger keys from `cxr failures`.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Re-arm every failed item.")] = False,
+) -> None:
+    """Re-arm failed items (attempts back to 0) and send them to the queue again.
+
+    Example: cxr retry --all
+    """
+    from services.pipeline.ledger import Ledger
+
+    if bool(keys) == all_:
+        raise typer.BadParameter("give KEY(s) or --all, not both and not neither", param_hint="KEYS")
+    settings = load_settings()
+    ledger = Ledger(settings.ledger_path)
+    armed = ledger.retry(None if all_ else keys)
+    missing = sorted(set(keys or ()) - set(armed))
+    for key in missing:
+        stderr.print(f"not a failed item: {key}", markup=False)
+    from workers.app import make_app
+    from workers.dispatch import dispatch_due
+
+    sent = dispatch_due(settings, ledger, make_app(settings)) if armed else 0
+    later = "" if sent or not armed else " (the sweep sends them once Redis answers)"
+    typer.echo(f"re-armed {len(armed)} item(s); sent {sent} to the queue now{later}")
+    if missing:
+        raise typer.Exit(1)
+
+
+def _celery_worker(queue: str, concurrency: int, loglevel: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app:app",
+        "worker",
+        "-Q",
+        queue,
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{queue}-{os.getpid()}@%h",
+        "-l",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    return subprocess.Popen(cmd)
+
+
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated: embed, index.")] = "embed,index",
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Embed processes.")] = 1,
+    loglevel: Annotated[str, typer.Option("--loglevel", help="Celery log level.")] = "INFO",
+    sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Re-send due ledger items periodically.")] = True,
+) -> None:
+    """Run the background workers: N embed processes and the single index writer, plus the ledger sweep.
+
+    The index queue always runs one process: it is the one writer of the embedded store. Stop with Ctrl-C or
+    SIGTERM (running tasks finish; unfinished ones are redelivered).
+
+    Example: cxr worker --concurrency 2
+    """
+    from workers.dispatch import Sweep
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if unknown or not wanted:
+        raise typer.BadParameter(f"unknown queue(s) {unknown}; use embed and/or index", param_hint="--queues")
+    settings = load_settings()
+    procs = {q: _celery_worker(q, concurrency if q == "embed" else 1, loglevel) for q in QUEUES if q in wanted}
+    sweeper = Sweep(settings) if sweep else None
+    if sweeper:
+        sweeper.start()
+    stopping = {"sig": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping["sig"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sizes = {q: concurrency if q == "embed" else 1 for q in procs}
+    stderr.print("cxr worker: " + ", ".join(f"{q} x{n}" for q, n in sizes.items()))
+    code = 0
+    while not stopping["sig"]:
+        dead = {q: p.returncode for q, p in procs.items() if p.poll() is not None}
+        if dead:
+            stderr.print(f"worker process(es) exited: {dead}; stopping the others")
+            code = 1
+            break
+        time.sleep(0.2)
+    if sweeper:
+        sweeper.stop()
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)  # warm shutdown: finish the running task
+    for p in procs.values():
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    raise typer.Exit(code)
