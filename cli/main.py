@@ -8,6 +8,7 @@ from cli.demo_cmd import demo
 from cli.errors import CxrGroup
 from cli.eval_cmd import eval_
 from cli.index_cmd import index
+from cli.pacs_cmd import dicom_listen, pacs_app
 from cli.queue_cmd import failures, retry, status, worker
 from cli.search_cmd import search
 from cli.store_cmd import collections, info, optimize
@@ -34,6 +35,8 @@ app.command()(worker)
 app.command()(status)
 app.command()(failures)
 app.command()(retry)
+app.command(name="dicom-listen")(dicom_listen)
+app.add_typer(pacs_app, name="pacs")
 
 
 def main() -> None:

@@ -64,6 +64,21 @@ class Settings(BaseSettings):
     )
     task_retries: int = Field(4, ge=0, description="Celery retries of a task hit by a transient error (then the sweep).")
     retry_backoff_s: float = Field(2.0, gt=0, description="First retry delay of a transient error; doubles, max 60 s.")
+    dicom_aet: str = Field("CXR", min_length=1, max_length=16, description="The receiver's AE title (called AE).")
+    dicom_host: str = Field("0.0.0.0", description="Address `cxr dicom-listen` binds (all interfaces by default).")
+    dicom_port: int = Field(11112, ge=1, le=65535, description="Port `cxr dicom-listen` listens on.")
+    dicom_allow_aets: str = Field(
+        "", description="Comma-separated calling AE titles the receiver accepts; others are rejected at association."
+    )
+    dicom_max_associations: int = Field(64, ge=1, description="Concurrent associations the receiver accepts.")
+    spool_deidentify: bool = Field(
+        False, description="Keep only PS3.15 Annex E de-identified copies in the spool (hashed UIDs, pseudonym id)."
+    )
+    receiver_dispatch_interval_s: float = Field(
+        10.0, gt=0, description="The receiver and puller call the dispatcher at least this often (s), besides stores."
+    )
+    pacs_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout (s) of each PACS HTTP request.")
+    pacs_retries: int = Field(4, ge=0, description="Retries of a PACS request after a timeout or a 5xx/429 answer.")
     debug: bool = Field(False, description="Print tracebacks for domain errors.")
 
     @model_validator(mode="after")

@@ -46,14 +46,30 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _DICOM_AGE_RE = re.compile(r"(\d{1,3})\s*([YMWD]?)", re.IGNORECASE)
 
 
+# A de-identified copy (services/pacs/deid.py) carries PatientID = PSEUDONYM_PREFIX + its patient hash, so the
+# hash of the copy equals the hash of the original: same-patient exclusion works across both.
+PSEUDONYM_PREFIX = "CXRPH-"
+_PSEUDONYM_RE = re.compile(re.escape(PSEUDONYM_PREFIX) + r"([0-9a-f]{32})")
+
+
 def patient_hash(patient_id: str | None, salt: bytes) -> str | None:
-    """HMAC-SHA256 of the patient id under the store's salt, 32 hex characters; None when there is no id."""
+    """HMAC-SHA256 of the patient id under the store's salt, 32 hex characters; None when there is no id.
+    A pseudonym made by `patient_pseudonym` gives back the hash it carries."""
     if patient_id is None or not str(patient_id).strip():
         return None
+    pseudonym = _PSEUDONYM_RE.fullmatch(str(patient_id).strip())
+    if pseudonym:
+        return pseudonym.group(1)
     if not salt:
         raise ConfigError("the patient-hash salt is empty; an unsalted hash of a patient id can be reversed")
     digest = hmac.new(salt, str(patient_id).strip().encode("utf-8"), hashlib.sha256)
     return digest.hexdigest()[:32]
+
+
+def patient_pseudonym(patient_id: str | None, salt: bytes) -> str | None:
+    """The PatientID a de-identified copy carries: `CXRPH-<patient_hash>` (None when there is no id)."""
+    digest = patient_hash(patient_id, salt)
+    return None if digest is None else PSEUDONYM_PREFIX + digest
 
 
 def point_id(*, sop_uid: str | None, content_sha256: str) -> str:

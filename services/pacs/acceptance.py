@@ -1,0 +1,81 @@
+"""What cxr accepts from a modality or a PACS, and the DIMSE status it answers for everything else.
+
+The acceptance rule (also in the README, "PACS integration"):
+
+1. The SOP class is one of ACCEPTED_SOP_CLASSES: CR Image Storage, Digital X-Ray Image Storage (for presentation
+   and for processing) or Secondary Capture Image Storage. Other classes (CT, MR, mammography, intra-oral, ...)
+   are not even negotiated, so a sender gets "no accepted presentation context" for them.
+2. The data set's own SOPClassUID matches the one it was sent as (else 0xA900).
+3. Modality, when present, is CR or DX (Secondary Capture: CR, DX or OT).
+4. BodyPartExamined, when present and not empty, is CHEST or THORAX (case and spaces ignored). Chest rooms often
+   leave it empty, so an empty or absent value is accepted for CR and DX; a Secondary Capture must name CHEST or
+   THORAX explicitly, because an SC can be a screenshot of anything.
+
+A refused instance gets 0xA901 with an ErrorComment naming the rule (no PHI): it is not a chest radiograph, so it is
+never spooled or indexed, and a sender should not retry it.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+ACCEPTED_SOP_CLASSES: tuple[str, ...] = (CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING, SECONDARY_CAPTURE)
+
+CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX"})
+_MODALITIES = {
+    CR_IMAGE_STORAGE: frozenset({"CR", "DX"}),
+    DX_FOR_PRESENTATION: frozenset({"CR", "DX"}),
+    DX_FOR_PROCESSING: frozenset({"CR", "DX"}),
+    SECONDARY_CAPTURE: frozenset({"CR", "DX", "OT"}),
+}
+
+# C-STORE response statuses (PS3.4 Annex B.2.3). Success only once the instance is durable.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # the spool is below its free-space watermark or cannot be written
+LEDGER_UNAVAILABLE = 0xA701  # the bytes are durable but the ledger could not record them: the sender retries
+SOP_CLASS_MISMATCH = 0xA900  # data set does not match the SOP class it was sent as
+NOT_A_CHEST_RADIOGRAPH = 0xA901  # refused by the acceptance rule above
+CANNOT_UNDERSTAND = 0xC000  # the data set cannot be parsed
+BAD_SOP_INSTANCE_UID = 0xC001  # missing or malformed SOP Instance UID
+CANNOT_DEIDENTIFY = 0xC002  # de-identification is on and this instance cannot be cleaned (burned-in text)
+
+# Statuses after which resending the same bytes cannot help (the puller records these, never retries them).
+PERMANENT = frozenset({SOP_CLASS_MISMATCH, NOT_A_CHEST_RADIOGRAPH, CANNOT_UNDERSTAND, BAD_SOP_INSTANCE_UID})
+
+
+def _norm(value: object) -> str:
+    return "" if value is None else str(value).strip().upper().replace(" ", "")
+
+
+def refusal(ds: Dataset, *, sent_as: str | None = None) -> tuple[int, str] | None:
+    """Why this data set is not accepted, as (status, PHI-free reason); None when it is a chest radiograph."""
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    if sent_as and sop_class and sop_class != sent_as:
+        return SOP_CLASS_MISMATCH, f"data set says SOP class {sop_class} but was sent as {sent_as}"
+    sop_class = sop_class or (sent_as or "")
+    if sop_class not in _MODALITIES:
+        return NOT_A_CHEST_RADIOGRAPH, f"SOP class {sop_class or '(none)'} is not CR, DX or Secondary Capture"
+    modality = _norm(ds.get("Modality"))
+    if modality and modality not in _MODALITIES[sop_class]:
+        return NOT_A_CHEST_RADIOGRAPH, f"modality {modality} is not a radiograph"
+    body_part = _norm(ds.get("BodyPartExamined"))
+    if body_part and body_part not in CHEST_BODY_PARTS:
+        return NOT_A_CHEST_RADIOGRAPH, f"BodyPartExamined {body_part[:16]} is not CHEST or THORAX"
+    if sop_class == SECONDARY_CAPTURE and not body_part:
+        return NOT_A_CHEST_RADIOGRAPH, "a Secondary Capture must say BodyPartExamined CHEST or THORAX"
+    return None
+
+
+def series_refusal(modality: str | None, body_part: str | None) -> str | None:
+    """The same rule on a QIDO/C-FIND series record (before anything is fetched); None when it may hold chest
+    radiographs. The instance is checked again with `refusal` once fetched."""
+    mod, part = _norm(modality), _norm(body_part)
+    if mod and mod not in {"CR", "DX", "OT"}:
+        return f"modality {mod} is not a radiograph"
+    if part and part not in CHEST_BODY_PARTS:
+        return f"BodyPartExamined {part[:16]} is not CHEST or THORAX"
+    return None

@@ -1,0 +1,147 @@
+"""Intake: one DICOM instance in (bytes from a C-STORE or a PACS pull), durable in the spool and the ledger out.
+
+Both the receiver and the puller call `Intake.accept`, so they share one acceptance rule, one de-identification
+step and one durability order: parse the header, refuse what is not a chest radiograph, write the spool file
+(fsync + rename), record the ledger row (SQLite, synchronous=FULL), and only then report success. Any failure
+returns a failure status; nothing is ever reported stored that is not on disk. Logs carry UIDs and statuses only.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from services.pacs import acceptance as st
+from services.pacs.deid import BurnedInAnnotationError, Deidentifier
+from services.pipeline.ledger import Ledger, sop_key
+from services.pipeline.spool import Spool, SpoolFullError, valid_uid
+
+log = logging.getLogger("cxr.pacs")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one instance. `reason` never holds PHI (UIDs, rule names, error types only)."""
+
+    status: int
+    sop_uid: str | None = None
+    reason: str = ""
+    new: bool = False  # a ledger row was created (False for a resend of a pending or indexed instance)
+    path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == st.SUCCESS
+
+    @property
+    def permanent(self) -> bool:
+        return self.status in st.PERMANENT or self.status == st.CANNOT_DEIDENTIFY
+
+
+def read_header(data: bytes) -> Dataset:
+    """The data set without its pixel data (fast); raises on bytes that are not DICOM."""
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=False)
+
+
+class Intake:
+    """Takes instances into `spool` and `ledger` for `collection`; de-identifies them first when `deidentifier`."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        ledger: Ledger,
+        *,
+        collection: str,
+        deidentifier: Deidentifier | None = None,
+    ) -> None:
+        self.spool, self.ledger, self.collection, self.deid = spool, ledger, collection, deidentifier
+        self.spool.ensure()
+
+    def stored_uid(self, uid: str) -> str:
+        """The UID an instance is kept under (its hashed replacement when de-identification is on)."""
+        return self.deid.uid(uid) if self.deid is not None else uid.strip()
+
+    def known(self, uid: str) -> bool:
+        """True when the ledger already holds this instance (so a re-pull need not fetch it again). A pull's own
+        earlier failure ('pull' stage) does not count: the next pull fetches it again."""
+        item = self.ledger.get(sop_key(self.stored_uid(uid)))
+        return item is not None and not (item.state == "failed" and item.stage == "pull")
+
+    def accept(
+        self,
+        data: bytes,
+        *,
+        origin: str,
+        expected_uid: str | None = None,
+        sent_as: str | None = None,
+        header: Dataset | None = None,
+    ) -> Outcome:
+        """Check, spool and record one Part 10 instance; the Outcome's status is the C-STORE answer."""
+        try:
+            ds = header if header is not None else read_header(data)
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a per-instance answer
+            return Outcome(st.CANNOT_UNDERSTAND, expected_uid, f"cannot parse the data set ({type(exc).__name__})")
+        if not valid_uid(uid):
+            return Outcome(st.BAD_SOP_INSTANCE_UID, expected_uid, "missing or malformed SOPInstanceUID")
+        if expected_uid and uid != expected_uid.strip():
+            return Outcome(st.SOP_CLASS_MISMATCH, expected_uid, f"data set SOPInstanceUID {uid} differs from request")
+        refused = st.refusal(ds, sent_as=sent_as)
+        if refused is not None:
+            return Outcome(refused[0], uid, refused[1])
+        stored_uid = uid
+        if self.deid is not None:
+            try:
+                data, stored_uid = self._deidentify(data)
+            except BurnedInAnnotationError as exc:
+                return Outcome(st.CANNOT_DEIDENTIFY, uid, str(exc))
+            except Exception as exc:  # noqa: BLE001
+                return Outcome(st.CANNOT_UNDERSTAND, uid, f"cannot de-identify ({type(exc).__name__})")
+        try:
+            path = self.spool.write(stored_uid, data)
+        except SpoolFullError as exc:
+            return Outcome(st.OUT_OF_RESOURCES, uid, exc.message)
+        try:
+            new = self.ledger.record(sop_key(stored_uid), path, origin=origin, collection=self.collection)
+        except (sqlite3.Error, OSError) as exc:
+            # The file is durable; the spool reconciliation records it at the next start, and the sender retries.
+            return Outcome(st.LEDGER_UNAVAILABLE, uid, f"ledger unavailable ({type(exc).__name__})")
+        return Outcome(st.SUCCESS, stored_uid, "", new, path)
+
+    def record_failure(self, *, uid: str | None, ref: str, where: str, stage: str, reason: str) -> None:
+        """Keep a permanent per-instance pull failure in the ledger (so `cxr failures` lists it and the cursor may
+        move past it). `where` is a PHI-free source locator; an instance already recorded is left as it is."""
+        key = sop_key(self.stored_uid(uid)) if uid and valid_uid(uid) else "pull:" + ref
+        existing = self.ledger.get(key)
+        if existing is not None and existing.state != "failed":
+            return
+        self.ledger.record(key, where, origin="pull", collection=self.collection)
+        self.ledger.mark_failed(key, stage, reason, permanent=True)
+
+    def _deidentify(self, data: bytes) -> tuple[bytes, str]:
+        assert self.deid is not None
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        self.deid.apply(ds)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=False)  # write like the original: same transfer syntax, pixels as sent
+        return buf.getvalue(), str(ds.SOPInstanceUID)
+
+
+def reconcile_spool(spool: Spool, ledger: Ledger, *, collection: str) -> int:
+    """After a restart the spool is the truth: record every complete spool file the ledger does not know yet
+    (a crash between the rename and the ledger commit). Regular files only. Returns how many were added."""
+    spool.sweep_incoming()
+    added = 0
+    for path in spool.instances():
+        uid = path.name[: -len(".dcm")]
+        if valid_uid(uid) and ledger.get(sop_key(uid)) is None:
+            added += ledger.record(sop_key(uid), path, origin="spool", collection=collection)
+    if added:
+        log.info("spool reconciliation: %d instance(s) recorded", added)
+    return added
