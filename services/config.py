@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     receiver_dispatch_interval_s: float = Field(
         10.0, gt=0, description="The receiver and puller call the dispatcher at least this often (s), besides stores."
     )
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the REST API requires; unset = no token, and `cxr serve` binds loopback only."
+    )
+    api_max_upload_mb: int = Field(64, ge=1, description="Largest request body the REST API reads (413 beyond).")
+    api_import_dir: Path | None = Field(
+        None, description="POST /v1/index may name server-side files only under this folder; unset = uploads only."
+    )
     pacs_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout (s) of each PACS HTTP request.")
     pacs_retries: int = Field(4, ge=0, description="Retries of a PACS request after a timeout or a 5xx/429 answer.")
     debug: bool = Field(False, description="Print tracebacks for domain errors.")

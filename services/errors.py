@@ -67,6 +67,16 @@ class CollectionNotFoundError(StoreError):
     default_hint = "Index some images first with `cxr index PATH`, or list collections with `cxr collections`."
 
 
+class PointNotFoundError(StoreError):
+    """A point id that the collection does not hold."""
+
+    default_hint = "Use an id from a search result or `cxr search --json`."
+
+
+class ImageTooLargeError(DecodeError):
+    """An image whose declared size is over the pixel limit (refused before its pixels are decoded)."""
+
+
 class DataError(CxrError):
     """A manifest, split file or dataset that is malformed or inconsistent."""
 

@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from services.errors import DecodeError
+from services.errors import DecodeError, ImageTooLargeError
 from services.imaging.sniff import describe_unknown
 from services.imaging.types import DecodedImage, ImageMeta
 from services.imaging.validate import (
@@ -38,7 +38,7 @@ def decode_raster(data: bytes, name: str, *, max_pixels: int, min_side: int) -> 
     except UnidentifiedImageError:
         raise DecodeError(name, describe_unknown(data)) from None
     except Image.DecompressionBombError:
-        raise DecodeError(name, f"too many pixels: over the limit of {max_pixels:,}") from None
+        raise ImageTooLargeError(name, f"too many pixels: over the limit of {max_pixels:,}") from None
     except Exception as exc:  # a recognised header that then fails to parse
         raise DecodeError(name, f"corrupt image file ({describe_exception(exc)})") from exc
 

@@ -66,3 +66,18 @@ def _is_text(sample: bytes) -> bool:
             return False
         text = sample[: exc.start].decode("utf-8")
     return all(ch.isprintable() or ch.isspace() for ch in text)
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def upload_kind(head: bytes) -> str | None:
+    """"dicom", "png" or "jpeg" from a file's first bytes (what the REST API accepts); None for anything else."""
+    if is_dicom(head):
+        return "dicom"
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if head.startswith(JPEG_MAGIC):
+        return "jpeg"
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.errors import DecodeError
+from services.errors import DecodeError, ImageTooLargeError
 
 # A grey image stored as RGB (a JPEG re-saved in colour, a screenshot) differs between channels by a few
 # levels of noise at most. Refuse as colour when more than GREY_OUTLIER_FRACTION of the pixels differ by
@@ -18,7 +18,7 @@ def check_dimensions(name: str, height: int, width: int, *, max_pixels: int, min
     if height <= 0 or width <= 0:
         raise DecodeError(name, f"invalid image size {width}x{height}")
     if height * width > max_pixels:
-        raise DecodeError(
+        raise ImageTooLargeError(
             name,
             f"too many pixels: {width}x{height} is over the limit of {max_pixels:,}",
             "Raise CXR_MAX_PIXELS if the image is genuine.",
