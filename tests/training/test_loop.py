@@ -77,8 +77,23 @@ def test_collapse_is_detected_by_spread_and_by_falling_to_chance():
     assert collapse_reason(ValScore(0.31, 0.2, 10), best=0.31, chance=0.30, max_mean_cosine=0.95) == ""  # early
 
 
-def test_chance_level_matches_label_prevalence():
-    labels = np.array(["a"] * 300 + ["b"] * 100)
-    groups = np.arange(400)
-    # MAP@R of a random ranking is close to (R/N)^2-ish for a class; it must sit far below a perfect 1.0
-    assert 0.0 < chance_map_at_r(labels, groups) < 0.5
+def test_chance_level_equals_the_mean_over_random_rankings():
+    """Naive twin: MAP@R of many uniformly random rankings (own patient removed), by a slow loop per query."""
+    labels = np.array(["a"] * 24 + ["b"] * 8 + ["c"] * 4)
+    groups = np.arange(36) // 2  # pairs of images share a patient, so exclusion changes R and N
+    rng = np.random.default_rng(0)
+    trials = 400
+    total = 0.0
+    for q in range(len(labels)):
+        others = np.flatnonzero(groups != groups[q])
+        relevant = labels[others] == labels[q]
+        r = int(relevant.sum())
+        for _ in range(trials):
+            ranked = relevant[rng.permutation(len(others))][:r]
+            hits = np.cumsum(ranked)
+            total += float((hits / np.arange(1, r + 1) * ranked).sum() / r)
+    simulated = total / (trials * len(labels))
+    assert chance_map_at_r(labels, groups) == pytest.approx(simulated, abs=0.01)
+    # Not a constant: the common class has the higher chance level.
+    assert chance_map_at_r(labels[:24], groups[:24]) == pytest.approx(1.0)  # one class only: every ranking is perfect
+    assert chance_map_at_r(labels[8:], groups[8:]) < chance_map_at_r(labels, groups)
