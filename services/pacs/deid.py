@@ -26,7 +26,7 @@ from pydicom.sequence import Sequence
 from services.index.payload import patient_pseudonym
 
 DICOM_ROOT = "1.2.840.10008."
-METHOD = "PS3.15 Annex E Basic Profile; Retain Patient Characteristics (sex, age, size, weight); cxr"
+METHOD = "PS3.15 Annex E Basic Profile, Retain Patient Chars.; cxr"  # LO: at most 64
 
 # Type 2 attributes the CR/DX/SC IODs need present: emptied (Z), not removed.
 EMPTIED: frozenset[str] = frozenset(
