@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     model: Path | None = Field(None, description="Checkpoint folder; default DATA_DIR/models/default.")
     batch_size: int = Field(32, ge=1, description="Images per encoder batch.")
     bf16: bool | None = Field(None, description="bf16 autocast for inference; None = on where the CPU has it.")
+    inference_backend: str | None = Field(
+        None,
+        description="Encoder back end (index, workers, search): eager-fp32, eager-bf16, compile-bf16, onnxruntime,"
+        " openvino, openvino-bf16, int8-dynamic; None = eager (bf16 where supported). See benchmarks/encoder_speed.py.",
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default.")
     decode_workers: int = Field(2, ge=0, description="Decoder threads overlapped with inference (0 = inline).")
     max_pixels: int = Field(80_000_000, ge=1024, description="Refuse images with more pixels (bomb guard).")
@@ -41,6 +46,19 @@ class Settings(BaseSettings):
     )
     store_linger_s: float = Field(
         2.0, ge=0, description="Keep the embedded store open this long after a call unless another process waits."
+    )
+    index_threshold_points: int = Field(
+        20_000, ge=1, description="Unindexed points at which the index writer refreshes the HNSW index."
+    )
+    index_segment_points: int = Field(
+        200_000, ge=1, description="Largest index segment; a refresh rebuilds at most one segment of this size."
+    )
+    hnsw_m: int = Field(16, ge=2, description="HNSW graph degree for new collections.")
+    hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build beam for new collections.")
+    index_threads: int = Field(0, ge=0, description="Threads for one HNSW build in the embedded store (0 = all cores).")
+    search_hnsw_ef: int = Field(128, ge=1, description="HNSW search beam when a query gives none.")
+    search_acorn_selectivity: float = Field(
+        0.4, ge=0, le=1, description="Filtered searches keeping at most this share of points use ACORN (0 = off)."
     )
     spool_dir: Path | None = Field(None, description="Received DICOM instances; default DATA_DIR/spool.")
     spool_min_free_mb: int = Field(512, ge=0, description="Refuse C-STORE (0xA700) below this much free space.")
@@ -64,6 +82,13 @@ class Settings(BaseSettings):
     )
     task_retries: int = Field(4, ge=0, description="Celery retries of a task hit by a transient error (then the sweep).")
     retry_backoff_s: float = Field(2.0, gt=0, description="First retry delay of a transient error; doubles, max 60 s.")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the REST API requires; unset = no token, and `cxr serve` binds loopback only."
+    )
+    api_max_upload_mb: int = Field(64, ge=1, description="Largest request body the REST API reads (413 beyond).")
+    api_import_dir: Path | None = Field(
+        None, description="POST /v1/index may name server-side files only under this folder; unset = uploads only."
+    )
     dicom_aet: str = Field("CXR", min_length=1, max_length=16, description="The receiver's AE title (called AE).")
     dicom_host: str = Field("0.0.0.0", description="Address `cxr dicom-listen` binds (all interfaces by default).")
     dicom_port: int = Field(11112, ge=1, le=65535, description="Port `cxr dicom-listen` listens on.")
@@ -76,13 +101,6 @@ class Settings(BaseSettings):
     )
     receiver_dispatch_interval_s: float = Field(
         10.0, gt=0, description="The receiver and puller call the dispatcher at least this often (s), besides stores."
-    )
-    api_token: SecretStr | None = Field(
-        None, description="Bearer token the REST API requires; unset = no token, and `cxr serve` binds loopback only."
-    )
-    api_max_upload_mb: int = Field(64, ge=1, description="Largest request body the REST API reads (413 beyond).")
-    api_import_dir: Path | None = Field(
-        None, description="POST /v1/index may name server-side files only under this folder; unset = uploads only."
     )
     pacs_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout (s) of each PACS HTTP request.")
     pacs_retries: int = Field(4, ge=0, description="Retries of a PACS request after a timeout or a 5xx/429 answer.")

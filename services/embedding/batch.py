@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from services.errors import ModelError
 
+from .backends import BACKENDS, Runner, make_runner
 from .checkpoint import checkpoint_id, load_checkpoint
 from .model import CxrEncoder
 
@@ -36,7 +37,12 @@ def bf16_supported(device: str = "cpu") -> bool:
 
 
 class BatchEncoder:
-    """Batched inference under torch.inference_mode, with bf16 autocast where supported (on by default)."""
+    """Batched inference under torch.inference_mode, with bf16 autocast where supported (on by default).
+
+    `backend` picks another runner from services.embedding.backends (e.g. "openvino-bf16"); it is built on the
+    first `encode`, so a process that never encodes pays nothing. `self.encoder` stays the eager module (the
+    explainer and the query path use it directly).
+    """
 
     def __init__(
         self,
@@ -46,6 +52,8 @@ class BatchEncoder:
         bf16: bool | None = None,
         device: str = "cpu",
         model_id: str | None = None,
+        backend: str | None = None,
+        cache: Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -56,24 +64,50 @@ class BatchEncoder:
         self.dim = encoder.config.embed_dim
         self.image_size = encoder.config.image_size
         self.model_id = model_id
+        self.backend = backend or ("eager-bf16" if self.bf16 else "eager-fp32")
+        if self.backend not in BACKENDS:
+            raise ModelError(f"unknown inference back end {self.backend!r}; known: {', '.join(BACKENDS)}")
+        if self.backend.startswith("eager"):
+            self.bf16 = self.backend == "eager-bf16"
+        self._runner: Runner | None = None
+        self._cache = cache
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, batch_size: int = 32, bf16: bool | None = None, device: str = "cpu"
+        cls,
+        path: str | Path,
+        *,
+        batch_size: int = 32,
+        bf16: bool | None = None,
+        device: str = "cpu",
+        backend: str | None = None,
+        cache_root: Path | None = None,
     ) -> BatchEncoder:
-        """Load a checkpoint folder; `model_id` is its `checkpoint_id`."""
+        """Load a checkpoint folder; `model_id` is its `checkpoint_id`. A converted model for a non-eager
+        `backend` is kept under `cache_root/<model_id>/<backend>`."""
+        model_id = checkpoint_id(path)
         return cls(
             load_checkpoint(path),
             batch_size=batch_size,
             bf16=bf16,
             device=device,
-            model_id=checkpoint_id(path),
+            model_id=model_id,
+            backend=backend,
+            cache=cache_root / model_id / backend if cache_root and backend else None,
         )
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S) grey images in [0, 1] -> (N, dim) float32 unit vectors; S is the model's image_size."""
         images = self._check(images)
         out = np.empty((len(images), self.dim), dtype=np.float32)
+        if not self.backend.startswith("eager") and self.device.type == "cpu":
+            if self._runner is None:
+                self._runner = make_runner(self.encoder, self.backend, cache=self._cache)
+            for start in range(0, len(images), self.batch_size):
+                vectors = self._runner(images[start : start + self.batch_size, None])
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                out[start : start + len(vectors)] = vectors / np.maximum(norms, 1e-12)
+            return out
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),

@@ -1,4 +1,4 @@
-"""Runtime: the settings plus the lazily opened encoder and store that every shell (CLI, worker, API) shares."""
+"""Runtime: the settings plus the lazily opened encoder, store and ledger that every shell (CLI, worker, API) shares."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from services.config import Settings
 from services.errors import ModelError
 from services.index import VectorStore, open_store
+from services.pipeline.ledger import Ledger
 
 if TYPE_CHECKING:  # torch loads only when the encoder is first used
     from services.embedding import BatchEncoder
@@ -35,17 +36,29 @@ class Runtime:
         from services.embedding import BatchEncoder
 
         return BatchEncoder.from_checkpoint(
-            self.model_path, batch_size=self.settings.batch_size, bf16=self.settings.bf16
+            self.model_path,
+            batch_size=self.settings.batch_size,
+            bf16=self.settings.bf16,
+            backend=self.settings.inference_backend,
+            cache_root=self.settings.data_dir / "cache" / "models",
         )
 
     @cached_property
     def store(self) -> VectorStore:
         return open_store(self.settings)
 
+    @cached_property
+    def ledger(self) -> Ledger:
+        """This machine's ledger (items, cursors, and the source refs that payloads carry instead of paths)."""
+        return Ledger(self.settings.ledger_path)
+
     def close(self) -> None:
         if "store" in self.__dict__:
             self.store.close()
             del self.__dict__["store"]
+        if "ledger" in self.__dict__:
+            self.ledger.close()
+            del self.__dict__["ledger"]
 
     def __enter__(self) -> Runtime:
         return self

@@ -81,3 +81,22 @@ def test_from_checkpoint_carries_the_checkpoint_id(tmp_path: Path, tiny_encoder:
     np.testing.assert_allclose(
         encoder.encode(_images(3)), BatchEncoder(tiny_encoder, bf16=False).encode(_images(3)), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "openvino-bf16"])
+def test_other_backends_agree_with_eager_fp32(tiny_encoder, backend: str, tmp_path) -> None:
+    images = _images(5)
+    want = BatchEncoder(tiny_encoder, bf16=False).encode(images)
+    enc = BatchEncoder(tiny_encoder, batch_size=2, backend=backend, cache=tmp_path / backend)
+    got = enc.encode(images)
+    assert got.shape == want.shape and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float((got * want).sum(1).min()) > 0.999
+    if backend.startswith("openvino"):  # converted once, then read back from the cache by the next process
+        assert (tmp_path / backend / "encoder.xml").is_file()
+        again = BatchEncoder(tiny_encoder, backend=backend, cache=tmp_path / backend).encode(images)
+        np.testing.assert_allclose(again, got, atol=1e-5)
+
+
+def test_unknown_backend_is_refused(tiny_encoder) -> None:
+    with pytest.raises(ModelError, match="unknown inference back end"):
+        BatchEncoder(tiny_encoder, backend="tensorrt")
