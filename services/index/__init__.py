@@ -8,7 +8,7 @@ embedded store and the light commands (`cxr collections`, `cxr status`) never ne
 from typing import Any
 
 from services.index.edge import QdrantEdgeStore
-from services.index.factory import open_store
+from services.index.factory import index_tuning, open_store
 from services.index.payload import PAYLOAD_FIELDS, build_payload, patient_hash, point_id
 from services.index.store import (
     INDEXED_FIELDS,
@@ -18,18 +18,21 @@ from services.index.store import (
     SearchFilter,
     VectorStore,
 )
+from services.index.tuning import IndexTuning
 
 __all__ = [
     "INDEXED_FIELDS",
     "PAYLOAD_FIELDS",
     "CollectionInfo",
     "Hit",
+    "IndexTuning",
     "PointRecord",
     "QdrantEdgeStore",
     "QdrantServerStore",
     "SearchFilter",
     "VectorStore",
     "build_payload",
+    "index_tuning",
     "open_store",
     "patient_hash",
     "point_id",

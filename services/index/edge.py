@@ -22,6 +22,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from services.errors import CollectionNotFoundError, StoreError, StoreLockedError
+from services.index.edge_params import edge_config, edge_optimizers, edge_search_params
 from services.index.lease import StoreLease
 from services.index.store import (
     INDEXED_FIELDS,
@@ -39,6 +40,7 @@ from services.index.store import (
     check_points,
     restore_ids,
 )
+from services.index.tuning import IndexTuning
 
 META_FILE = "cxr-collection.json"
 _SCHEMA = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer}
@@ -74,7 +76,9 @@ class QdrantEdgeStore:
     after every call.
 
     `indexing_threshold_kb` sets the engine's optimizer threshold for new or reopened shards: segments smaller
-    than this stay unindexed (exact search). None keeps the engine default.
+    than this stay unindexed (exact search). None keeps the engine default. `tuning` (services.index.tuning)
+    sets the threshold and segment size in points, the HNSW graph of new collections and the search defaults;
+    give the threshold one way or the other, not both.
     """
 
     def __init__(
@@ -84,9 +88,14 @@ class QdrantEdgeStore:
         indexing_threshold_kb: int | None = None,
         wait_s: float = 30.0,
         linger_s: float = 2.0,
+        tuning: IndexTuning | None = None,
     ) -> None:
         self.root = Path(root)
+        self.tuning = tuning or IndexTuning()
+        if indexing_threshold_kb is not None and self.tuning.threshold_points is not None:
+            raise StoreError("give the embedded store an indexing threshold in KB or in points (tuning), not both")
         self._threshold = indexing_threshold_kb
+        self._pending: dict[str, int] = {}  # points upserted since this object's last optimize(), per collection
         self._shards: dict[str, qe.EdgeShard] = {}
         self._dims: dict[str, int] = {}
         self._lock = threading.RLock()
@@ -106,12 +115,8 @@ class QdrantEdgeStore:
     def _dir(self, name: str) -> Path:
         return self.root / check_name(name)
 
-    def _config(self, dim: int | None) -> qe.EdgeConfig:
-        optimizers = None
-        if self._threshold is not None:
-            optimizers = qe.EdgeOptimizersConfig(indexing_threshold=self._threshold)
-        vectors = None if dim is None else qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        return qe.EdgeConfig(vectors=vectors, optimizers=optimizers)
+    def _config(self, dim: int | None, *, creating: bool = False) -> qe.EdgeConfig:
+        return edge_config(self.tuning, dim, self._threshold, creating=creating)
 
     def _engine_error(self, exc: Exception, path: Path, doing: str) -> StoreError:
         if _LOCKED_MARK in str(exc):
@@ -123,7 +128,8 @@ class QdrantEdgeStore:
     def _load(self, path: Path, dim: int | None) -> qe.EdgeShard:
         # With a threshold, reopen with it so it also applies to shards created before; the engine needs the
         # vector params in any config it is given, and checks them against the shard.
-        config = self._config(dim) if self._threshold is not None and dim is not None else None
+        reconfigure = dim is not None and edge_optimizers(self.tuning, dim, self._threshold) is not None
+        config = self._config(dim) if reconfigure else None
         try:
             return qe.EdgeShard.load(str(path), config)
         except Exception as exc:
@@ -220,7 +226,7 @@ class QdrantEdgeStore:
                 self._clear_partial(path)
             path.mkdir(parents=True)
             try:
-                shard = qe.EdgeShard.create(str(path), self._config(dim))
+                shard = qe.EdgeShard.create(str(path), self._config(dim, creating=True))
                 for key, kind in INDEXED_FIELDS.items():
                     shard.update(qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]))
                 shard.flush()
@@ -273,6 +279,7 @@ class QdrantEdgeStore:
         with self._using(name) as shard:
             self._call(name, "upsert", shard.update, qe.UpdateOperation.upsert_points(batch))
             self._call(name, "flush", shard.flush)
+            self._pending[name] = self._pending.get(name, 0) + len(batch)
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         canon = check_ids(ids)
@@ -284,12 +291,13 @@ class QdrantEdgeStore:
         return restore_ids(ids, found)
 
     def _request(self, vector: np.ndarray, k: int, flt: SearchFilter | None, ef: int | None) -> qe.QueryRequest:
+        engine_filter = _edge_filter(flt)
         return qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(vector),
-            filter=_edge_filter(flt),
+            filter=engine_filter,
             with_payload=True,
-            params=qe.SearchParams(hnsw_ef=ef) if ef else None,
+            params=edge_search_params(self.tuning, filtered=engine_filter is not None, hnsw_ef=ef),
         )
 
     def search(
@@ -356,10 +364,22 @@ class QdrantEdgeStore:
         with self._using(name) as shard:
             return int(self._call(name, "count", shard.count, qe.CountRequest(exact=True)))
 
+    def unindexed_count(self, name: str) -> int:
+        """Points searched exactly because no HNSW graph holds them yet: the shard's points minus its indexed
+        vectors, or, if more, the points this object upserted since its last optimize(). The engine counts an
+        updated or deleted point in an indexed segment as still indexed; the second term catches updates."""
+        with self._using(name) as shard:
+            info = self._call(name, "info", shard.info)
+        return max(0, int(info.points_count) - int(info.indexed_vectors_count), self._pending.get(name, 0))
+
     def optimize(self, name: str) -> None:
+        """Index what the optimizer plans: segments past the indexing threshold, merges up to the segment size.
+        Blocking, and it holds the GIL; with a threshold and a segment size it costs one segment, not the store."""
         with self._using(name) as shard:
             self._call(name, "optimize", shard.optimize)
             self._call(name, "flush", shard.flush)
+            self._pending.pop(name, None)
+
 
     def close(self) -> None:
         """Flush and close every open shard and give the store back. The store reopens shards if used again."""

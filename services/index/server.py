@@ -31,6 +31,7 @@ from services.index.store import (
     check_points,
     restore_ids,
 )
+from services.index.tuning import IndexTuning, points_to_kb
 
 T = TypeVar("T")
 _SCHEMA = {"keyword": qm.PayloadSchemaType.KEYWORD, "integer": qm.PayloadSchemaType.INTEGER}
@@ -63,9 +64,17 @@ def _hits(points: Sequence[qm.ScoredPoint]) -> list[Hit]:
 
 class QdrantServerStore:
     """VectorStore on a Qdrant server at `url` (with an optional `api_key`), or on qdrant-client's local mode
-    with `location=":memory:"`."""
+    with `location=":memory:"`. `tuning` sets the HNSW graph and optimizer sizes of new collections and the
+    search defaults (the server indexes in the background by itself)."""
 
-    def __init__(self, url: str | None = None, *, api_key: str | None = None, location: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        location: str | None = None,
+        tuning: IndexTuning | None = None,
+    ) -> None:
         if url and location:
             raise ConfigError("give the Qdrant store a url or a location, not both")
         if not url and not location:
@@ -80,6 +89,7 @@ class QdrantServerStore:
             else QdrantClient(location=location)
         )
         self._dims: dict[str, int] = {}
+        self.tuning = tuning or IndexTuning()
 
     def __enter__(self) -> QdrantServerStore:
         return self
@@ -128,7 +138,15 @@ class QdrantServerStore:
         if not self.has_collection(name):
             vectors = qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
             try:
-                self._call(name, "create collection", self._client.create_collection, name, vectors_config=vectors)
+                self._call(
+                    name,
+                    "create collection",
+                    self._client.create_collection,
+                    name,
+                    vectors_config=vectors,
+                    hnsw_config=self._hnsw_config(),
+                    optimizers_config=self._optimizers_config(dim),
+                )
             except StoreError:
                 if not self.has_collection(name):  # else another process created it first: check its dim
                     raise
@@ -143,6 +161,32 @@ class QdrantServerStore:
                 f"collection {name!r} exists with {have}-d vectors, not {dim}-d",
                 "Use a new collection name for a model with another embedding size.",
             )
+
+    def _hnsw_config(self) -> qm.HnswConfigDiff | None:
+        t = self.tuning
+        if not t.sets_graph:
+            return None
+        return qm.HnswConfigDiff(m=t.hnsw_m, ef_construct=t.hnsw_ef_construct, max_indexing_threads=t.index_threads)
+
+    def _optimizers_config(self, dim: int) -> qm.OptimizersConfigDiff | None:
+        t = self.tuning
+        if not (t.threshold_points or t.segment_points):
+            return None
+        return qm.OptimizersConfigDiff(
+            indexing_threshold=points_to_kb(t.threshold_points, dim) if t.threshold_points else None,
+            max_segment_size=points_to_kb(t.segment_points, dim) if t.segment_points else None,
+        )
+
+    def _search_params(self, filtered: bool, hnsw_ef: int | None) -> qm.SearchParams | None:
+        if self._local:  # exact search only; it warns about parameters it ignores
+            return None
+        ef = hnsw_ef or self.tuning.search_hnsw_ef
+        acorn = self.tuning.acorn_max_selectivity if filtered else 0.0
+        if not ef and not acorn:
+            return None
+        return qm.SearchParams(
+            hnsw_ef=ef, acorn=qm.AcornSearchParams(enable=True, max_selectivity=acorn) if acorn else None
+        )
 
     def has_collection(self, name: str) -> bool:
         return bool(self._call(None, "check collection", self._client.collection_exists, check_name(name)))
@@ -197,6 +241,7 @@ class QdrantServerStore:
         hnsw_ef: int | None = None,
     ) -> list[Hit]:
         query = as_vector(name, vector, self._dim(name))
+        server_filter = _server_filter(flt)
         response = self._call(
             name,
             "search",
@@ -204,9 +249,9 @@ class QdrantServerStore:
             name,
             query=query.tolist(),
             limit=check_k(k),
-            query_filter=_server_filter(flt),
+            query_filter=server_filter,
             with_payload=True,
-            search_params=qm.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef and not self._local else None,
+            search_params=self._search_params(server_filter is not None, hnsw_ef),
         )
         return _hits(response.points)
 
@@ -221,10 +266,13 @@ class QdrantServerStore:
         k, flts = check_k(k), check_filters(filters, len(matrix))
         if not len(matrix):
             return []
-        requests = [
-            qm.QueryRequest(query=v.tolist(), limit=k, filter=_server_filter(f), with_payload=True)
-            for v, f in zip(matrix, flts, strict=True)
-        ]
+        requests = []
+        for v, f in zip(matrix, flts, strict=True):
+            server_filter = _server_filter(f)
+            params = self._search_params(server_filter is not None, None)
+            requests.append(
+                qm.QueryRequest(query=v.tolist(), limit=k, filter=server_filter, with_payload=True, params=params)
+            )
         responses = self._call(name, "search_batch", self._client.query_batch_points, name, requests=requests)
         return [_hits(r.points) for r in responses]
 
@@ -268,6 +316,12 @@ class QdrantServerStore:
     def count(self, name: str) -> int:
         self._dim(name)
         return int(self._call(name, "count", self._client.count, name, exact=True).count)
+
+    def unindexed_count(self, name: str) -> int:
+        """Points the server has not put in an HNSW graph yet (points minus indexed vectors; approximate, as
+        the server reports it). The server indexes them by itself; local mode never does."""
+        info = self._call(name, "describe collection", self._client.get_collection, check_name(name))
+        return max(0, int(info.points_count or 0) - int(info.indexed_vectors_count or 0))
 
     def optimize(self, name: str) -> None:
         """The server builds HNSW in the background once a segment passes its indexing threshold; nothing to

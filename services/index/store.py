@@ -167,6 +167,11 @@ class VectorStore(Protocol):
 
     def count(self, name: str) -> int: ...
 
+    def unindexed_count(self, name: str) -> int:
+        """Points not yet in an HNSW graph, so searched exactly. The embedded store's index writer calls
+        `optimize` once this reaches Settings.index_threshold_points; a server indexes them by itself."""
+        ...
+
     def optimize(self, name: str) -> None:
         """Build the HNSW index now (blocking in the embedded engine; the server indexes in background)."""
         ...

@@ -207,6 +207,16 @@ def test_optimize_keeps_results(store_case: StoreCase) -> None:
         assert recall >= 0.95
 
 
+def test_unindexed_count_is_bounded_by_the_count(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, store_case.name()
+    store.create_collection(name, DIM)
+    assert store.unindexed_count(name) == 0
+    _fill(store_case, data, name)
+    assert 0 <= store.unindexed_count(name) <= store.count(name) == len(data.ids)
+    store.optimize(name)
+    assert 0 <= store.unindexed_count(name) <= store.count(name)
+
+
 def test_wrong_dim_and_bad_vectors(store_case: StoreCase) -> None:
     store, name = store_case.store, store_case.name()
     store.create_collection(name, DIM)
@@ -246,6 +256,7 @@ def test_unknown_collection(store_case: StoreCase) -> None:
         lambda: store.existing_ids(name, [str(uuid.uuid4())]),
         lambda: store.scroll(name),
         lambda: store.optimize(name),
+        lambda: store.unindexed_count(name),
         lambda: store.delete_collection(name),
     ]
     for call in calls:

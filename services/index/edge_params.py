@@ -1,0 +1,50 @@
+"""IndexTuning -> qdrant-edge's config and search parameters (the engine's own classes, KB-sized)."""
+
+from __future__ import annotations
+
+import qdrant_edge as qe
+
+from services.index.tuning import ENGINE_EF_CONSTRUCT, ENGINE_FULL_SCAN_KB, ENGINE_HNSW_M, IndexTuning, points_to_kb
+
+
+def edge_optimizers(tuning: IndexTuning, dim: int, threshold_kb: int | None) -> qe.EdgeOptimizersConfig | None:
+    """The optimizer config for a `dim`-d shard, or None to keep the shard's own (`threshold_kb`: a KB
+    threshold given directly, used when the tuning sets none)."""
+    threshold = points_to_kb(tuning.threshold_points, dim) if tuning.threshold_points else threshold_kb
+    segment = points_to_kb(tuning.segment_points, dim) if tuning.segment_points else None
+    if threshold is None and segment is None:
+        return None
+    return qe.EdgeOptimizersConfig(indexing_threshold=threshold, max_segment_size=segment)
+
+
+def edge_hnsw(tuning: IndexTuning) -> qe.HnswIndexConfig | None:
+    """The HNSW build config, or None for the engine default."""
+    if not tuning.sets_graph:
+        return None
+    return qe.HnswIndexConfig(
+        m=tuning.hnsw_m or ENGINE_HNSW_M,
+        ef_construct=tuning.hnsw_ef_construct or ENGINE_EF_CONSTRUCT,
+        full_scan_threshold=ENGINE_FULL_SCAN_KB,
+        max_indexing_threads=tuning.index_threads,
+    )
+
+
+def edge_config(
+    tuning: IndexTuning, dim: int | None, threshold_kb: int | None, *, creating: bool = False
+) -> qe.EdgeConfig:
+    """A shard config. The graph parameters go in at creation only: a changed HNSW config on load makes the
+    engine rebuild every segment at the next optimize() (measured), a full rebuild no refresh should trigger."""
+    optimizers = None if dim is None else edge_optimizers(tuning, dim, threshold_kb)
+    vectors = None if dim is None else qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+    return qe.EdgeConfig(vectors=vectors, optimizers=optimizers, hnsw_config=edge_hnsw(tuning) if creating else None)
+
+
+def edge_search_params(tuning: IndexTuning, *, filtered: bool, hnsw_ef: int | None) -> qe.SearchParams | None:
+    """Search parameters: the caller's beam or the tuning's, and ACORN for filtered searches when enabled."""
+    ef = hnsw_ef or tuning.search_hnsw_ef
+    acorn = tuning.acorn_max_selectivity if filtered else 0.0
+    if not ef and not acorn:
+        return None
+    return qe.SearchParams(
+        hnsw_ef=ef, acorn=qe.AcornSearchParams(enable=True, max_selectivity=acorn) if acorn else None
+    )

@@ -1,0 +1,71 @@
+"""How the vector index is built and searched, in engine-neutral terms (points, not kilobytes).
+
+Qdrant sizes its segments and its indexing threshold in KB of vector data; cxr counts points, which is what the
+index writer sees. A point of a `dim`-d float32 vector takes `4 * dim` bytes, so N points are
+`N * dim * 4 / 1024` KB. Measured choices and their reasons: docs/scaling.md and benchmarks/store_scale.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.errors import ConfigError
+
+# Qdrant's own defaults, used where a tuning leaves a graph parameter unset but sets another.
+ENGINE_HNSW_M = 16
+ENGINE_EF_CONSTRUCT = 100
+ENGINE_FULL_SCAN_KB = 10_000
+
+
+def points_to_kb(points: int, dim: int) -> int:
+    """The engine's KB for `points` float32 vectors of `dim` components, rounded down, so that a segment of
+    exactly `points` points reaches a threshold of this size (measured: 999 points stay plain, 1000 index)."""
+    return max(1, points * dim * 4 // 1024)
+
+
+@dataclass(frozen=True)
+class IndexTuning:
+    """Index build and search parameters; None leaves the engine's default.
+
+    - `threshold_points`: a segment is HNSW-indexed by optimize() once it holds this many unindexed points;
+      smaller ones are searched exactly. The index writer calls optimize() when `unindexed_count` reaches it.
+    - `segment_points`: segments are merged only up to this many points, so a refresh rebuilds at most one
+      segment of this size instead of the whole collection.
+    - `hnsw_m`, `hnsw_ef_construct`: the graph's degree and build beam; they apply to new collections only
+      (changing them on an existing shard would make its next optimize() rebuild every segment).
+    - `index_threads`: threads for one HNSW build (0 = one per core).
+    - `search_hnsw_ef`: the search beam when a caller does not give one.
+    - `acorn_max_selectivity`: filtered searches whose filter keeps at most this share of points use ACORN
+      (two-hop graph expansion), which keeps recall where plain filtered HNSW loses it; 0 turns it off.
+    """
+
+    threshold_points: int | None = None
+    segment_points: int | None = None
+    hnsw_m: int | None = None
+    hnsw_ef_construct: int | None = None
+    index_threads: int = 0
+    search_hnsw_ef: int | None = None
+    acorn_max_selectivity: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("threshold_points", "segment_points", "hnsw_m", "hnsw_ef_construct", "search_hnsw_ef"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"index tuning: {key} must be a positive integer or unset, got {value!r}")
+        if self.index_threads < 0:
+            raise ConfigError(f"index tuning: index_threads must be 0 (auto) or more, got {self.index_threads}")
+        if not 0.0 <= self.acorn_max_selectivity <= 1.0:
+            raise ConfigError(
+                f"index tuning: acorn_max_selectivity is a share of points in [0, 1], got {self.acorn_max_selectivity}"
+            )
+        if self.threshold_points and self.segment_points and self.threshold_points > self.segment_points:
+            raise ConfigError(
+                f"index tuning: threshold_points ({self.threshold_points}) exceeds segment_points "
+                f"({self.segment_points})",
+                "Index in refreshes smaller than one segment.",
+            )
+
+    @property
+    def sets_graph(self) -> bool:
+        """True when any HNSW build parameter differs from the engine default."""
+        return self.hnsw_m is not None or self.hnsw_ef_construct is not None or self.index_threads != 0
