@@ -36,6 +36,7 @@ def demo(
     from services.evaluation.splits import read_split, split_rows
     from services.manifest import read_manifest
     from services.pipeline import IngestItem, IngestOptions, Ingestor, QueryOptions, Runtime, search_file
+    from services.pipeline.refs import resolve_source
     from services.training.config import TrainConfig
     from services.training.loop import Trainer
 
@@ -77,7 +78,7 @@ def demo(
         opts = IngestOptions(collection="demo", batch_size=settings.batch_size, decode_workers=settings.decode_workers)
         with progress_bar() as bar:
             task = bar.add_task("indexing", total=len(gallery), status="")
-            report = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt).run(
+            report = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt, refs=rt.ledger.put_refs).run(
                 [IngestItem(r.path, r.label, r) for r in gallery], progress=lambda n: bar.advance(task, n)
             )
         typer.echo(
@@ -86,18 +87,19 @@ def demo(
         )
         qopts = QueryOptions(collection="demo", k=k, exclude_same_patient=True, patient_id=query.patient_id)
         result = search_file(query.path, encoder=rt.encoder, store=rt.store, opts=qopts, salt=settings.salt)
+        files = [resolve_source(rt.ledger, hit.payload) for hit in result.hits]
     typer.echo(f"query: {query.path.name}, a held-back test image (label {query.label}); its patient's images excluded")
     table = Table()
     for col in ("rank", "score", "label", "match", "file"):
         table.add_column(col)
-    for rank, hit in enumerate(result.hits, start=1):
+    for rank, (hit, file) in enumerate(zip(result.hits, files, strict=True), start=1):
         label = str(hit.payload.get("label"))
         table.add_row(
             str(rank),
             f"{hit.score:.4f}",
             label,
             "yes" if label == query.label else "",
-            Path(hit.payload.get("source_uri", "")).name,
+            file.name if file else str(hit.payload.get("source_ref", "-")),
         )
     Console(highlight=False).print(table)
     same = sum(str(h.payload.get("label")) == query.label for h in result.hits)

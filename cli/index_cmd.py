@@ -68,7 +68,7 @@ def index(
         update=update,
     )
     with Runtime(settings) as rt:
-        ingestor = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt)
+        ingestor = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt, refs=rt.ledger.put_refs)
         with progress_bar() as bar:
             task = bar.add_task("indexing", total=len(items), status="")
             report = ingestor.run(items, progress=lambda n: bar.advance(task, n))

@@ -50,6 +50,7 @@ def search(
     Example: cxr search q.dcm --k 10 --filter view=PA --exclude-same-patient
     """
     from services.pipeline import QueryOptions, Runtime, hits_to_json, search_file
+    from services.pipeline.refs import resolve_source
 
     settings = load_settings(collection=collection, model=model)
     opts = QueryOptions(
@@ -64,6 +65,7 @@ def search(
     )
     with Runtime(settings) as rt:
         result = search_file(query, encoder=rt.encoder, store=rt.store, opts=opts, salt=settings.salt)
+        files = [resolve_source(rt.ledger, hit.payload) for hit in result.hits]
         if explain_dir is not None:
             write_explanations(explain_dir, query, result.hits, rt=rt, opts=opts)
     if exclude_same_patient and not result.patient_excluded:
@@ -74,16 +76,16 @@ def search(
         typer.echo(json.dumps(hits_to_json(result.hits), indent=2))
         return
     table = Table(title=f"{len(result.hits)} nearest to {query.name} in {settings.collection}")
-    for col in ("rank", "score", "label", "view", "source"):
+    for col in ("rank", "score", "label", "view", "file"):
         table.add_column(col, justify="right" if col in {"rank", "score"} else "left")
-    for rank, hit in enumerate(result.hits, start=1):
+    for rank, (hit, file) in enumerate(zip(result.hits, files, strict=True), start=1):
         p = hit.payload
         table.add_row(
             str(rank),
             f"{hit.score:.4f}",
             str(p.get("label", "-")),
             str(p.get("view", "-")),
-            str(p.get("source_uri", "-")),
+            file.name if file else str(p.get("source_ref", "-")),  # the user's own file, on the user's terminal
         )
     Console(highlight=False).print(table)
 
@@ -93,6 +95,7 @@ def write_explanations(out_dir: Path, query: Path, hits: list[Hit], *, rt: Runti
     explain.json with the maps on the patch grid; results whose image cannot be read are reported and skipped."""
     from services.embedding.explain import Explainer, StoredImageError, load_point_pixels, overlay_png
     from services.pipeline.query import read_query
+    from services.pipeline.refs import ref_resolver
 
     settings = rt.settings
     query_pixels = read_query(query, opts)[0].pixels
@@ -104,6 +107,7 @@ def write_explanations(out_dir: Path, query: Path, hits: list[Hit], *, rt: Runti
                     rt.store,
                     settings.collection,
                     hit.id,
+                    resolve_ref=ref_resolver(rt.ledger),
                     max_pixels=settings.max_pixels,
                     min_side=settings.min_side,
                 )

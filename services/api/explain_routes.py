@@ -97,12 +97,14 @@ def get_point_loader(request: Request) -> Callable[[str], np.ndarray]:
         return custom
     runtime = get_runtime(request)
     settings = runtime.settings
+    from services.pipeline.refs import ref_resolver  # payloads carry opaque refs; the ledger knows the files
 
     def load(point_id: str) -> np.ndarray:
         return load_point_pixels(
             runtime.store,
             settings.collection,
             point_id,
+            resolve_ref=ref_resolver(runtime.ledger),
             max_pixels=settings.max_pixels,
             min_side=settings.min_side,
         )

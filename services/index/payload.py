@@ -1,7 +1,9 @@
 """The one place that turns an image record into a stored payload and a point id.
 
 Payloads are built from an allow-list (PAYLOAD_FIELDS), so no patient name, id, birth date or accession number
-can reach the store; the patient is kept only as a salted hash, enough to exclude same-patient hits.
+can reach the store; the patient is kept only as a salted hash, enough to exclude same-patient hits. Nor does a
+file path (export folders are often named after the patient): `source_ref` is an opaque reference that only the
+indexing machine resolves (services.pipeline.refs).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
     "body_part",
     "source",
     "origin_dataset",
-    "source_uri",
+    "source_ref",
     "study_uid",
     "series_uid",
     "sop_uid",
@@ -43,6 +45,8 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
 POINT_ID_NAMESPACE = uuid.UUID("27eb5008-fd25-5b4f-a350-4b125cb4aac1")
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# The only shapes a source_ref may take (services.pipeline.refs): an HMAC of a path, or a spooled instance's UID.
+_SOURCE_REF_RE = re.compile(r"file:[0-9a-f]{32}|spool:[0-9]+(\.[0-9]+)*")
 _DICOM_AGE_RE = re.compile(r"(\d{1,3})\s*([YMWD]?)", re.IGNORECASE)
 
 
@@ -106,7 +110,7 @@ def _age(value: Any) -> int | None:
 def build_payload(
     *,
     label: str | None,
-    source_uri: str,
+    source_ref: str | None,
     model_id: str | None,
     salt: bytes,
     meta: ImageMeta | None = None,
@@ -114,7 +118,10 @@ def build_payload(
     content_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The payload stored with one image. Manifest values win over DICOM header values (the manifest is
-    curated); None values are dropped; only PAYLOAD_FIELDS survive."""
+    curated); None values are dropped; only PAYLOAD_FIELDS survive. A `source_ref` of any other shape than
+    `file:<32 hex>` or `spool:<UID>` is refused (ValueError), so a path can never slip in."""
+    if source_ref is not None and not _SOURCE_REF_RE.fullmatch(source_ref):
+        raise ValueError("source_ref must be file:<32 hex> or spool:<UID> (an opaque reference, never a path)")
 
     def pick(field: str) -> Any:
         from_row = getattr(row, field, None) if row is not None else None
@@ -130,7 +137,7 @@ def build_payload(
         "body_part": _text(pick("body_part")),
         "source": _text(pick("source")),
         "origin_dataset": _text(pick("origin_dataset")),
-        "source_uri": _text(source_uri),
+        "source_ref": _text(source_ref),
         "study_uid": _text(pick("study_uid")),
         "series_uid": _text(pick("series_uid")),
         "sop_uid": _text(pick("sop_uid")),

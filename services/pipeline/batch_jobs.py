@@ -32,6 +32,7 @@ from services.pipeline.ingest import (
     upsert_stage,
 )
 from services.pipeline.ledger import Item, Ledger
+from services.pipeline.refs import spool_ref
 from services.pipeline.sources import IngestItem
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ def ingest_item(item: Item) -> IngestItem:
         fields = dict(item.extra["row"])
         fields["path"] = Path(fields["path"])
         row = ManifestRow(**fields)
-    return IngestItem(Path(item.path), item.extra.get("label"), row)
+    uid = item.key[len("sop:") :] if item.key.startswith("sop:") else None  # a spooled instance
+    return IngestItem(Path(item.path), item.extra.get("label"), row, ref=spool_ref(uid) if uid else None)
 
 
 def embed_keys(
@@ -119,6 +121,8 @@ def embed_keys(
     for p, err in bad:
         ledger.mark_failed(key_of[id(p)].key, "encode", err.reason, permanent=True)
         out.failed += 1
+    # the payloads carry opaque refs; this machine keeps where they point (before any point is written)
+    ledger.put_refs((p.payload["source_ref"], str(Path(key_of[id(p)].path).absolute())) for p, _ in encoded)
     by_collection: dict[str, PointBatch] = {}
     for p, vector in encoded:
         row = key_of[id(p)]

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -20,6 +21,7 @@ from services.errors import CxrError, DecodeError, StoreError, StoreLockedError,
 from services.imaging import decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.index import PointRecord, VectorStore
 from services.index.payload import build_payload, point_id
+from services.pipeline.refs import RefRecorder, file_ref
 from services.pipeline.sources import IngestItem
 
 if TYPE_CHECKING:  # the encoder comes from the caller; importing it here would load torch
@@ -90,7 +92,7 @@ def prepare(item: IngestItem, *, image_size: int, model_id: str | None, salt: by
     sha = hashlib.sha256(data).hexdigest()
     payload = build_payload(
         label=item.label,
-        source_uri=item.source_uri,
+        source_ref=item.ref or file_ref(item.path, salt),  # never the path: folders are named after patients
         model_id=model_id,
         salt=salt,
         meta=decoded.meta,
@@ -122,10 +124,23 @@ def _reason(exc: BaseException) -> str:
 
 
 class Ingestor:
-    """Runs find -> decode -> encode -> upsert for one collection with one encoder."""
+    """Runs find -> decode -> encode -> upsert for one collection with one encoder.
 
-    def __init__(self, encoder: BatchEncoder, store: VectorStore, opts: IngestOptions, *, salt: bytes) -> None:
-        self.encoder, self.store, self.opts, self.salt = encoder, store, opts, salt
+    `refs` (e.g. `Ledger(settings.ledger_path).put_refs`) records each written point's `source_ref -> path`
+    before the write, so the file can be found again (thumbnails, `cxr search --explain`); without it the
+    payloads carry refs that no one can resolve.
+    """
+
+    def __init__(
+        self,
+        encoder: BatchEncoder,
+        store: VectorStore,
+        opts: IngestOptions,
+        *,
+        salt: bytes,
+        refs: RefRecorder | None = None,
+    ) -> None:
+        self.encoder, self.store, self.opts, self.salt, self.refs = encoder, store, opts, salt, refs
 
     def run(self, items: Iterable[IngestItem], *, progress: Progress | None = None) -> IngestReport:
         report = IngestReport()
@@ -186,6 +201,9 @@ class Ingestor:
         report.stage_seconds["encode"] += time.perf_counter() - t0
         report.failed.extend(err for _, err in bad)
         records = [(p, PointRecord(p.point_id, v, p.payload)) for p, v in [*encoded, *reuse]]
+        if not self._record_refs([p for p, _ in records], report):
+            _tick(progress, len(batch))
+            return
         t1 = time.perf_counter()
         try:
             landed, refused = upsert_stage(self.store, collection, records)
@@ -196,6 +214,19 @@ class Ingestor:
         finally:
             report.stage_seconds["upsert"] += time.perf_counter() - t1
         _tick(progress, len(batch))
+
+    def _record_refs(self, written: Sequence[Prepared], report: IngestReport) -> bool:
+        """Record the refs of the points about to be written; on failure they fail (a point nobody can trace
+        back to its file is worse than a point not written yet)."""
+        if self.refs is None or not written:
+            return True
+        try:
+            self.refs([(p.payload["source_ref"], str(Path(p.item.path).absolute())) for p in written])
+        except Exception as exc:  # noqa: BLE001 - a locked or broken ledger fails these files, not the run
+            why = f"source reference not recorded ({_reason(exc)})"
+            report.failed.extend(FileError(str(p.item.path), "upsert", why) for p in written)
+            return False
+        return True
 
 
 # -- the stages shared by the inline run (Ingestor), the queue's embed task and its index writer

@@ -22,11 +22,7 @@ class IngestItem:
     path: Path
     label: str | None = None
     row: ManifestRow | None = None
-    uri: str | None = None  # where it came from when not a local file (PACS URL, upload name)
-
-    @property
-    def source_uri(self) -> str:
-        return self.uri or Path(self.path).resolve().as_uri()
+    ref: str | None = None  # the payload's source_ref when not `file:<hmac of path>` (e.g. `spool:<SOP UID>`)
 
 
 @dataclass(frozen=True)

@@ -310,12 +310,13 @@ def indexed(data_dir: Path, tiny_checkpoint: Path, public_sample: Path):
     from services.config import Settings
     from services.manifest import read_manifest
     from services.pipeline import IngestOptions, Ingestor, Runtime, build_items
+    from services.pipeline.refs import resolve_source
 
     rt = Runtime(Settings(), model_path=tiny_checkpoint)
     items, _ = build_items([], manifest=read_manifest(public_sample / "manifest.csv"))
     opts = IngestOptions(collection=rt.settings.collection, batch_size=8, decode_workers=1)
-    assert Ingestor(rt.encoder, rt.store, opts, salt=rt.settings.salt).run(items).indexed == 24
-    ids = {Path(p.payload["source_uri"]).name: p.id for p in rt.store.scroll(rt.settings.collection)}
+    assert Ingestor(rt.encoder, rt.store, opts, salt=rt.settings.salt, refs=rt.ledger.put_refs).run(items).indexed == 24
+    ids = {resolve_source(rt.ledger, p.payload).name: p.id for p in rt.store.scroll(rt.settings.collection)}
     yield rt, ids
     rt.close()
 
@@ -358,6 +359,7 @@ def test_get_explain_json_and_png_for_two_indexed_points(client, indexed):
 
 def test_get_explain_errors(client, indexed, tmp_path: Path, public_sample: Path):
     from services.pipeline import IngestOptions, Ingestor, build_items
+    from services.pipeline.refs import resolve_source
 
     rt, ids = indexed
     known = next(iter(ids.values()))
@@ -369,9 +371,11 @@ def test_get_explain_errors(client, indexed, tmp_path: Path, public_sample: Path
     shutil.copy(next((public_sample / "images" / "normal").iterdir()), gone)
     gone.write_bytes(gone.read_bytes() + b"\0")  # new content hash, so a new point
     opts = IngestOptions(collection=rt.settings.collection, batch_size=8, decode_workers=1)
-    Ingestor(rt.encoder, rt.store, opts, salt=rt.settings.salt).run(build_items([gone.parent.parent])[0])
+    Ingestor(rt.encoder, rt.store, opts, salt=rt.settings.salt, refs=rt.ledger.put_refs).run(
+        build_items([gone.parent.parent])[0]
+    )
     points = rt.store.scroll(rt.settings.collection)
-    gone_id = next(p.id for p in points if p.payload["source_uri"].endswith("film.jpg"))
+    gone_id = next(p.id for p in points if resolve_source(rt.ledger, p.payload) == gone)
     gone.unlink()
     res = client.get("/v1/explain", params={"query": known, "result": gone_id})
     assert res.status_code == 409 and "file not found" in res.json()["detail"]

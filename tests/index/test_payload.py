@@ -46,8 +46,11 @@ class HeaderMeta:
     institution_name: str | None = "St Elsewhere"
 
 
+REF = "file:" + "ab" * 16
+
+
 def _payload(**kwargs: object) -> dict[str, object]:
-    base: dict[str, object] = {"label": "pneumonia", "source_uri": "file:///x.dcm", "model_id": "vit-s", "salt": SALT}
+    base: dict[str, object] = {"label": "pneumonia", "source_ref": REF, "model_id": "vit-s", "salt": SALT}
     return build_payload(**{**base, **kwargs})  # type: ignore[arg-type]
 
 
@@ -99,9 +102,20 @@ def test_manifest_values_win_over_the_header() -> None:
 
 def test_none_values_are_dropped_and_indexed_at_is_utc() -> None:
     payload = _payload(label=None, model_id=None)
-    assert set(payload) == {"source_uri", "indexed_at"}
+    assert set(payload) == {"source_ref", "indexed_at"}
     stamp = datetime.fromisoformat(str(payload["indexed_at"]))
     assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", ["file:///export/DOE^JOHN/x.dcm", "/export/DOE^JOHN/x.dcm", "spool:../x", "file:AB"])
+def test_a_path_never_passes_as_source_ref(bad: str) -> None:
+    with pytest.raises(ValueError, match="never a path"):
+        _payload(source_ref=bad)
+
+
+def test_spool_refs_and_no_ref_are_accepted() -> None:
+    assert _payload(source_ref="spool:1.2.840.10008.5")["source_ref"] == "spool:1.2.840.10008.5"
+    assert "source_ref" not in _payload(source_ref=None)
 
 
 @pytest.mark.parametrize(("raw", "years"), [("045Y", 45), ("006M", 0), (71, 71), ("unknown", None), (True, None)])

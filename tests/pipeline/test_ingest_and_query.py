@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from services.index import QdrantEdgeStore
 from services.index.payload import patient_hash
 from services.manifest import read_manifest
 from services.pipeline import IngestOptions, Ingestor, QueryOptions, Runtime, build_items, search_file
+from services.pipeline.refs import file_ref
 
 
 @pytest.fixture()
@@ -60,7 +63,8 @@ def test_labels_from_folder_and_dicom_metadata_in_payload(runtime: Runtime, dico
     assert point.payload["label"] == "normal"
     assert point.payload["modality"] == "CR"
     assert point.payload["sop_uid"]
-    assert point.payload["source_uri"].startswith("file://")
+    assert re.fullmatch(r"file:[0-9a-f]{32}", point.payload["source_ref"])
+    assert str(tmp_path) not in json.dumps(point.payload)  # the path itself is never stored
 
 
 def test_query_excludes_itself_and_its_patient(runtime: Runtime, public_sample: Path):
@@ -77,7 +81,7 @@ def test_query_excludes_itself_and_its_patient(runtime: Runtime, public_sample: 
         salt=salt,
         opts=QueryOptions(collection="t", k=5, exclude_self=False),
     )
-    assert with_self.hits[0].payload["source_uri"] == query.path.resolve().as_uri()
+    assert with_self.hits[0].payload["source_ref"] == file_ref(query.path, salt)
     assert with_self.hits[0].score == pytest.approx(1.0, abs=1e-3)
 
     without = search_file(
@@ -87,7 +91,7 @@ def test_query_excludes_itself_and_its_patient(runtime: Runtime, public_sample: 
         salt=salt,
         opts=QueryOptions(collection="t", k=len(rows)),
     )
-    assert query.path.resolve().as_uri() not in {h.payload["source_uri"] for h in without.hits}
+    assert file_ref(query.path, salt) not in {h.payload["source_ref"] for h in without.hits}
     assert len(without.hits) == len(rows) - 1
 
     same_patient = [r for r in rows if r.patient_id == query.patient_id]

@@ -1,0 +1,73 @@
+"""Opaque source references: a payload says which image it came from without saying where it lives.
+
+Hospital exports often name folders after the patient (`DOE^JOHN_19600101_MRN12345/`), so a stored payload never
+holds a path. It holds `source_ref`, one of:
+
+- `file:<32 hex>`: HMAC-SHA256, under the store's salt, of the file's absolute path (an indexed local file);
+- `spool:<SOP Instance UID>`: an instance received or pulled into the spool.
+
+Whoever indexes records `ref -> path` in this machine's ledger (`Ledger.put_refs`); `resolve_source` reads it back.
+A machine without that ledger (another host on a shared Qdrant server) sees the ref and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from services.config import Settings
+from services.errors import ConfigError
+from services.pipeline.ledger import Ledger, sop_key
+
+FILE_PREFIX = "file:"
+SPOOL_PREFIX = "spool:"
+_DOMAIN = b"cxr source ref\0"  # keeps these HMACs apart from the patient hashes made with the same salt
+
+RefRecorder = Callable[[list[tuple[str, str]]], None]  # e.g. Ledger.put_refs: [(ref, absolute path), ...]
+
+
+def file_ref(path: str | Path, salt: bytes) -> str:
+    """`file:<hex>` for the local file at `path` (made absolute, not resolved, like the ledger's file keys)."""
+    if not salt:
+        raise ConfigError("the salt is empty; an unsalted hash of a file path can be guessed back")
+    digest = hmac.new(salt, _DOMAIN + os.fsencode(Path(path).absolute()), hashlib.sha256)
+    return FILE_PREFIX + digest.hexdigest()[:32]
+
+
+def spool_ref(sop_uid: str) -> str:
+    """`spool:<SOP Instance UID>` for an instance kept in the spool."""
+    return SPOOL_PREFIX + sop_uid.strip()
+
+
+def resolve_source(where: Settings | Ledger, payload: Mapping[str, Any]) -> Path | None:
+    """The local file a stored payload's image came from, or None when this machine does not know it.
+
+    `where` is a Ledger (reuse one when resolving many) or the Settings (opens `settings.ledger_path`). The path is
+    the one recorded at indexing time: the file may have moved since, so read it with `read_regular_file`. A
+    `spool:` ref unknown to the refs table falls back to the ledger row of that instance. Payloads written before
+    source_ref existed carry a file:// `source_uri`, which is read as it is.
+    """
+    ref = payload.get("source_ref")
+    if not ref:
+        uri = payload.get("source_uri")
+        if isinstance(uri, str) and uri.startswith("file:"):
+            return Path(url2pathname(urlparse(uri).path))
+        return None
+    ledger = where if isinstance(where, Ledger) else Ledger(where.ledger_path)
+    path = ledger.resolve_ref(str(ref))
+    if path is None and str(ref).startswith(SPOOL_PREFIX):
+        item = ledger.get(sop_key(str(ref)[len(SPOOL_PREFIX) :]))
+        path = Path(item.path) if item is not None and item.path else None
+    return path
+
+
+def ref_resolver(where: Settings | Ledger) -> Callable[[str], Path | None]:
+    """`resolve_source` as a ref -> path function (for `stored_image_path(payload, resolve_ref=...)`)."""
+    ledger = where if isinstance(where, Ledger) else Ledger(where.ledger_path)
+    return lambda ref: resolve_source(ledger, {"source_ref": ref})
