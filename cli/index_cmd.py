@@ -88,7 +88,7 @@ def _enqueue(settings, items, unfound, *, update: bool, as_json: bool) -> None: 
     """`--queue`: the ledger records every file (durable before this returns), then a best-effort dispatch."""
     from workers.dispatch import submit
 
-    done = submit(settings, items, collection=settings.collection, update=update)
+    done = submit(settings, items, collection=settings.collection, update=update, unfound=unfound)
     report = {
         "collection": settings.collection,
         "recorded": done.recorded,

@@ -60,19 +60,6 @@ class Settings(BaseSettings):
     search_acorn_selectivity: float = Field(
         0.4, ge=0, le=1, description="Filtered searches keeping at most this share of points use ACORN (0 = off)."
     )
-    index_threshold_points: int = Field(
-        20_000, ge=1, description="Unindexed points at which the index writer refreshes the HNSW index."
-    )
-    index_segment_points: int = Field(
-        200_000, ge=1, description="Largest index segment; a refresh rebuilds at most one segment of this size."
-    )
-    hnsw_m: int = Field(16, ge=2, description="HNSW graph degree for new collections.")
-    hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build beam for new collections.")
-    index_threads: int = Field(0, ge=0, description="Threads for one HNSW build in the embedded store (0 = all cores).")
-    search_hnsw_ef: int = Field(128, ge=1, description="HNSW search beam when a query gives none.")
-    search_acorn_selectivity: float = Field(
-        0.4, ge=0, le=1, description="Filtered searches keeping at most this share of points use ACORN (0 = off)."
-    )
     spool_dir: Path | None = Field(None, description="Received DICOM instances; default DATA_DIR/spool.")
     spool_min_free_mb: int = Field(512, ge=0, description="Refuse C-STORE (0xA700) below this much free space.")
     max_attempts: int = Field(5, ge=1, description="Starts of one item before it is marked failed (dead letter).")

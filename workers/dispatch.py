@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from services.manifest import ManifestRow
-    from services.pipeline.sources import IngestItem
+    from services.pipeline.sources import IngestItem, Unfound
 
 log = logging.getLogger("cxr.dispatch")
 
@@ -145,9 +145,12 @@ def submit(
     ledger: Ledger | None = None,
     app: Celery | None = None,
     dispatch: bool = True,
+    unfound: Sequence[Unfound] = (),
 ) -> Submitted:
     """Record `items` (from services.pipeline.build_items) in the ledger for `collection`, then dispatch
-    best-effort. With `update`, items already indexed are re-armed to rewrite their payload (and vector)."""
+    best-effort. With `update`, items already indexed are re-armed to rewrite their payload (and vector).
+    `unfound` (what the walk could not use: FIFOs, vanished files) is recorded as failed at stage 'find', so
+    `cxr failures` lists every file that did not land."""
     ledger = ledger or Ledger(settings.ledger_path)
     collection = collection or settings.collection
     out = Submitted()
@@ -161,6 +164,10 @@ def submit(
         else:
             out.already += 1
         out.keys.append(key)
+    for miss in unfound:
+        key = file_key(miss.path)
+        ledger.record(key, Path(miss.path).absolute(), origin=origin, collection=collection)
+        ledger.mark_failed(key, "find", miss.reason, permanent=True)
     if dispatch:
         if app is None:
             from workers.app import make_app
