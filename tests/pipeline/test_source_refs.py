@@ -158,3 +158,34 @@ def test_a_ledger_that_cannot_record_fails_those_files_and_writes_nothing(
     assert [(f.stage, f.reason.split(" (")[0]) for f in report.failed] == [
         ("upsert", "source reference not recorded")
     ] * 2
+
+
+def test_a_spooled_instance_indexed_by_the_queue_jobs_carries_its_spool_ref(
+    data_dir: Path, tiny_checkpoint: Path, dicom_dir: Path
+) -> None:
+    """The receiver's path: spool file + ledger row, then the queue's embed and write jobs (no Celery needed)."""
+    import pydicom
+
+    from services.embedding import BatchEncoder
+    from services.pipeline.batch_jobs import embed_keys, write_points
+    from services.pipeline.ingest import IngestOptions
+    from services.pipeline.spool import Spool
+
+    settings = Settings()
+    data = (dicom_dir / "RG1_UNCR.dcm").read_bytes()
+    uid = str(pydicom.dcmread(dicom_dir / "RG1_UNCR.dcm", stop_before_pixels=True).SOPInstanceUID)
+    path = Spool(settings.spool_path, min_free_mb=0).write(uid, data)
+    ledger = Ledger(settings.ledger_path)
+    ledger.record(sop_key(uid), path, origin="dicom", collection="spooled")
+    encoder = BatchEncoder.from_checkpoint(tiny_checkpoint, batch_size=4, bf16=False)
+    out = embed_keys(
+        ledger, encoder, [sop_key(uid)], opts=IngestOptions(collection="spooled"), salt=settings.salt, max_attempts=3
+    )
+    store = QdrantEdgeStore(settings.store_path)
+    try:
+        assert write_points(store, ledger, out.batches[0]).indexed == 1
+        (point,) = store.scroll("spooled")
+    finally:
+        store.close()
+    assert point.payload["source_ref"] == f"spool:{uid}"
+    assert resolve_source(ledger, point.payload) == path
