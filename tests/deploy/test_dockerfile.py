@@ -102,3 +102,11 @@ def test_the_build_context_sends_only_what_the_image_copies(instructions: list[t
     copied = {s.rstrip("/") for word, rest in instructions if word == "COPY" for s in rest.split()[:-1]}
     assert copied == allowed
     assert not {".env", ".venv", "runs", "models", ".git"} & allowed
+
+
+def test_the_probes_the_image_runs_have_their_libraries_installed() -> None:
+    # deploy/healthcheck.py imports pynetdicom (dicom probe) and redis (worker probe, via celery[redis]) at run
+    # time inside the image, which installs the runtime dependencies only.
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ ;]", d, maxsplit=1)[0] for d in deps}
+    assert "pynetdicom" in names and "celery[redis]" in names
