@@ -2,7 +2,11 @@
 
 Rows: (1) raw pixels, (2) random-init ViT, (3) cross-entropy on CLS features, (4) contrastive without memory,
 (5) plus a cross-batch memory, (6) plus KoLeo 0.3 (the paper's full recipe). Every trained row uses the same
-split file, backbone, image size, step budget, learning rate and seed. Every row is scored by
+split file, backbone, image size, step budget and seed; each trains at its recipe's learning rate (the one it
+was validated at, `services.training.recipes`) unless --lr sets one for all, and the table prints each row's
+own rate. A finished run in OUT/<row> is reused only when its recorded recipe, learning rate, steps, shape,
+size, batch, seed and split match the current arguments; otherwise the script stops and names the
+difference. Every row is scored by
 `services.evaluation.scoring.score_retrieval`, the function `cxr eval` uses: test queries against the train
 gallery, exact cosine ranking, the query's own patient excluded. The only difference from `cxr eval` is that
 embeddings are computed in memory, not read back from a vector store.
@@ -11,7 +15,7 @@ Classes with fewer than --min-class-images train images (cxr-public's other_* la
 queries and gallery, as the trainer leaves them out of training, so the table reads "4-class" and, with the
 pneumonia merge, "3-class".
 
-    python benchmarks/ablation.py --manifest data/cxr-public/manifest.csv --model vit-small --image-size 128 \\
+    python -m benchmarks.ablation --manifest data/cxr-public/manifest.csv --model vit-small --image-size 128 \\
         --steps 2000 --out runs/ablation
 """
 
@@ -31,13 +35,14 @@ from services.embedding import bf16_supported, create_encoder, load_checkpoint
 from services.evaluation.baselines import RAW_PIXEL_SIZE, chance_summary, raw_pixel_embeddings
 from services.evaluation.report import shape_summary
 from services.evaluation.scoring import score_retrieval
-from services.evaluation.splits import make_split, merge_labels, read_split, split_rows, write_split
+from services.evaluation.splits import load_or_make_split, merge_labels, split_rows
 from services.evaluation.types import RetrievalSet
 from services.manifest import ManifestRow, file_sha256, read_manifest
 from services.training.config import TrainConfig
 from services.training.data import ImageCache, load_image_cache
 from services.training.loop import Trainer
 from services.training.losses import LossConfig
+from services.training.recipes import RECIPES
 from services.training.validation import embed_images
 
 ROW_NAMES = ("raw", "random", "ce", "contrastive", "xbm", "koleo")
@@ -52,6 +57,7 @@ TITLES = {
 HEADLINE = (("map", "full mAP"), ("map_at_r", "MAP@R"), ("r_precision", "R-Prec"), ("1", "P@1"), ("10", "P@10"))
 KS = (1, 5, 10)
 COLLAPSE_COSINE = 0.95
+RECIPE_OF = {"ce": "crossentropy", "contrastive": "contrastive", "xbm": "xbm", "koleo": "paper"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=("vit-tiny", "vit-small"), default="vit-small")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=None, help="one rate for every row (default: each recipe's own)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--memory-size", type=int, default=4096)
     p.add_argument("--warmup-steps", type=int, default=None, help="default min(100, steps // 10)")
@@ -109,12 +115,10 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Data]:
     rows = read_manifest(args.manifest)
     root = Path(args.manifest).parent
     split_path = args.out / "split.json"
-    if split_path.exists():
-        split = read_split(split_path)
-        say(f"reusing split {split_path}")
-    else:
-        split = make_split(rows, root=root, seed=args.seed, manifest_sha256=file_sha256(args.manifest))
-        write_split(split, split_path)
+    split, made = load_or_make_split(
+        split_path, rows, root=root, manifest_sha256=file_sha256(args.manifest), seed=args.seed
+    )  # refuses a split.json left by another manifest
+    say(f"wrote split {split_path}" if made else f"reusing split {split_path}")
     parts = split_rows(rows, split, root)
     counts = Counter(row.label for row in parts["train"])
     keep = {label for label, n in counts.items() if n >= args.min_class_images}
@@ -149,6 +153,48 @@ def _meta(rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
     return np.array(groups), np.array(sources)
 
 
+def row_lr(name: str, args: argparse.Namespace) -> float:
+    """The learning rate a trained row runs at: --lr when given, else its recipe's validated rate."""
+    return RECIPES[RECIPE_OF[name]].lr if args.lr is None else args.lr
+
+
+def train_config(name: str, args: argparse.Namespace, split_path: Path) -> TrainConfig:
+    """The TrainConfig of one trained row under the current arguments."""
+    return TrainConfig(
+        manifest=args.manifest,
+        out_dir=args.out / name,
+        split_file=split_path,
+        shape=args.model,
+        image_size=args.image_size,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=row_lr(name, args),
+        warmup_steps=min(100, args.steps // 10) if args.warmup_steps is None else args.warmup_steps,
+        loss=losses(args.memory_size)[name],
+        seed=args.seed,
+        min_class_images=args.min_class_images,
+        cache_dir=args.out / "cache",
+        workers=args.threads or 2,
+    )
+
+
+REUSE_KEYS = ("loss", "lr", "steps", "shape", "image_size", "batch_size", "seed", "warmup_steps", "min_class_images")
+
+
+def reuse_mismatches(run_dir: Path, cfg: TrainConfig, split_sha: str) -> list[str]:
+    """What differs between a finished run's recorded recipe (its config.json) and the current arguments."""
+    try:
+        recipe = json.loads((run_dir / "config.json").read_text())["encoder"]["recipe"]
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"its config.json cannot be read ({exc})"]
+    wanted = {**cfg.recipe(), "split_sha256": split_sha}
+    out = []
+    for key in (*REUSE_KEYS, "split_sha256"):
+        if recipe.get(key) != wanted.get(key):
+            out.append(f"{key}: run has {recipe.get(key)!r}, current arguments give {wanted.get(key)!r}")
+    return out
+
+
 def embed_row(name: str, args: argparse.Namespace, split_path: Path, data: Data) -> tuple[np.ndarray, np.ndarray, dict]:
     """(train emb, test emb, training record) for one ablation row; trains it first when needed."""
     if name == "raw":
@@ -160,29 +206,21 @@ def embed_row(name: str, args: argparse.Namespace, split_path: Path, data: Data)
     else:
         run_dir = args.out / name
         result_file = run_dir / "ablation_result.json"
+        cfg = train_config(name, args, split_path)
         if result_file.exists():
-            say(f"{name}: reusing the finished run in {run_dir}")
+            wrong = reuse_mismatches(run_dir, cfg, file_sha256(split_path))
+            if wrong:
+                raise SystemExit(
+                    f"{name}: the finished run in {run_dir} does not match the current arguments: "
+                    + "; ".join(wrong)
+                    + f". Delete {run_dir} to retrain it, or pass another --out."
+                )
+            say(f"{name}: reusing the finished run in {run_dir} (recipe, lr, steps and split match)")
             record = json.loads(result_file.read_text())
         else:
-            cfg = TrainConfig(
-                manifest=args.manifest,
-                out_dir=run_dir,
-                split_file=split_path,
-                shape=args.model,
-                image_size=args.image_size,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                warmup_steps=min(100, args.steps // 10) if args.warmup_steps is None else args.warmup_steps,
-                loss=losses(args.memory_size)[name],
-                seed=args.seed,
-                min_class_images=args.min_class_images,
-                cache_dir=args.out / "cache",
-                workers=args.threads or 2,
-            )
             result = Trainer(cfg, on_event=lambda msg: say(f"{name}: {msg}")).run()
             record = {
-                "lr": args.lr,
+                "lr": cfg.lr,
                 "status": result.status,
                 "steps": result.steps,
                 "train_minutes": result.elapsed_s / 60,
@@ -225,7 +263,7 @@ def _cell(block: dict, key: str) -> float:
 def render(results: list[dict], chance: dict, variants: list[str], args: argparse.Namespace) -> str:
     """The markdown table: one row per method, headline metrics per label variant, time and collapse."""
     header = ["method"] + [f"{v} {name}" for v in variants for _, name in HEADLINE]
-    header += ["train min", "status", "mean cos"]
+    header += ["lr", "train min", "status", "mean cos"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for res in results:
         cells = [f"{_cell(res['metrics'][v], key):.3f}" for v in variants for key, _ in HEADLINE]
@@ -233,12 +271,15 @@ def render(results: list[dict], chance: dict, variants: list[str], args: argpars
         status = res["training"]["status"]
         if res["name"] != "raw" and res["mean_cosine"] > COLLAPSE_COSINE:  # pixels are all positive: high cos
             status += " (collapsed)"
-        extra = [f"{minutes:.1f}" if minutes is not None else "-", status, f"{res['mean_cosine']:.3f}"]
+        lr = res["training"].get("lr")
+        extra = [f"{lr:g}" if lr is not None else "-", f"{minutes:.1f}" if minutes is not None else "-"]
+        extra += [status, f"{res['mean_cosine']:.3f}"]
         lines.append("| " + " | ".join([res["title"], *cells, *extra]) + " |")
     cells = [f"{_cell(chance[v], key):.3f}" for v in variants for key, _ in HEADLINE]
-    lines.append("| " + " | ".join(["chance", *cells, "-", "-", "-"]) + " |")
+    lines.append("| " + " | ".join(["chance", *cells, "-", "-", "-", "-"]) + " |")
+    rates = "lr " + (f"{args.lr:g} for every row" if args.lr is not None else "per row (each recipe's own)")
     head = (
-        f"# Ablation: {args.model}, {args.image_size} px, {args.steps} steps, batch {args.batch_size}, lr {args.lr}\n\n"
+        f"# Ablation: {args.model}, {args.image_size} px, {args.steps} steps, batch {args.batch_size}, {rates}\n\n"
         "Micro means over test queries against the train gallery (own patient excluded); full mAP divides by R, "
         "not by the hits. 95% CIs are in ablation.json.\n\n"
     )
