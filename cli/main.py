@@ -11,6 +11,7 @@ from cli.index_cmd import index
 from cli.pacs_cmd import dicom_listen, pacs_app
 from cli.queue_cmd import failures, retry, status, worker
 from cli.search_cmd import search
+from cli.serve_cmd import serve
 from cli.store_cmd import collections, info, optimize
 from cli.train_cmd import train
 
@@ -37,6 +38,7 @@ app.command()(failures)
 app.command()(retry)
 app.command(name="dicom-listen")(dicom_listen)
 app.add_typer(pacs_app, name="pacs")
+app.command()(serve)
 
 
 def main() -> None:

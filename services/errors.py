@@ -76,6 +76,8 @@ class PointNotFoundError(StoreError):
 class ImageTooLargeError(DecodeError):
     """An image whose declared size is over the pixel limit (refused before its pixels are decoded)."""
 
+    default_hint = "Raise CXR_MAX_PIXELS if the image is genuine."
+
 
 class DataError(CxrError):
     """A manifest, split file or dataset that is malformed or inconsistent."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from services.errors import CollectionNotFoundError, StoreError, StoreLockedError
+from services.errors import CollectionNotFoundError, PointNotFoundError, StoreError, StoreLockedError
 from services.index.edge_params import edge_config, edge_optimizers, edge_search_params
 from services.index.lease import StoreLease
 from services.index.store import (
@@ -33,11 +33,15 @@ from services.index.store import (
     as_matrix,
     as_vector,
     check_dim,
+    check_examples,
     check_filters,
+    check_group_field,
     check_ids,
     check_k,
     check_name,
     check_points,
+    collect_groups,
+    excluding,
     restore_ids,
 )
 from services.index.tuning import IndexTuning
@@ -331,6 +335,53 @@ class QdrantEdgeStore:
             results = self._call(name, "search_batch", shard.query_batch, batch)
         return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in pts] for pts in results]
 
+    def _page(self, name: str, query: Any, flt: SearchFilter, n: int, ef: int | None = None) -> list[Hit]:
+        engine_filter = _edge_filter(flt)
+        params = edge_search_params(self.tuning, filtered=engine_filter is not None, hnsw_ef=ef)
+        request = qe.QueryRequest(limit=n, query=query, filter=engine_filter, with_payload=True, params=params)
+        with self._using(name) as shard:
+            points = self._call(name, "search", shard.query, request)
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+    def search_groups(
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        group_by: str = "patient_hash",
+        hnsw_ef: int | None = None,
+    ) -> list[Hit]:
+        """qdrant-edge 0.9.0 has no group-by: full pages by repeated searches (store.collect_groups)."""
+        query = qe.Query.Nearest(as_vector(name, vector, self._dim(name)))
+        k, group_by = check_k(k), check_group_field(group_by)
+        return collect_groups(lambda f, n: self._page(name, query, f, n, hnsw_ef), flt, k, group_by)
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        k: int = 10,
+        flt: SearchFilter | None = None,
+        *,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        pos, neg = check_examples(positive, negative)
+        k = check_k(k)
+        if group_by is not None:
+            check_group_field(group_by)
+        found = {r.id: r.vector for r in self.retrieve(name, pos + neg, with_vectors=True)}
+        missing = [pid for pid in pos + neg if pid not in found]
+        if missing:
+            raise PointNotFoundError(f"example point(s) {missing} are not in collection {name!r}")
+        query = qe.Query.RecommendBestScore(qe.RecommendQuery([found[p] for p in pos], [found[p] for p in neg]))
+        base = excluding(flt, pos + neg)  # the engine would rank the positives first
+        if group_by is None:
+            return self._page(name, query, base, k)
+        return collect_groups(lambda f, n: self._page(name, query, f, n), base, k, group_by)
+
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[PointRecord]:
         canon = check_ids(ids)
         with self._using(name) as shard:
@@ -379,7 +430,6 @@ class QdrantEdgeStore:
             self._call(name, "optimize", shard.optimize)
             self._call(name, "flush", shard.flush)
             self._pending.pop(name, None)
-
 
     def close(self) -> None:
         """Flush and close every open shard and give the store back. The store reopens shards if used again."""

@@ -14,7 +14,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from services.errors import CollectionNotFoundError, ConfigError, StoreError, StoreUnavailableError
+from services.errors import CollectionNotFoundError, ConfigError, PointNotFoundError, StoreError, StoreUnavailableError
 from services.index.store import (
     INDEXED_FIELDS,
     CollectionInfo,
@@ -24,11 +24,15 @@ from services.index.store import (
     as_matrix,
     as_vector,
     check_dim,
+    check_examples,
     check_filters,
+    check_group_field,
     check_ids,
     check_k,
     check_name,
     check_points,
+    excluding,
+    merge_groups,
     restore_ids,
 )
 from services.index.tuning import IndexTuning, points_to_kb
@@ -275,6 +279,96 @@ class QdrantServerStore:
             )
         responses = self._call(name, "search_batch", self._client.query_batch_points, name, requests=requests)
         return [_hits(r.points) for r in responses]
+
+    def _grouped(self, name: str, query: Any, k: int, flt: SearchFilter | None, group_by: str) -> list[Hit]:
+        """Qdrant's group-by (one hit per group), plus the points without the field, which it leaves out."""
+        server_filter = _server_filter(flt)
+        params = self._search_params(server_filter is not None, None)
+        groups = self._call(
+            name,
+            "group search",
+            self._client.query_points_groups,
+            name,
+            group_by,
+            query=query,
+            limit=k,
+            group_size=1,
+            query_filter=server_filter,
+            with_payload=True,
+            search_params=params,
+        ).groups
+        leaders = [_hits(g.hits)[0] for g in groups if g.hits]
+        no_field = qm.IsEmptyCondition(is_empty=qm.PayloadField(key=group_by))
+        base = server_filter or qm.Filter()
+        lone_filter = qm.Filter(must=[*(base.must or []), no_field], must_not=base.must_not)
+        lone = self._call(
+            name,
+            "search",
+            self._client.query_points,
+            name,
+            query=query,
+            limit=k,
+            query_filter=lone_filter,
+            with_payload=True,
+            search_params=params,
+        ).points
+        return merge_groups(leaders, _hits(lone), k)
+
+    def search_groups(
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        group_by: str = "patient_hash",
+        hnsw_ef: int | None = None,
+    ) -> list[Hit]:
+        query = as_vector(name, vector, self._dim(name))
+        return self._grouped(name, query.tolist(), check_k(k), flt, check_group_field(group_by))
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        k: int = 10,
+        flt: SearchFilter | None = None,
+        *,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        pos, neg = check_examples(positive, negative)
+        k = check_k(k)
+        if group_by is not None:
+            check_group_field(group_by)
+        found = {r.id: r.vector for r in self.retrieve(name, pos + neg, with_vectors=True)}
+        missing = [pid for pid in pos + neg if pid not in found]
+        if missing:
+            raise PointNotFoundError(f"example point(s) {missing} are not in collection {name!r}")
+        # Vectors rather than ids, so the same query runs on every adapter; the examples are excluded explicitly.
+        query = qm.RecommendQuery(
+            recommend=qm.RecommendInput(
+                positive=[found[p].tolist() for p in pos],
+                negative=[found[p].tolist() for p in neg],
+                strategy=qm.RecommendStrategy.BEST_SCORE,
+            )
+        )
+        base = excluding(flt, pos + neg)
+        if group_by is not None:
+            return self._grouped(name, query, k, base, group_by)
+        server_filter = _server_filter(base)
+        response = self._call(
+            name,
+            "recommend",
+            self._client.query_points,
+            name,
+            query=query,
+            limit=k,
+            query_filter=server_filter,
+            with_payload=True,
+            search_params=self._search_params(server_filter is not None, None),
+        )
+        return _hits(response.points)
 
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[PointRecord]:
         canon = check_ids(ids)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,6 +157,37 @@ class VectorStore(Protocol):
         """`search` for each row of `vectors` (with the matching filter), in one engine call."""
         ...
 
+    def search_groups(
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        group_by: str = "patient_hash",
+        hnsw_ef: int | None = None,
+    ) -> list[Hit]:
+        """The best hit of each of the `k` nearest groups (points sharing a value of `group_by`), nearest first;
+        a point without the field is a group of its own. Grouped in the store, so a page is full whenever the
+        collection holds `k` groups."""
+        ...
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        k: int = 10,
+        flt: SearchFilter | None = None,
+        *,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        """More like `positive`, less like `negative` (stored point ids; Qdrant's best-score recommend). The
+        examples themselves are never returned. Scores are the engine's recommend scores, not cosines:
+        0.5 + 0.5 s / (1 + |s|) of the best positive cosine s when it beats the best negative one, negative
+        otherwise. PointNotFoundError names examples that are not stored. `group_by` as in `search_groups`."""
+        ...
+
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[PointRecord]:
         """Stored points by id, in the order given; missing ids are left out."""
         ...
@@ -267,6 +298,83 @@ def check_filters(filters: Sequence[SearchFilter | None] | None, n: int) -> list
     if len(filters) != n:
         raise StoreError(f"search_batch got {n} vectors but {len(filters)} filters; pass one per vector")
     return filters
+
+
+def check_group_field(group_by: str) -> str:
+    """Grouping needs an indexed keyword or integer field (the server refuses others)."""
+    if group_by not in INDEXED_FIELDS:
+        raise StoreError(
+            f"cannot group by {group_by!r}: it is not an indexed payload field",
+            f"Group by one of: {', '.join(sorted(INDEXED_FIELDS))}.",
+        )
+    return group_by
+
+
+def check_examples(positive: Sequence[str], negative: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Canonical example ids for recommend: at least one positive, no id on both sides."""
+    pos, neg = check_ids(list(positive)), check_ids(list(negative))
+    if not pos:
+        raise StoreError("recommend needs at least one positive example id")
+    both = sorted(set(pos) & set(neg))
+    if both:
+        raise StoreError(f"point(s) {both} are both positive and negative examples")
+    return list(dict.fromkeys(pos)), list(dict.fromkeys(neg))
+
+
+def excluding(
+    flt: SearchFilter | None, ids: Sequence[str] = (), values: Mapping[str, Sequence[FilterValue]] | None = None
+) -> SearchFilter:
+    """`flt` that also drops the points `ids` and every point whose field takes one of `values[field]`."""
+    base = flt or SearchFilter()
+    must_not = {k: list(v) for k, v in base.must_not.items()}
+    for key, extra in (values or {}).items():
+        must_not[key] = list(dict.fromkeys([*must_not.get(key, ()), *extra]))
+    return SearchFilter(
+        must=base.must, must_not=must_not, exclude_ids=tuple(dict.fromkeys([*base.exclude_ids, *check_ids(ids)]))
+    )
+
+
+PageFetch = Callable[[SearchFilter, int], list[Hit]]
+
+
+def collect_groups(fetch: PageFetch, flt: SearchFilter | None, k: int, group_by: str) -> list[Hit]:
+    """Group-by for an engine without it (qdrant-edge 0.9.0): fetch pages nearest first, each excluding the
+    groups already taken (must_not on `group_by`), and keep the first hit of every new group.
+
+    Exact: a group first seen at rank r of a page has that hit as its best among the points left, and a group
+    not seen scores below the whole page. Each page yields at least one new group until the collection runs
+    out, so it takes at most `k` engine calls (usually one or two).
+    """
+    chosen: list[Hit] = []
+    taken_values: list[FilterValue] = []
+    taken_ids: list[str] = []  # points without the field: groups of one
+    while len(chosen) < k:
+        want = min(max(2 * (k - len(chosen)), 16), 1000)
+        page_filter = excluding(flt, taken_ids, {group_by: taken_values} if taken_values else {})
+        hits = fetch(page_filter, want)
+        seen = set(taken_values)
+        for hit in hits:
+            value = hit.payload.get(group_by)
+            if value is None:
+                taken_ids.append(hit.id)
+            elif isinstance(value, str | int) and not isinstance(value, bool):
+                if value in seen:
+                    continue
+                seen.add(value)
+                taken_values.append(value)
+            else:
+                raise StoreError(f"point {hit.id} has a {type(value).__name__} in {group_by!r}; cannot group by it")
+            chosen.append(hit)
+            if len(chosen) == k:
+                break
+        if len(hits) < want:
+            break
+    return chosen
+
+
+def merge_groups(grouped: Sequence[Hit], ungrouped: Sequence[Hit], k: int) -> list[Hit]:
+    """The top `k` of the engine's group leaders and the points without the group field, by score."""
+    return sorted([*grouped, *ungrouped], key=lambda h: -h.score)[:k]
 
 
 def restore_ids(given: Sequence[str], found: set[str]) -> set[str]:

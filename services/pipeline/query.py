@@ -22,6 +22,7 @@ class QueryOptions:
     exclude_same_patient: bool = False
     exclude_self: bool = True
     patient_id: str | None = None  # overrides the DICOM PatientID (e.g. for a PNG query)
+    group_by_patient: bool = False  # one hit per patient, grouped in the store (full pages)
     max_pixels: int = 80_000_000
     min_side: int = 32
 
@@ -69,7 +70,10 @@ def search_decoded(
     p_hash = patient_hash(pid, salt) if opts.exclude_same_patient else None
     flt = parse_filters(opts.filters, exclude_ids=(qid,) if opts.exclude_self else (), exclude_patient=p_hash)
     vector = encoder.encode(to_model_input(decoded.pixels, encoder.image_size)[None])[0]
-    hits = store.search(opts.collection, vector, opts.k, flt)
+    if opts.group_by_patient:
+        hits = store.search_groups(opts.collection, vector, opts.k, flt, group_by="patient_hash")
+    else:
+        hits = store.search(opts.collection, vector, opts.k, flt)
     return QueryResult(qid, decoded.meta, hits, patient_excluded=p_hash is not None)
 
 

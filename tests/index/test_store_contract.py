@@ -262,3 +262,102 @@ def test_unknown_collection(store_case: StoreCase) -> None:
     for call in calls:
         with pytest.raises(CollectionNotFoundError, match=name):
             call()
+
+
+# -- grouping and recommend: one contract, checked against naive twins on exact scores
+
+
+def _fill_grouped(case: StoreCase, data: Clustered) -> str:
+    """Like _fill, but every 25th point has no patient_hash (a PNG without a patient id): a group of its own."""
+    name = case.name("g")
+    case.store.create_collection(name, data.vectors.shape[1])
+    points = []
+    for i, pid in enumerate(data.ids):
+        payload = _payload(data, i)
+        if i % 25 == 0:
+            del payload["patient_hash"]
+        points.append(PointRecord(pid, data.vectors[i], payload))
+    case.store.upsert(name, points)
+    return name
+
+
+def _naive_groups(data: Clustered, query: np.ndarray, k: int, keep=lambda i: True) -> list[str]:
+    scores = data.vectors @ (query / np.linalg.norm(query))
+    out, seen = [], set()
+    for i in np.argsort(-scores, kind="stable"):
+        if not keep(i):
+            continue
+        group = None if i % 25 == 0 else _payload(data, i)["patient_hash"]
+        if group is not None and group in seen:
+            continue
+        seen.add(group) if group is not None else None
+        out.append(data.ids[i])
+    return out[:k]
+
+
+def test_search_groups_one_hit_per_patient_and_full_pages(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, _fill_grouped(store_case, data)
+    query = data.vectors[7]
+    for k in (10, 45):
+        hits = store.search_groups(name, query, k)
+        assert [h.id for h in hits] == _naive_groups(data, query, k)
+        hashes = [h.payload["patient_hash"] for h in hits if "patient_hash" in h.payload]
+        assert len(hits) == k and len(hashes) == len(set(hashes))
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        assert np.allclose(scores, [float(data.vectors[data.ids.index(h.id)] @ query) for h in hits], atol=1e-4)
+    every = store.search_groups(name, query, 500)  # 40 patients + 16 points without one
+    assert len(every) == 40 + 16
+    flt = SearchFilter(must={"label": ["c3"]}, must_not={"patient_hash": ["p03"]})
+    hits = store.search_groups(name, query, 12, flt)
+    keep = lambda i: data.cluster[i] == 3 and (i % 25 == 0 or _payload(data, i)["patient_hash"] != "p03")  # noqa: E731
+    assert [h.id for h in hits] == _naive_groups(data, query, 12, keep)
+    with pytest.raises(StoreError, match="cannot group by 'colour'"):
+        store.search_groups(name, query, 5, group_by="colour")
+
+
+def _naive_recommend(data: Clustered, pos: list[int], neg: list[int], k: int) -> tuple[list[str], np.ndarray]:
+    """Qdrant's best-score strategy: a candidate whose best positive cosine beats its best negative one ranks by
+    the former (scaled by a fast sigmoid), every other candidate after them by the latter, ascending."""
+    best_pos = (data.vectors @ data.vectors[pos].T).max(axis=1)
+    best_neg = (data.vectors @ data.vectors[neg].T).max(axis=1) if neg else np.full(len(data.ids), -2.0)
+    sigmoid = lambda x: 0.5 + 0.5 * x / (1 + np.abs(x))  # noqa: E731
+    score = np.where(best_pos > best_neg, sigmoid(best_pos), -sigmoid(best_neg))
+    order = [i for i in np.argsort(-score, kind="stable") if i not in pos + neg][:k]
+    return [data.ids[i] for i in order], score[order]
+
+
+def test_recommend_moves_towards_positives_and_away_from_negatives(store_case: StoreCase, data: Clustered) -> None:
+    store, name = store_case.store, _fill(store_case, data)
+    pos, neg = [3, 17], [40]
+    want_ids, want_scores = _naive_recommend(data, pos, [], 10)
+    hits = store.recommend(name, [data.ids[i] for i in pos], k=10)
+    assert [h.id for h in hits] == want_ids
+    assert np.allclose([h.score for h in hits], want_scores, atol=1e-4)
+    want_ids, want_scores = _naive_recommend(data, pos, neg, 15)
+    hits = store.recommend(name, [data.ids[i] for i in pos], [data.ids[i] for i in neg], k=15)
+    assert [h.id for h in hits] == want_ids
+    assert np.allclose([h.score for h in hits], want_scores, atol=1e-4)
+    examples = {data.ids[i] for i in pos + neg}
+    assert not examples & {h.id for h in hits}
+    filtered = store.recommend(name, [data.ids[3]], k=8, flt=SearchFilter(must={"view": ["AP"]}))
+    assert len(filtered) == 8 and {h.payload["view"] for h in filtered} == {"AP"}
+    grouped = store.recommend(name, [data.ids[i] for i in pos], k=12, group_by="patient_hash")
+    patients = [h.payload["patient_hash"] for h in grouped]
+    assert len(grouped) == 12 and len(set(patients)) == 12
+    assert grouped[0].id == want_ids[0]
+
+
+def test_recommend_refuses_bad_examples(store_case: StoreCase, data: Clustered) -> None:
+    from services.errors import PointNotFoundError
+
+    store, name = store_case.store, _fill(store_case, data)
+    unknown = str(uuid.uuid4())
+    with pytest.raises(PointNotFoundError, match=unknown):
+        store.recommend(name, [data.ids[0], unknown])
+    with pytest.raises(StoreError, match="at least one positive"):
+        store.recommend(name, [], [data.ids[1]])
+    with pytest.raises(StoreError, match="both positive and negative"):
+        store.recommend(name, [data.ids[1]], [data.ids[1]])
+    with pytest.raises(StoreError, match="not a UUID"):
+        store.recommend(name, ["../../etc/passwd"])

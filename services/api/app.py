@@ -1,0 +1,91 @@
+"""The REST API and the web viewer as one FastAPI app: `create_app(settings)` builds it, `cxr serve` runs it.
+
+Nothing happens at import: the model and the store open in a background thread when the app starts (its
+lifespan), /readyz says when they are ready, and the store is closed when the app stops.
+
+Routes (all under the bearer token when CXR_API_TOKEN is set, except /livez, /readyz, the viewer's static
+files and the OpenAPI schema, which hold no patient data):
+  POST /v1/search, POST /v1/search/similar, GET /v1/points/{id}, GET /v1/points/{id}/thumbnail,
+  POST /v1/render, GET /v1/collections, POST /v1/index, GET|POST /v1/explain, GET /livez, GET /readyz,
+  GET /viewer/ (the viewer), GET /openapi.json and /docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from services.api import health, index_routes, point_routes, search_routes
+from services.api.explain_routes import router as explain_router
+from services.api.images import load_pixels
+from services.api.security import BodyLimitMiddleware, bearer_check, install_error_handlers
+from services.api.state import ApiState, RuntimeLike, Submitter
+from services.api.uploads import upload_reader
+from services.config import Settings
+
+STATIC_DIR = Path(__file__).parent / "static"
+DESCRIPTION = """Chest X-ray retrieval by image similarity.
+
+Send a bearer token (`Authorization: Bearer $CXR_API_TOKEN`) when the server sets one. Uploads are DICOM, PNG or
+JPEG, told apart by their bytes; filters use the CLI's syntax (`label=covid19`, `view=PA,AP`, `label!=normal`).
+"""
+
+
+def create_app(
+    settings: Settings, *, runtime: RuntimeLike | None = None, submitter: Submitter | None = None
+) -> FastAPI:
+    """The app over `runtime` (default: a services.pipeline.Runtime of `settings`); `submitter` hands files to
+    the background queue (POST /v1/index answers 503 without one)."""
+    if runtime is None:
+        from services.pipeline.runtime import Runtime
+
+        runtime = Runtime(settings)
+    state = ApiState(settings, runtime, submitter)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state.start()
+        try:
+            yield
+        finally:
+            state.close()
+
+    from services import __version__ as version
+
+    app = FastAPI(title="cxr", version=version, description=DESCRIPTION, lifespan=lifespan)
+    app.state.api = state
+    # What the explain router reads (its module docstring): the runtime, the upload rules, the stored pixels.
+    app.state.runtime = runtime
+    app.state.read_upload = upload_reader(settings)
+    app.state.load_point_pixels = _point_pixels(state)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_upload_mb * 2**20 + 64 * 1024)
+    install_error_handlers(app)
+    guarded = [Depends(bearer_check(settings))]
+    app.include_router(health.router)
+    for router in (search_routes.router, point_routes.router, index_routes.router, explain_router):
+        app.include_router(router, dependencies=guarded)
+    app.mount("/viewer", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("viewer/")
+
+    return app
+
+
+def _point_pixels(state: ApiState):  # noqa: ANN202 - Callable[[str], np.ndarray]
+    """Point id -> decoded pixels, from the same stored reference as its thumbnail (LookupError: unknown id)."""
+
+    def load(point_id: str):  # noqa: ANN202
+        records = state.store().retrieve(state.settings.collection, [point_id])
+        if not records:
+            raise LookupError(f"no point {point_id} in collection {state.settings.collection!r}")
+        return load_pixels(records[0].payload, state.settings, point_id)
+
+    return load

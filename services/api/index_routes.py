@@ -1,0 +1,129 @@
+"""`POST /v1/index`: hand uploaded files, or files already on the server, to the background queue.
+
+The queue is injected: `create_app(..., submitter=...)`, which `cxr serve` wires to workers.dispatch.submit when
+a Redis broker is configured. Without one this answers 503 and says so; it never indexes in the request.
+
+- Uploads (form fields `file`, repeatable) are sniffed (415) and decoded once (422/413) so a bad file is refused
+  at once, then kept under DATA_DIR/uploads/<sha256>.<kind> (written to a temp file, fsynced, renamed) for the
+  workers. Their names on the client are never used.
+- Server-side files (form fields `path`, repeatable) are accepted only inside CXR_API_IMPORT_DIR (403
+  otherwise): a request can never point the workers at any other file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from services.api.schemas import IndexOut
+from services.api.state import ApiState, get_state
+from services.api.uploads import Upload, decode_upload, read_upload
+from services.config import Settings
+from services.errors import DecodeError
+
+router = APIRouter(prefix="/v1", tags=["index"])
+
+MAX_FILES = 100
+_EXT = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
+
+
+def uploads_dir(settings: Settings) -> Path:
+    return settings.data_dir / "uploads"
+
+
+def keep_upload(root: Path, upload: Upload) -> Path:
+    """Write the upload durably as ROOT/<sha256>.<ext> (idempotent: the same bytes land on the same name)."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / (upload.sha256 + _EXT[upload.kind])
+    if final.is_file() and final.stat().st_size == len(upload.data):
+        return final
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".incoming-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(upload.data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return final
+
+
+def import_path(settings: Settings, raw: str) -> Path:
+    """A server-side file named by a request: allowed only inside CXR_API_IMPORT_DIR, after resolving links."""
+    root = settings.api_import_dir
+    if root is None:
+        raise HTTPException(403, "server-side paths are not accepted here: CXR_API_IMPORT_DIR is not set")
+    base = Path(root).resolve()
+    try:
+        candidate = Path(raw) if Path(raw).is_absolute() else base / raw
+        resolved = candidate.resolve()
+    except (OSError, ValueError, RuntimeError):
+        raise HTTPException(422, f"not a usable path: {raw!r}") from None
+    if not resolved.is_relative_to(base):
+        raise HTTPException(403, f"{raw!r} is outside the import folder (CXR_API_IMPORT_DIR)")
+    return resolved
+
+
+@router.post("/index", response_model=IndexOut, status_code=202, summary="Queue images for indexing")
+async def index(
+    state: Annotated[ApiState, Depends(get_state)],
+    file: Annotated[list[UploadFile], File(description="Images to index: DICOM, PNG or JPEG.")] = [],  # noqa: B006
+    path: Annotated[list[str], Form(description="Files or folders inside CXR_API_IMPORT_DIR.")] = [],  # noqa: B006
+    label: Annotated[str | None, Form(max_length=64, description="A label for every file of this request.")] = None,
+) -> IndexOut:
+    """202: accepted for the queue (the workers index it). Per-file refusals come back in `refused`."""
+    if state.submitter is None:
+        raise HTTPException(
+            503,
+            "indexing needs the background queue, and none is configured: set CXR_REDIS_URL and run the workers "
+            "(`cxr worker`), then start `cxr serve` again; or index from the command line with `cxr index`",
+        )
+    if not file and not path:
+        raise HTTPException(422, "give files (form field `file`) or server-side paths (form field `path`)")
+    if len(file) + len(path) > MAX_FILES:
+        raise HTTPException(413, f"at most {MAX_FILES} files or paths per request")
+    settings = state.settings
+    server_paths = [import_path(settings, p) for p in path]
+    uploads: list[tuple[int, Upload]] = []
+    refused: list[dict[str, str]] = []
+    for i, f in enumerate(file, start=1):
+        try:
+            uploads.append((i, await read_upload(settings, f)))
+        except HTTPException as exc:
+            if exc.status_code == 413 and len(file) == 1:
+                raise
+            refused.append({"file": f"#{i}", "reason": str(exc.detail)})
+
+    def work() -> IndexOut:
+        kept: list[Path] = []
+        for i, upload in uploads:
+            try:
+                decode_upload(upload, settings)
+            except DecodeError as exc:
+                refused.append({"file": f"#{i}", "reason": exc.reason})
+                continue
+            kept.append(keep_upload(uploads_dir(settings), upload))
+        if not kept and not server_paths:
+            raise HTTPException(422, {"message": "no file could be queued", "refused": refused})
+        submitted: dict = {}
+        if kept:
+            submitted["uploads"] = state.submitter(kept, label=label, origin="upload", collection=settings.collection)
+        if server_paths:
+            submitted["paths"] = state.submitter(
+                server_paths, label=label, origin="file", collection=settings.collection
+            )
+        return IndexOut(accepted=len(kept) + len(server_paths), refused=refused, submitted=submitted)
+
+    return await run_in_threadpool(work)

@@ -1,0 +1,102 @@
+"""The JSON shapes of the REST API (they are also its OpenAPI schema)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.index import Hit
+
+# Payload keys the API never sends: `source_uri` is a server-side path (folder names can carry names).
+HIDDEN_PAYLOAD_KEYS = frozenset({"source_uri"})
+UNLABELLED = "(no label)"
+
+
+class HitOut(BaseModel):
+    rank: int = Field(description="1 = most similar.")
+    id: str = Field(description="Point id (UUID).")
+    score: float = Field(description="Cosine similarity, or the recommend score for a more-like-these search.")
+    payload: dict[str, Any] = Field(description="PHI-free stored fields: label, view, sex, age, source, UIDs, ...")
+    thumbnail_url: str
+
+
+class QueryInfo(BaseModel):
+    id: str | None = Field(None, description="The point id the query image would have if indexed.")
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    crop: list[int] | None = Field(None, description="The region embedded, in pixels: left, top, right, bottom.")
+    patient_excluded: bool = False
+    positive: list[str] = []
+    negative: list[str] = []
+
+
+class SearchOut(BaseModel):
+    hits: list[HitOut]
+    label_tally: dict[str, int] = Field(description="How many of the hits carry each label, most frequent first.")
+    query: QueryInfo
+    grouped_by_patient: bool = False
+    score: str = Field("cosine", description="'cosine', or 'recommend' for Qdrant's best-score recommend.")
+
+
+class SimilarIn(BaseModel):
+    positive: list[uuid.UUID] = Field(min_length=1, max_length=50, description="Ids to move towards.")
+    negative: list[uuid.UUID] = Field([], max_length=50, description="Ids to move away from.")
+    k: int = Field(10, ge=1, le=200)
+    filters: list[str] = Field([], max_length=32, description="As the CLI: FIELD=VALUE, FIELD=V1,V2, FIELD!=VALUE.")
+    exclude_same_patient: bool = Field(False, description="Drop the patients of the positive examples.")
+    group_by_patient: bool = Field(False, description="One result per patient, grouped in the store.")
+
+
+class PointOut(BaseModel):
+    id: str
+    payload: dict[str, Any]
+    thumbnail_url: str
+
+
+class CollectionOut(BaseModel):
+    name: str
+    dim: int
+    count: int
+
+
+class CollectionsOut(BaseModel):
+    collections: list[CollectionOut]
+    default: str
+
+
+class IndexOut(BaseModel):
+    accepted: int
+    refused: list[dict[str, str]]
+    submitted: dict[str, Any]
+
+
+def public_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k not in HIDDEN_PAYLOAD_KEYS}
+
+
+def thumbnail_url(root_path: str, point_id: str) -> str:
+    return f"{root_path}/v1/points/{point_id}/thumbnail"
+
+
+def hits_out(hits: Sequence[Hit], root_path: str) -> list[HitOut]:
+    return [
+        HitOut(
+            rank=i,
+            id=h.id,
+            score=round(float(h.score), 6),
+            payload=public_payload(h.payload),
+            thumbnail_url=thumbnail_url(root_path, h.id),
+        )
+        for i, h in enumerate(hits, start=1)
+    ]
+
+
+def label_tally(hits: Sequence[Hit]) -> dict[str, int]:
+    """Counts of each label among the hits, most frequent first (ties by name): what a reader reads first."""
+    counts = Counter(str(h.payload.get("label") or UNLABELLED) for h in hits)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -1,0 +1,143 @@
+"""What one API process holds: the runtime (model and store, opened in the background at start), the submitter
+of the background queue, and the thumbnail cache. Kept on `app.state.api`; nothing is created at import."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import HTTPException, Request
+
+from services.config import Settings
+from services.embedding import BatchEncoder
+from services.errors import CxrError
+from services.index import VectorStore
+
+log = logging.getLogger("cxr.api")
+STORE_RETRY_S = 5.0
+
+
+class Submitter(Protocol):
+    """Hands files to the background queue (workers.dispatch.submit, wired by `cxr serve`) and says what it did
+    as JSON-able data. `origin` is "upload" or "file"."""
+
+    def __call__(self, paths: Sequence[Path], *, label: str | None, origin: str, collection: str) -> dict[str, Any]: ...
+
+
+class RuntimeLike(Protocol):
+    """services.pipeline.Runtime, or anything shaped like it."""
+
+    settings: Settings
+
+    @property
+    def encoder(self) -> BatchEncoder: ...
+
+    @property
+    def store(self) -> VectorStore: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Readiness:
+    """Where the background start stands; `errors` says why a part is not ready (message, hint)."""
+
+    model: bool = False
+    store: bool = False
+    errors: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    seconds: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.model and self.store
+
+
+@dataclass
+class ApiState:
+    """The settings, the runtime and its readiness, the submitter (None: no queue) and the thumbnail cache."""
+
+    settings: Settings
+    runtime: RuntimeLike
+    submitter: Submitter | None = None
+    readiness: Readiness = field(default_factory=Readiness)
+
+    def __post_init__(self) -> None:
+        from services.api.images import ThumbnailCache
+
+        self.thumbnails = ThumbnailCache()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Load the model and open the store in a thread, so /livez answers at once and /readyz tells."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._warm_up, name="cxr-api-warmup", daemon=True)
+            self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> Readiness:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.readiness
+
+    def _warm_up(self) -> None:
+        t0 = time.perf_counter()
+        self._attempt("model", lambda: self.runtime.encoder)  # loads the checkpoint once
+        while not self._stopping.is_set():  # the store may be down, or held elsewhere for a while: keep trying
+            if self._attempt("store", self.runtime.store.collections):
+                break
+            self._stopping.wait(STORE_RETRY_S)
+        self.readiness.seconds = round(time.perf_counter() - t0, 3)
+
+    def _attempt(self, part: str, fn: Callable[[], object]) -> bool:
+        try:
+            fn()
+        except CxrError as exc:
+            self._failed(part, exc.message, exc.hint or None)
+            return False
+        except Exception as exc:  # noqa: BLE001 - reported on /readyz rather than killing the server
+            log.exception("%s not ready", part)
+            self._failed(part, f"{type(exc).__name__}: {exc}", None)
+            return False
+        setattr(self.readiness, part, True)
+        self.readiness.errors.pop(part, None)
+        return True
+
+    def _failed(self, part: str, message: str, hint: str | None) -> None:
+        if self.readiness.errors.get(part, ("",))[0] != message:
+            log.error("%s not ready: %s (%s)", part, message, hint)
+        self.readiness.errors[part] = (message, hint)
+
+    def encoder(self) -> BatchEncoder:
+        """The model, or 503 while it loads (or when it could not be loaded)."""
+        if not self.readiness.model:
+            raise _not_ready(self.readiness, "model")
+        return self.runtime.encoder
+
+    def store(self) -> VectorStore:
+        """The vector store, or 503 until it has answered once."""
+        if not self.readiness.store:
+            raise _not_ready(self.readiness, "store")
+        return self.runtime.store
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.runtime.close()
+
+
+def _not_ready(readiness: Readiness, part: str) -> HTTPException:
+    what = {"model": "the model", "store": "the vector store"}[part]
+    error = readiness.errors.get(part)
+    detail = f"{what} is not ready: {error[0]}" if error else f"{what} is still loading"
+    return HTTPException(503, detail, headers={"Retry-After": "5"})
+
+
+def get_state(request: Request) -> ApiState:
+    """The app's ApiState (a FastAPI dependency)."""
+    return request.app.state.api
