@@ -1,0 +1,390 @@
+"""The embedded store at scale, against numpy exact search, in one run: upsert rate, index build (the index
+writer's incremental refreshes, and optionally one full build), p50/p95 search unfiltered, with a label filter and
+with a selective filter (source AND label), recall@10 against the exact answer, and the memory (RSS) and open time
+of a process serving the store. Data sets: benchmarks/store_scale_data.py (`real`, `hard`).
+
+The writer loop is the queue's: upsert batches through the project's adapter, and call optimize() whenever
+`unindexed_count` reaches the threshold. Single queries, one at a time; numpy on one BLAS thread, the engine with
+its default search threads (one per core). Where CXR_TEST_QDRANT_URL is set, the server adapter is measured too.
+
+    python -m benchmarks.store_scale --sizes 100000 --grid 16x100,32x100,32x200      # the grid at 100k
+    python -m benchmarks.store_scale --sizes 1000000 --grid 32x200 --efs 128,256     # the chosen config at 1M
+
+Prints tables and adds the run to benchmarks/results/store_scale.json (each run kept, with its settings).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # numpy's exact baseline on one core, before numpy loads
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks.store_scale_data import (  # noqa: E402
+    LABELS,
+    SELECTIVE,
+    HardMixture,
+    Parents,
+    RealLike,
+    embed_public,
+    point_payloads,
+)
+from services.index import IndexTuning, PointRecord, QdrantEdgeStore, SearchFilter  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "store_scale.json"
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ("none", "label", "selective")
+K = 10
+PROBE = """
+import json, sys, time
+import numpy as np
+from pathlib import Path
+def rss():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024
+from services.index import QdrantEdgeStore
+before = rss()
+store = QdrantEdgeStore(Path(sys.argv[1]), linger_s=3600)
+t0 = time.perf_counter(); store.count('bench'); open_s = time.perf_counter() - t0
+for q in np.load(sys.argv[2]):
+    store.search('bench', q, 10)
+print(json.dumps({"rss_before_mb": before, "rss_mb": rss(), "open_s": open_s}))
+store.close()
+"""
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000
+
+
+def timed(lat: list[float], cpu: list[float], fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call fn, appending its wall time and this process's CPU time (all threads): on a shared, oversubscribed
+    machine the wall time includes waiting for a core, the CPU time is the work done."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    lat.append(time.perf_counter() - w0)
+    cpu.append(time.process_time() - c0)
+    return out
+
+
+def latency(lat: list[float], cpu: list[float]) -> dict[str, float]:
+    return {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "cpu_p50_ms": pct(cpu, 50), "cpu_p95_ms": pct(cpu, 95)}
+
+
+class DataSet:
+    """N points (vectors, parents) + queries, the filters of each query and the exact top-10 for each."""
+
+    def __init__(self, name: str, parents: Parents, n: int, n_queries: int, seed: int = 0) -> None:
+        gen = RealLike(parents) if name == "real" else HardMixture(parents.vectors.shape[1], len(parents.rows))
+        rng = np.random.default_rng(seed)
+        t0 = time.perf_counter()
+        self.name, self.parents = name, parents
+        self.x, self.parent = gen.sample(n, rng)
+        self.q, _ = gen.sample(n_queries, np.random.default_rng(seed + 1))
+        self.ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+        labels, sources = parents.labels[self.parent], parents.sources[self.parent]
+        sel = np.flatnonzero((labels == SELECTIVE["label"]) & (sources == SELECTIVE["source"]))
+        self.subsets = {("label", lab): np.flatnonzero(labels == lab) for lab in LABELS}
+        self.subsets[("selective", "")] = sel
+        self.share = {f"{k}={v}" if v else k: len(ix) / n for (k, v), ix in self.subsets.items()}
+        self.truth = {kind: self._truth(kind) for kind in KINDS}
+        say(f"{name} {n:,}: data and exact answers in {time.perf_counter() - t0:.0f} s; shares {self.share}")
+
+    def subset_key(self, kind: str, i: int) -> tuple[str, str] | None:
+        return None if kind == "none" else ("selective", "") if kind == "selective" else ("label", LABELS[i % 4])
+
+    def flt(self, kind: str, i: int) -> SearchFilter | None:
+        key = self.subset_key(kind, i)
+        if key is None:
+            return None
+        return SearchFilter(must=dict(SELECTIVE)) if key[0] == "selective" else SearchFilter(must={"label": key[1]})
+
+    def _truth(self, kind: str) -> list[set[int]]:
+        out = []
+        for i, q in enumerate(self.q):
+            key = self.subset_key(kind, i)
+            idx = None if key is None else self.subsets[key]
+            scores = self.x @ q if idx is None else self.x[idx] @ q
+            top = np.argpartition(-scores, K)[:K]
+            out.append(set((top if idx is None else idx[top]).tolist()))
+        return out
+
+    def numpy_exact(self) -> dict[str, dict[str, float]]:
+        """Brute force on one core, with each filter's rows pre-gathered (numpy's best case)."""
+        mats = {key: np.ascontiguousarray(self.x[ix]) for key, ix in self.subsets.items()}
+        out = {}
+        for kind in KINDS:
+            lat: list[float] = []
+            cpu: list[float] = []
+            for i, q in enumerate(self.q):
+                key = self.subset_key(kind, i)
+                timed(lat, cpu, exact_top, self.x if key is None else mats[key], q)
+            out[kind] = latency(lat, cpu) | {"recall": 1.0}
+        return out
+
+
+def exact_top(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    scores = x @ q
+    top = np.argpartition(-scores, K)[:K]
+    return top[np.argsort(-scores[top])]
+
+
+def batches(data: DataSet, batch: int) -> Any:
+    """The points with their payloads, `batch` at a time, as the index writer receives them."""
+    for start in range(0, len(data.ids), batch):
+        stop = min(start + batch, len(data.ids))
+        payloads = point_payloads(data.parents, data.parent[start:stop], start)
+        yield [PointRecord(data.ids[i], data.x[i], p) for i, p in zip(range(start, stop), payloads, strict=True)]
+
+
+def build(store: QdrantEdgeStore, data: DataSet, batch: int, refresh: bool) -> dict[str, Any]:
+    """Upsert everything through the adapter; with `refresh`, the index writer's loop."""
+    store.create_collection("bench", data.x.shape[1])
+    up_wall: list[float] = []
+    up_cpu: list[float] = []
+    refreshes: list[float] = []
+    refresh_cpu: list[float] = []
+    threshold = store.tuning.threshold_points or 0
+    done = 0
+    for points in batches(data, batch):
+        done += len(points)
+        timed(up_wall, up_cpu, store.upsert, "bench", points)
+        if refresh and store.unindexed_count("bench") >= threshold:
+            timed(refreshes, refresh_cpu, store.optimize, "bench")
+            if len(refreshes) % 10 == 0:
+                say(f"  {done:,} points, {len(refreshes)} refreshes, last {refreshes[-1]:.1f} s")
+    info = store._shard("bench").info()  # engine internals: segment count for the report
+    out = {
+        "upsert_pts_per_s": len(data.ids) / sum(up_wall),
+        "upsert_pts_per_cpu_s": len(data.ids) / sum(up_cpu),
+        "segments": info.segments_count,
+    }
+    if refresh:
+        out |= {
+            "refreshes": len(refreshes),
+            "refresh_total_s": sum(refreshes),
+            "refresh_median_s": float(np.median(refreshes)) if refreshes else 0.0,
+            "refresh_max_s": max(refreshes, default=0.0),
+            "refresh_last_s": refreshes[-1] if refreshes else 0.0,
+            "refresh_times_s": [round(r, 2) for r in refreshes],
+            "refresh_cpu_total_s": sum(refresh_cpu),
+            "refresh_cpu_median_s": float(np.median(refresh_cpu)) if refresh_cpu else 0.0,
+            "refresh_cpu_max_s": max(refresh_cpu, default=0.0),
+            "refresh_cpu_s": [round(r, 2) for r in refresh_cpu],
+            "unindexed_at_end": store.unindexed_count("bench"),
+        }
+    return out
+
+
+def search_rows(
+    store: Any, data: DataSet, efs: list[int], acorns: list[float], name: str = "bench"
+) -> list[dict[str, Any]]:
+    rows = []
+    for q in data.q[:5]:
+        store.search(name, q, K)  # warm caches
+    for ef in efs:
+        for acorn in acorns:
+            store.tuning = replace(store.tuning, acorn_max_selectivity=acorn)
+            for kind in KINDS:
+                if kind == "none" and acorn != acorns[0]:
+                    continue  # ACORN only changes filtered searches
+                lat: list[float] = []
+                cpu: list[float] = []
+                rec = []
+                for i, q in enumerate(data.q):
+                    hits = timed(lat, cpu, store.search, name, q, K, data.flt(kind, i), hnsw_ef=ef)
+                    rec.append(len({int(uuid.UUID(h.id)) - 1 for h in hits} & data.truth[kind][i]) / K)
+                row = {"ef": ef, "acorn": acorn, "kind": kind, "load": os.getloadavg()[0]} | latency(lat, cpu)
+                rows.append(row | {"recall": float(np.mean(rec))})
+    return rows
+
+
+def probe_memory(root: Path, data: DataSet, work: Path) -> dict[str, float]:
+    """RSS and open time of a fresh process that opens the store and answers 50 queries."""
+    np.save(work / "probe_q.npy", data.q[:50])
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(root), str(work / "probe_q.npy")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def disk_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def run_config(data: DataSet, args: argparse.Namespace, m: int, efc: int, work: Path) -> dict[str, Any]:
+    tuning = IndexTuning(
+        threshold_points=args.threshold,
+        segment_points=args.segment,
+        hnsw_m=m,
+        hnsw_ef_construct=efc,
+        index_threads=args.index_threads,
+    )
+    root = work / f"{data.name}-{len(data.ids)}-{m}x{efc}"
+    shutil.rmtree(root, ignore_errors=True)
+    say(f"{data.name} {len(data.ids):,} m={m} ef_construct={efc}: writer loop")
+    store = QdrantEdgeStore(root, linger_s=1e9, tuning=tuning)
+    result: dict[str, Any] = {"m": m, "ef_construct": efc, "build": build(store, data, args.batch, refresh=True)}
+    result["search"] = search_rows(store, data, args.efs, args.acorns)
+    store.close()
+    result["serve"] = probe_memory(root, data, work) | {"disk_mb": disk_mb(root)}
+    shutil.rmtree(root)
+    if args.full:
+        full_root = work / "full"
+        shutil.rmtree(full_root, ignore_errors=True)
+        store = QdrantEdgeStore(full_root, linger_s=1e9, tuning=tuning)
+        build(store, data, args.batch, refresh=False)
+        say(f"{data.name} {len(data.ids):,} m={m} ef_construct={efc}: one full build")
+        wall: list[float] = []
+        cpu: list[float] = []
+        timed(wall, cpu, store.optimize, "bench")
+        result["full_build_s"], result["full_build_cpu_s"] = wall[0], cpu[0]
+        store.close()
+        shutil.rmtree(full_root)
+    b = result["build"]
+    say(f"  done: {b['refreshes']} refreshes, {b['refresh_total_s']:.0f} s in all, max {b['refresh_max_s']:.1f} s")
+    return result
+
+
+def server_rows(data: DataSet, args: argparse.Namespace) -> dict[str, Any] | None:
+    url = os.environ.get("CXR_TEST_QDRANT_URL")
+    if not url:
+        return None
+    from services.index import QdrantServerStore
+
+    store = QdrantServerStore(url, tuning=IndexTuning(threshold_points=args.threshold))
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    store.create_collection(name, data.x.shape[1])
+    t0 = time.perf_counter()
+    for points in batches(data, args.batch):
+        store.upsert(name, points)
+    upsert_s = time.perf_counter() - t0
+    deadline = time.monotonic() + 3600
+    while store.unindexed_count(name) > args.threshold and time.monotonic() < deadline:
+        time.sleep(1)  # the server indexes in the background; poll its count
+    built_s = time.perf_counter() - t0
+    rows = search_rows(store, data, args.efs, args.acorns, name)
+    store.delete_collection(name)
+    store.close()
+    return {"upsert_pts_per_s": len(data.ids) / upsert_s, "indexed_after_s": built_s, "search": rows}
+
+
+def print_tables(results: list[dict[str, Any]]) -> None:
+    """Two markdown tables: the build (wall and CPU seconds) and the searches (wall p50/p95, CPU p50, recall)."""
+    print(
+        "\n| data | points | m | ef_c | upsert pts/s (per CPU-s) | refreshes | refresh median / max s (CPU) | "
+        "all refreshes s (CPU) | full build s (CPU) | segments | serve RSS MB | disk MB | open s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for c in r["configs"]:
+            b, s = c["build"], c["serve"]
+            full = f"{c['full_build_s']:.0f} ({c['full_build_cpu_s']:.0f})" if "full_build_s" in c else "-"
+            print(
+                f"| {r['data']} | {r['points']:,} | {c['m']} | {c['ef_construct']} | "
+                f"{b['upsert_pts_per_s']:,.0f} ({b['upsert_pts_per_cpu_s']:,.0f}) | {b['refreshes']} | "
+                f"{b['refresh_median_s']:.1f} / {b['refresh_max_s']:.1f} "
+                f"({b['refresh_cpu_median_s']:.1f} / {b['refresh_cpu_max_s']:.1f}) | "
+                f"{b['refresh_total_s']:.0f} ({b['refresh_cpu_total_s']:.0f}) | {full} | {b['segments']} | "
+                f"{s['rss_mb']:.0f} | {s['disk_mb']:.0f} | {s['open_s']:.2f} |"
+            )
+    print("\n| data | points | search | ef | ACORN | none: p50 / p95 ms (CPU p50), recall@10 | label | selective |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def cell(row: dict[str, float]) -> str:
+        return f"{row['p50_ms']:.2f} / {row['p95_ms']:.2f} ({row['cpu_p50_ms']:.2f}), {row['recall']:.3f}"
+
+    for r in results:
+        ex = r["numpy_exact"]
+        print(
+            f"| {r['data']} | {r['points']:,} | numpy exact | - | - | " + " | ".join(cell(ex[k]) for k in KINDS) + " |"
+        )
+        for c in r["configs"]:
+            by = {(x["ef"], x["acorn"], x["kind"]): x for x in c["search"]}
+            unfiltered = {ef: x for (ef, _, kind), x in by.items() if kind == "none"}
+            for ef, acorn in sorted({(x["ef"], x["acorn"]) for x in c["search"]}):
+                cells = [cell(unfiltered[ef]), cell(by[(ef, acorn, "label")]), cell(by[(ef, acorn, "selective")])]
+                print(
+                    f"| {r['data']} | {r['points']:,} | m={c['m']} ef_c={c['ef_construct']} | {ef} | {acorn} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", type=Path, default=REPO.parent / "shared/data/cxr-public/manifest.csv")
+    p.add_argument("--model", type=Path, help="trained checkpoint folder (default: random-init vit-tiny, said so)")
+    p.add_argument("--data", default="real,hard")
+    p.add_argument("--sizes", default="100000")
+    p.add_argument("--grid", default="16x100", help="comma-separated MxEF_CONSTRUCT build configs")
+    p.add_argument("--efs", type=lambda s: [int(v) for v in s.split(",")], default=[64, 128, 256])
+    p.add_argument("--acorns", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 0.4])
+    p.add_argument("--threshold", type=int, default=20_000, help="index writer threshold (points)")
+    p.add_argument("--segment", type=int, default=200_000, help="largest segment (points)")
+    p.add_argument("--index-threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1000, help="points per upsert")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--full", action="store_true", help="also time one full build of everything at once")
+    p.add_argument("--work", type=Path, default=Path("/tmp/cxr-store-scale"))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    parents = embed_public(args.manifest, args.model, args.work / "cache")
+    say(parents.model_note)
+    results: list[dict[str, Any]] = []
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for name in args.data.split(","):
+        for n in (int(v) for v in args.sizes.split(",")):
+            data = DataSet(name, parents, n, args.queries)
+            entry: dict[str, Any] = {"data": name, "points": n, "dim": int(data.x.shape[1]), "shares": data.share}
+            entry["numpy_exact"] = data.numpy_exact()
+            entry["configs"] = []
+            for spec in args.grid.split(","):
+                m, efc = (int(v) for v in spec.split("x"))
+                entry["configs"].append(run_config(data, args, m, efc, args.work))
+            entry["server"] = server_rows(data, args)
+            results.append(entry)
+            save(args, parents, results, run_id)
+    print_tables(results)
+    return 0
+
+
+def save(args: argparse.Namespace, parents: Parents, results: list[dict[str, Any]], run_id: str) -> None:
+    """Write this run into the JSON (after every data set, so a long run keeps what it measured)."""
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+    run = {
+        "id": run_id,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "model": parents.model_note,
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_save": os.getloadavg()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    doc["runs"] = [r for r in doc["runs"] if r.get("id") != run_id] + [run]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
