@@ -121,10 +121,12 @@ def build_report(
     report["bootstrap"] = {"n_boot": model["n_boot"], "seed": model["seed"], "alpha": model["alpha"]}
     report["classes"] = list(model["classes"])
     in_macro = list(model.get("macro_classes", model["classes"]))
+    counts = {c: report["per_class"][c]["n_queries"] for c in model["classes"]}
     report["macro"] = {
         "min_class_queries": few,
         "classes": in_macro,
         "left_out": [c for c in model["classes"] if c not in in_macro],
+        "fallback_all_classes": any(counts[c] < few for c in in_macro),  # no class had N queries
     }
     report.update(meta)
     return report
@@ -232,6 +234,11 @@ def _audit(report: Mapping[str, Any]) -> list[str]:
 
 def _macro_line(report: Mapping[str, Any]) -> str:
     macro = report["macro"]
+    if macro.get("fallback_all_classes"):
+        return (
+            f"Macro (mean of per-class means): no class has N = {macro['min_class_queries']} scored queries, so "
+            f"it averages all {len(macro['classes'])} classes; read it with care:"
+        )
     line = (
         f"Macro (mean of per-class means over the {len(macro['classes'])} classes with at least "
         f"N = {macro['min_class_queries']} scored queries: {', '.join(macro['classes'])})"

@@ -13,9 +13,12 @@ import pytest
 from PIL import Image
 
 from services.config import Settings
-from services.embedding import create_encoder, save_checkpoint
+from services.embedding import BatchEncoder, create_encoder, save_checkpoint
 from services.evaluation.job import EvalConfig, run_eval
+from services.evaluation.splits import read_split, split_rows
+from services.imaging import decode_image, to_model_input
 from services.index import open_store
+from services.manifest import read_manifest
 
 PER_CLASS = 15
 MAIN_CLASSES = ("covid19", "normal", "pneumonia_bacterial", "pneumonia_viral")
@@ -39,6 +42,9 @@ REQUIRED_KEYS = (
     "n_queries",
     "n_gallery",
     "store_agreement",
+    "leakage",
+    "macro",
+    "queries",
 )
 
 
@@ -120,6 +126,12 @@ def test_report_has_every_key_and_valid_values(first: dict) -> None:
     assert report["store_agreement"]["n_checked"] > 0
     assert report["store_agreement"]["rate"] == 1.0
     assert report["indexing"]["indexed"] == report["n_gallery"]
+    # In-split on de-duplicated data: no test film is in the gallery, every film has a patient id.
+    assert report["leakage"]["n_leaking_queries"] == 0 and report["leakage"]["queries_without_patient_id"] == 0
+    assert report["leakage"]["n_queries_checked"] == report["split"]["counts"]["test"]
+    # 3-5 test queries per class: below the default N = 10, so the macro mean says it fell back to all classes.
+    assert report["macro"]["min_class_queries"] == 10 and report["macro"]["fallback_all_classes"]
+    assert "no class has N = 10 scored queries" in (first["cfg"].out_dir / "report.md").read_text()
 
 
 def test_baseline_chance_and_audit_present(first: dict) -> None:
@@ -242,3 +254,41 @@ def test_merge_gives_three_classes(setup: dict, first: dict) -> None:
     assert report["chance"]["map"]["mean"] >= first["report"]["chance"]["map"]["mean"]
     assert report["config"]["merges"] == ["pneumonia_bacterial,pneumonia_viral=pneumonia"]
     assert np.isclose(report["n_queries"], first["report"]["n_queries"])
+
+
+def test_report_numbers_equal_a_from_scratch_recomputation(setup: dict, first: dict) -> None:
+    """Naive twin of the whole job: embed every file directly, rank by a slow loop, average AP per query.
+
+    The job's gallery went through the ingest pipeline into the store and back; if it lost, duplicated or
+    mismatched a point (or its patient), or ranked or excluded wrongly, the numbers would differ."""
+    rows = read_manifest(setup["manifest"])
+    parts = split_rows(rows, read_split(first["cfg"].out_dir / "split.json"), setup["manifest"].parent)
+    encoder = BatchEncoder.from_checkpoint(setup["model"], bf16=setup["settings"].bf16)
+
+    def embed(items: list) -> np.ndarray:
+        return encoder.encode(
+            np.stack([to_model_input(decode_image(r.path).pixels, encoder.image_size) for r in items])
+        )
+
+    g_emb, q_emb = embed(parts["train"]), embed(parts["test"])
+    aps: dict[str, list[float]] = defaultdict(list)
+    for q, query in enumerate(parts["test"]):
+        eligible = [i for i, g in enumerate(parts["train"]) if g.patient_id != query.patient_id]
+        ranked = sorted(eligible, key=lambda i: -float(g_emb[i] @ q_emb[q]))
+        relevant = [parts["train"][i].label == query.label for i in ranked]
+        if not any(relevant):
+            continue
+        hits, total = 0, 0.0
+        for rank, is_rel in enumerate(relevant, start=1):
+            if is_rel:
+                hits += 1
+                total += hits / rank
+        aps[query.label].append(total / sum(relevant))
+    report = first["report"]
+    every = [ap for values in aps.values() for ap in values]
+    assert report["n_queries"] == len(every)
+    # bf16 batches of another size can move a cosine in the 4th decimal and swap two near-equal neighbours.
+    assert report["map"]["mean"] == pytest.approx(np.mean(every), abs=2e-3)
+    for label, values in aps.items():
+        assert report["per_class"][label]["n_queries"] == len(values)
+        assert report["per_class"][label]["map"]["mean"] == pytest.approx(np.mean(values), abs=5e-3)

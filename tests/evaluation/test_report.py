@@ -191,7 +191,12 @@ def test_build_report_layout_and_markdown() -> None:
     assert "0.500 [0.400, 0.600]" in model_row
     assert md.index("| raw pixels |") < md.index("| chance |") < md.index("Recall@1")
     assert "a (few queries, not in macro)" in md and "![pr](pr_curves.png)" in md
-    assert report["macro"] == {"min_class_queries": 2, "classes": ["b"], "left_out": ["a"]}
+    assert report["macro"] == {
+        "min_class_queries": 2,
+        "classes": ["b"],
+        "left_out": ["a"],
+        "fallback_all_classes": False,
+    }
     assert "N = 2 scored queries: b); left out, listed per class below: a" in md
     # Provenance and leakage are stated, not hidden: the external manifest, the split mismatch, the leaked pair.
     assert "queries from the query manifest `theirs.csv`" in md
