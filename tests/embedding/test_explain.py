@@ -63,8 +63,7 @@ def trained_run(cxr_public: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         shape="vit-tiny",
         image_size=96,
         batch_size=32,
-        steps=100,
-        max_minutes=3.0,  # a guard on a loaded machine; 100 steps take about 60 s on one free core
+        steps=100,  # about 60 s on one free core; no time bound, so the schedule (and the model) is reproducible
         warmup_steps=10,
         val_every=10**6,  # validate once, at the end
         ckpt_every=10**6,
@@ -73,7 +72,7 @@ def trained_run(cxr_public: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     )
     result = Trainer(cfg).run()
     print(f"\nexplain model: {result.steps} steps, {result.elapsed_s:.0f} s, val MAP@R {result.best_val_map_at_r:.3f}")
-    assert result.best_val_map_at_r > 0.2, result  # well above chance (about 0.09): a model worth explaining
+    assert result.best_val_map_at_r > 0.15, result  # 0.221 here, chance about 0.09: a model worth explaining
     return result.out_dir
 
 
