@@ -337,8 +337,9 @@ def _rounded(heat: np.ndarray) -> list[list[float]]:
 
 
 # ---- where an indexed point's image lives ------------------------------------------------------------------
-# The ONE place that maps a stored payload to the file its pixels come from. Payloads carry `source_uri` (a
-# file:// URI) today; an opaque `source_ref` resolved by the pipeline is coming, so a resolver for it is passed in.
+# The ONE place here that maps a stored payload to the file its pixels come from. Payloads carry an opaque
+# `source_ref` that only the ledger resolves (pass `services.pipeline.refs.ref_resolver(ledger)`); older payloads
+# carry a file:// `source_uri`, read as it is.
 
 
 class StoredImageError(CxrError):
