@@ -21,6 +21,7 @@ from services.errors import CxrError, DecodeError, StoreError, StoreLockedError,
 from services.imaging import decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.index import PointRecord, VectorStore
 from services.index.payload import build_payload, point_id
+from services.index.store import as_matrix
 from services.pipeline.refs import RefRecorder, file_ref
 from services.pipeline.sources import IngestItem
 
@@ -71,6 +72,9 @@ class IngestOptions:
     min_side: int = 32
     skip_existing: bool = True
     update: bool = False  # rewrite the payload of points already stored (and the vector if the content changed)
+    # Points per store write. Each write ends with a flush to disk (~0.15 s here, holding the GIL), so writing every
+    # encoder batch cost more than encoding it (benchmarks/queue.py); a crash loses nothing, a rerun skips what landed.
+    write_batch: int = 256
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class Ingestor:
         refs: RefRecorder | None = None,
     ) -> None:
         self.encoder, self.store, self.opts, self.salt, self.refs = encoder, store, opts, salt, refs
+        self._pending: list[tuple[Prepared, PointRecord]] = []  # encoded, waiting for the next store write
 
     def run(self, items: Iterable[IngestItem], *, progress: Progress | None = None) -> IngestReport:
         report = IngestReport()
@@ -181,6 +186,7 @@ class Ingestor:
                     batch = []
             if batch:
                 self._flush(batch, report, progress)
+        self._write(report)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -201,19 +207,23 @@ class Ingestor:
         report.stage_seconds["encode"] += time.perf_counter() - t0
         report.failed.extend(err for _, err in bad)
         records = [(p, PointRecord(p.point_id, v, p.payload)) for p, v in [*encoded, *reuse]]
-        if not self._record_refs([p for p, _ in records], report):
-            _tick(progress, len(batch))
-            return
+        if self._record_refs([p for p, _ in records], report):
+            self._pending.extend(records)
+            if len(self._pending) >= self.opts.write_batch:
+                self._write(report)
+        _tick(progress, len(batch))
+
+    def _write(self, report: IngestReport) -> None:
+        records, self._pending = self._pending, []
         t1 = time.perf_counter()
         try:
-            landed, refused = upsert_stage(self.store, collection, records)
+            landed, refused = upsert_stage(self.store, self.opts.collection, records)
             report.indexed += len(landed)
             report.failed.extend(FileError(str(p.item.path), "upsert", why) for p, why in refused)
         except StoreError as exc:
             report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p, _ in records)
         finally:
             report.stage_seconds["upsert"] += time.perf_counter() - t1
-        _tick(progress, len(batch))
 
     def _record_refs(self, written: Sequence[Prepared], report: IngestReport) -> bool:
         """Record the refs of the points about to be written; on failure they fail (a point nobody can trace
@@ -282,9 +292,26 @@ def encode_stage(
 def upsert_stage(
     store: VectorStore, collection: str, records: Sequence[tuple[T, PointRecord]]
 ) -> tuple[list[T], list[tuple[T, str]]]:
-    """Upsert (tag, point) pairs in one call: (tags that landed, (tag, reason) refused). If the store refuses the
-    batch (a NaN vector, a bad payload), it is retried point by point so only the bad points fail. Transient
+    """Upsert (tag, point) pairs: (tags that landed, (tag, reason) refused). A vector the store would refuse (NaN,
+    infinity, all zeros) is refused alone before the call; if the store still refuses the batch, it is split in
+    halves until only the bad points fail (each store write flushes, so one by one would be slow). Transient
     errors (TRANSIENT_STORE_ERRORS) propagate: they refuse nothing, the caller retries or reports them."""
+    good: list[tuple[T, PointRecord]] = []
+    refused: list[tuple[T, str]] = []
+    for tag, rec in records:
+        try:
+            if rec.vector is not None:  # the store's own check, on this vector alone
+                as_matrix(collection, np.asarray(rec.vector), int(np.size(rec.vector)))
+            good.append((tag, rec))
+        except StoreError as exc:
+            refused.append((tag, _reason(exc)))
+    landed, bad = _upsert_halving(store, collection, good)
+    return landed, refused + bad
+
+
+def _upsert_halving(
+    store: VectorStore, collection: str, records: Sequence[tuple[T, PointRecord]]
+) -> tuple[list[T], list[tuple[T, str]]]:
     if not records:
         return [], []
     try:
@@ -295,13 +322,9 @@ def upsert_stage(
     except StoreError as exc:
         if len(records) == 1:
             return [], [(records[0][0], _reason(exc))]
-    landed: list[T] = []
-    refused: list[tuple[T, str]] = []
-    for rec in records:
-        ok, bad = upsert_stage(store, collection, [rec])
-        landed.extend(ok)
-        refused.extend(bad)
-    return landed, refused
+    half = len(records) // 2
+    left, right = _upsert_halving(store, collection, records[:half]), _upsert_halving(store, collection, records[half:])
+    return left[0] + right[0], left[1] + right[1]
 
 
 def _tick(progress: Progress | None, n: int = 1) -> None:

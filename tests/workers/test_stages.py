@@ -64,15 +64,19 @@ def test_one_nan_vector_fails_only_its_file_inline(runtime: Runtime, cxr_public:
     assert runtime.store.count("nan") == 7
 
 
-def test_upsert_stage_falls_back_point_by_point(runtime: Runtime) -> None:
+def test_upsert_stage_refuses_only_the_bad_points(runtime: Runtime) -> None:
     store = runtime.store
     store.create_collection("pts", 4)
-    vectors = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]
-    vectors[2] = np.nan
+    vectors = [v for v in np.eye(4, dtype=np.float32)] * 2
+    vectors[2] = np.full(4, np.nan, np.float32)  # refused before the store is called
+    vectors[5] = np.ones(3, np.float32)  # the store refuses the whole batch: halved until only this one fails
     records = [(i, PointRecord(str(uuid.uuid4()), v, {"label": "x"})) for i, v in enumerate(vectors)]
     landed, refused = upsert_stage(store, "pts", records)
-    assert landed == [0, 1, 3, 4] and [t for t, _ in refused] == [2]
-    assert store.count("pts") == 4
+    assert sorted(landed) == [0, 1, 3, 4, 6, 7]
+    assert sorted(t for t, _ in refused) == [2, 5]
+    reasons = dict(refused)
+    assert "NaN" in reasons[2] and "4-d" in reasons[5]
+    assert store.count("pts") == 6
 
 
 def test_index_writer_fails_only_the_nan_point(runtime: Runtime, tmp_path: Path) -> None:
