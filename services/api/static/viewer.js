@@ -16,6 +16,7 @@ const state = {
   detail: null, // {queryBitmap, resultBitmap, explanation}
 };
 const blobs = new BlobUrls();
+const explanations = new Map(); // "query|result" -> Promise of the explain JSON (a pair costs a model pass)
 const seen = { labels: new Set(), views: new Set(), sources: new Set() };
 
 // ---------------------------------------------------------------- status and messages
@@ -350,9 +351,15 @@ async function openDetail(index) {
   const queryRef = state.queryId || (state.file ? null : state.hits[0] && state.hits[0].id);
   try {
     const resultBlob = fetchBlob(hit.thumbnail_url.replace(/^\//, ""), [["size", "1024"]]);
-    const explanation = state.file
-      ? postFile("v1/explain", state.file, [["result", hit.id]]).then((r) => r.json())
-      : getJson("v1/explain", [["query", queryRef], ["result", hit.id]]);
+    const key = `${state.file ? `upload:${state.file.name}:${state.file.size}` : queryRef}|${hit.id}`;
+    let explanation = explanations.get(key);
+    if (!explanation) {
+      explanation = state.file
+        ? postFile("v1/explain", state.file, [["result", hit.id]]).then((r) => r.json())
+        : getJson("v1/explain", [["query", queryRef], ["result", hit.id]]);
+      explanations.set(key, explanation);
+      explanation.catch(() => explanations.delete(key));
+    }
     const resultBitmap = await createImageBitmap(await resultBlob);
     let queryBitmap = state.queryBitmap;
     if (!state.file && queryRef && queryRef !== state.queryId) {
@@ -488,7 +495,8 @@ function wire() {
   $("detail-next").addEventListener("click", () => openDetail(Math.min(state.hits.length - 1, state.detailIndex + 1)));
   $("detail-good").addEventListener("click", () => toggleMark(state.hits[state.detailIndex].id, "good"));
   $("detail").addEventListener("keydown", (ev) => {
-    if (ev.target.tagName === "INPUT" && ev.target.type !== "checkbox" && ev.target.type !== "range") return;
+    // Sliders and text fields keep their own arrow keys; elsewhere the arrows step through the results.
+    if (["INPUT", "SELECT", "TEXTAREA"].includes(ev.target.tagName) && ev.target.type !== "checkbox") return;
     if (ev.key === "ArrowRight") $("detail-next").click();
     else if (ev.key === "ArrowLeft") $("detail-prev").click();
     else if (ev.key === "g") $("detail-good").click();
