@@ -70,7 +70,12 @@ def live(indexed: Indexed) -> Iterator[LiveServer]:
 @pytest.fixture()
 def page(tmp_path: Path):
     chromium = require("chromium", "chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:  # a dev dependency: under `make test` its absence is a failure, elsewhere a skip
+        if os.environ.get("CXR_TEST_SERVICES"):
+            pytest.fail("playwright is not installed: pip install -e '.[dev]'")
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"),  # a fresh --user-data-dir
