@@ -21,29 +21,23 @@ import numpy as np
 from PIL import Image
 
 from services.config import Settings
-from services.embedding.explain import StoredImageError, stored_image_path
+from services.embedding.explain import StoredImageError
 from services.errors import DecodeError
 from services.imaging import decode_image
+from services.pipeline.refs import resolve_source
 
 RENDER_VERSION = "1"  # part of every ETag: bump when the rendering changes
 THUMBNAIL_SIZES = (32, 1024)  # smallest and largest max side a client may ask for
 
 
 def source_path(payload: Mapping[str, Any], settings: Settings) -> Path:
-    """The file behind a stored payload: the ONE call site of the pipeline's reference resolver
-    (services.pipeline.refs.resolve_source: `source_ref` through this machine's ledger, or an older file://
-    `source_uri`). StoredImageError (409) when this machine does not know the image."""
-    try:
-        from services.pipeline.refs import resolve_source
-    except ImportError:  # before the resolver lands: the same lookup by hand
-        from services.pipeline.ledger import Ledger
-
-        resolver = Ledger(settings.ledger_path).resolve_ref if payload.get("source_ref") else None
-        return stored_image_path(payload, resolve_ref=resolver)
+    """The file behind a stored payload, through the pipeline's reference resolver (a `source_ref` via this
+    machine's ledger, or an older file:// `source_uri`). StoredImageError (409) when this machine does not know
+    the image (it was indexed on another host of a shared Qdrant server)."""
     path = resolve_source(settings, payload)
     if path is None:
-        what = "source_ref" if payload.get("source_ref") else "no source reference"
-        raise StoredImageError(f"this server does not know where the image is ({what}); it was indexed elsewhere")
+        what = "its source_ref is not in this server's ledger" if payload.get("source_ref") else "it has no source"
+        raise StoredImageError(f"this server cannot find the indexed image ({what})")
     return Path(path)
 
 

@@ -245,3 +245,26 @@ def test_index_queues_uploads_and_import_paths(indexed: Indexed, redis_server, t
             assert r.status_code == 403, (outside, r.text)
         r = c.post("/v1/index", files=[("file", ("z", b"%PDF-1.4 nothing", "image/png"))])
         assert r.status_code == 422 and "PDF" in str(r.json()["detail"])
+
+
+def test_thumbnail_of_an_image_gone_from_disk_is_409(indexed: Indexed, tmp_path: Path) -> None:
+    from services.config import Settings
+    from services.pipeline import IngestItem, IngestOptions, Ingestor, Runtime
+    from services.pipeline.ledger import Ledger
+
+    settings = Settings(data_dir=tmp_path / "data", collection=COLLECTION, patient_salt="gone", store_linger_s=0.2)
+    copy = tmp_path / "film.jpg"
+    copy.write_bytes(_row(indexed, "normal").read_bytes())
+    with Runtime(settings, model_path=indexed.model) as rt:
+        opts = IngestOptions(collection=COLLECTION, batch_size=1, decode_workers=0)
+        refs = Ledger(settings.ledger_path).put_refs
+        assert Ingestor(rt.encoder, rt.store, opts, salt=settings.salt, refs=refs).run([IngestItem(copy)]).indexed == 1
+        (point,) = list(rt.store.scroll(COLLECTION))
+    copy.unlink()
+    with make_client(settings, indexed.model) as c:
+        c.app.state.api.wait_ready(60)
+        r = c.get(f"/v1/points/{point.id}/thumbnail")
+        assert r.status_code == 409 and "cannot be read any more" in r.json()["detail"]
+        (settings.data_dir / "ledger.sqlite3").unlink()  # as on another host of a shared server: no ledger row
+        r = c.get(f"/v1/points/{point.id}/thumbnail", params={"size": 100})
+        assert r.status_code == 409 and "not in this server's ledger" in r.json()["detail"]
