@@ -280,10 +280,12 @@ class QdrantServerStore:
         responses = self._call(name, "search_batch", self._client.query_batch_points, name, requests=requests)
         return [_hits(r.points) for r in responses]
 
-    def _grouped(self, name: str, query: Any, k: int, flt: SearchFilter | None, group_by: str) -> list[Hit]:
+    def _grouped(
+        self, name: str, query: Any, k: int, flt: SearchFilter | None, group_by: str, hnsw_ef: int | None = None
+    ) -> list[Hit]:
         """Qdrant's group-by (one hit per group), plus the points without the field, which it leaves out."""
         server_filter = _server_filter(flt)
-        params = self._search_params(server_filter is not None, None)
+        params = self._search_params(server_filter is not None, hnsw_ef)
         groups = self._call(
             name,
             "group search",
@@ -325,7 +327,7 @@ class QdrantServerStore:
         hnsw_ef: int | None = None,
     ) -> list[Hit]:
         query = as_vector(name, vector, self._dim(name))
-        return self._grouped(name, query.tolist(), check_k(k), flt, check_group_field(group_by))
+        return self._grouped(name, query.tolist(), check_k(k), flt, check_group_field(group_by), hnsw_ef)
 
     def recommend(
         self,
