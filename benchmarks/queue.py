@@ -82,14 +82,14 @@ def inline(model: Path, files: list[Path], batch: int, workers: int, tmp: Path) 
     return report.images_per_s, {k: round(v, 2) for k, v in report.stage_seconds.items()}
 
 
-def _env(tmp: Path, redis_url: str, model: Path, threads: int, batch: int, workers: int) -> dict[str, str]:
+def _env(tmp: Path, redis_url: str, model: Path, threads: int, batch: int, workers: int, qbatch: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
     env.update(
         CXR_DATA_DIR=str(tmp),
         CXR_REDIS_URL=redis_url,
         CXR_MODEL=str(model),
         CXR_TORCH_THREADS=str(threads),
-        CXR_QUEUE_BATCH_SIZE=str(batch),
+        CXR_QUEUE_BATCH_SIZE=str(qbatch),
         CXR_BATCH_SIZE=str(batch),
         CXR_DECODE_WORKERS=str(workers),
         CXR_SWEEP_INTERVAL_S="1",
@@ -116,7 +116,7 @@ def queue(model: Path, files: list[Path], warm: list[Path], concurrency: int, ar
     from workers.dispatch import submit
 
     data = tmp / f"queue-{concurrency}"
-    env = _env(data, redis_url, model, args.threads, args.batch_size, args.decode_workers)
+    env = _env(data, redis_url, model, args.threads, args.batch_size, args.decode_workers, args.queue_batch_size)
     settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
     log = (tmp / f"worker-{concurrency}.log").open("wb")
     cmd = [sys.executable, "-m", "cli.main", "worker", "-c", str(concurrency), "--loglevel", "WARNING"]
@@ -144,6 +144,8 @@ def receiver_rows() -> dict:
 
 
 def main() -> None:
+    from services.config import Settings
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cxr-public")
     p.add_argument("--model", type=Path)
@@ -151,6 +153,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--decode-workers", type=int, default=2)
+    p.add_argument("--queue-batch-size", type=int, default=Settings().queue_batch_size, help="images per embed task")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     import torch

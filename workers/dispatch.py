@@ -154,16 +154,11 @@ def submit(
     ledger = ledger or Ledger(settings.ledger_path)
     collection = collection or settings.collection
     out = Submitted()
-    for item in items:
-        key = file_key(item.path)
-        extra = item_extra(item.label, item.row)
-        if ledger.record(
-            key, Path(item.path).absolute(), origin=origin, collection=collection, extra=extra, update=update
-        ):
-            out.recorded += 1
-        else:
-            out.already += 1
-        out.keys.append(key)
+    entries = [(file_key(i.path), Path(i.path).absolute(), item_extra(i.label, i.row)) for i in items]
+    fresh = ledger.record_many(entries, origin=origin, collection=collection, update=update)
+    out.recorded = sum(fresh)
+    out.already = len(fresh) - out.recorded
+    out.keys = [key for key, _, _ in entries]
     for miss in unfound:
         key = file_key(miss.path)
         ledger.record(key, Path(miss.path).absolute(), origin=origin, collection=collection)

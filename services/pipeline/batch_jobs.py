@@ -23,6 +23,7 @@ from services.index import PointRecord, VectorStore
 from services.manifest import ManifestRow
 from services.pipeline.ingest import (
     TRANSIENT_STORE_ERRORS,
+    FileError,
     IngestOptions,
     Prepared,
     _reason,
@@ -37,6 +38,9 @@ from services.pipeline.sources import IngestItem
 
 if TYPE_CHECKING:
     from services.embedding import BatchEncoder
+
+# Images encoded together inside one embed task, as soon as they are decoded (a task carries queue_batch_size).
+ENCODE_CHUNK = 16
 
 
 @dataclass
@@ -106,18 +110,26 @@ def embed_keys(
         except Exception as exc:  # noqa: BLE001 - becomes a per-file record
             return exc
 
-    with ThreadPoolExecutor(max(1, opts.decode_workers), thread_name_prefix="cxr-decode") as pool:
-        results = list(pool.map(safe, items))
-    ready: list[Prepared] = []
     key_of: dict[int, Item] = {}
-    for row, res in zip(todo, results, strict=True):
-        if isinstance(res, BaseException):
-            ledger.mark_failed(row.key, "decode", _reason(res), permanent=True)
-            out.failed += 1
-            continue
-        key_of[id(res)] = row
-        ready.append(res)
-    encoded, bad = encode_stage(encoder, ready)
+    ready: list[Prepared] = []
+    encoded: list[tuple[Prepared, np.ndarray]] = []
+    bad: list[tuple[Prepared, FileError]] = []
+    with ThreadPoolExecutor(max(1, opts.decode_workers), thread_name_prefix="cxr-decode") as pool:
+        futures = [pool.submit(safe, item) for item in items]
+        for i, (row, fut) in enumerate(zip(todo, futures, strict=True)):
+            res = fut.result()
+            if isinstance(res, BaseException):
+                ledger.mark_failed(row.key, "decode", _reason(res), permanent=True)
+                out.failed += 1
+            else:
+                key_of[id(res)] = row
+                ready.append(res)
+            if len(ready) >= ENCODE_CHUNK or (i == len(todo) - 1 and ready):
+                # encode what is decoded while the pool decodes the rest: decoding overlaps inference
+                done, failed = encode_stage(encoder, ready)
+                encoded.extend(done)
+                bad.extend(failed)
+                ready = []
     for p, err in bad:
         ledger.mark_failed(key_of[id(p)].key, "encode", err.reason, permanent=True)
         out.failed += 1

@@ -105,6 +105,35 @@ def _row(rec: sqlite3.Row) -> Item:
     )
 
 
+def _record(
+    db: sqlite3.Connection,
+    now: float,
+    key: str,
+    path: str | Path,
+    origin: str,
+    collection: str,
+    extra: dict[str, Any] | None,
+    update: bool,
+) -> bool:
+    blob = json.dumps(extra or {}, sort_keys=True)
+    rec = db.execute("SELECT state FROM items WHERE key=?", (key,)).fetchone()
+    if rec is None:
+        db.execute(
+            "INSERT INTO items(key, path, origin, collection, state, update_mode, extra, received_at,"
+            " updated_at) VALUES (?,?,?,?,'received',?,?,?,?)",
+            (key, str(path), origin, collection, int(update), blob, now, now),
+        )
+        return True
+    if update or rec["state"] == "failed":
+        db.execute(
+            "UPDATE items SET path=?, origin=?, collection=?, state='received', attempts=0, stage=NULL,"
+            " reason=NULL, permanent=0, update_mode=?, extra=?, queued_at=NULL, updated_at=? WHERE key=?",
+            (str(path), origin, collection, int(update), blob, now, key),
+        )
+        return True
+    return False
+
+
 class Ledger:
     """The ledger file at `path`; safe to use from several threads and processes at once."""
 
@@ -158,25 +187,22 @@ class Ledger:
     ) -> bool:
         """Note that an image arrived. Idempotent: a resent instance that is pending or indexed stays as it is
         (True only when the row is new, or re-armed by `update`, or a failed one came back with new bytes)."""
-        now = time.time()
-        blob = json.dumps(extra or {}, sort_keys=True)
         with self._tx() as db:
-            rec = db.execute("SELECT state FROM items WHERE key=?", (key,)).fetchone()
-            if rec is None:
-                db.execute(
-                    "INSERT INTO items(key, path, origin, collection, state, update_mode, extra, received_at,"
-                    " updated_at) VALUES (?,?,?,?,'received',?,?,?,?)",
-                    (key, str(path), origin, collection, int(update), blob, now, now),
-                )
-                return True
-            if update or rec["state"] == "failed":
-                db.execute(
-                    "UPDATE items SET path=?, origin=?, collection=?, state='received', attempts=0, stage=NULL,"
-                    " reason=NULL, permanent=0, update_mode=?, extra=?, queued_at=NULL, updated_at=? WHERE key=?",
-                    (str(path), origin, collection, int(update), blob, now, key),
-                )
-                return True
-            return False
+            return _record(db, time.time(), key, path, origin, collection, extra, update)
+
+    def record_many(
+        self,
+        entries: Iterable[tuple[str, str | Path, dict[str, Any] | None]],
+        *,
+        origin: str,
+        collection: str,
+        update: bool = False,
+    ) -> list[bool]:
+        """`record` for many (key, path, extra) entries in one transaction: one fsync instead of one per file
+        (3 ms each here, which made submitting 1,000 files cost 3 s)."""
+        now = time.time()
+        with self._tx() as db:
+            return [_record(db, now, key, path, origin, collection, extra, update) for key, path, extra in entries]
 
     def mark_queued(self, keys: Sequence[str]) -> None:
         now = time.time()
