@@ -111,6 +111,7 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_OPEN, _no_delay),
         ]
         self._server = self._make_ae().start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
         self.trigger.start()
@@ -179,6 +180,15 @@ class Receiver:
 
     def _on_aborted(self, event) -> None:  # noqa: ANN001
         log.info("association from %s aborted", _calling_aet(event))
+
+
+def _no_delay(event) -> None:  # noqa: ANN001
+    """TCP_NODELAY on each accepted connection: small DIMSE responses leave at once instead of waiting on Nagle."""
+    import contextlib
+    import socket
+
+    with contextlib.suppress(AttributeError, OSError):
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _calling_aet(event) -> str:  # noqa: ANN001

@@ -123,7 +123,7 @@ def save(ds: Dataset, folder: Path) -> Path:
     return path
 
 
-def send(paths: list[Path], host: str, port: int, *, called: str, calling: str) -> dict[str, int]:
+def send(paths: list[Path], host: str, port: int, *, called: str, calling: str, nodelay: bool = True) -> dict[str, int]:
     """C-STORE the files in one association (each in its own transfer syntax); {SOP UID: status}."""
     from pynetdicom import AE
 
@@ -134,6 +134,10 @@ def send(paths: list[Path], host: str, port: int, *, called: str, calling: str) 
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
         raise ConnectionRefusedError(f"association {calling} -> {called}@{port} not established")
+    if nodelay:  # as DCMTK-based senders do: without it, Nagle + delayed ACK stall each C-STORE ~40 ms
+        import socket
+
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         out = {}
         for d in datasets:
