@@ -109,12 +109,20 @@ def _wait_indexed(ledger_path: Path, n: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def queue(model: Path, files: list[Path], warm: list[Path], concurrency: int, args: argparse.Namespace, tmp: Path,
-          redis_url: str) -> float:
+def queue(
+    model: Path,
+    files: list[Path],
+    warm: list[Path],
+    concurrency: int,
+    args: argparse.Namespace,
+    tmp: Path,
+    redis_url: str,
+) -> float:
     from services.config import Settings
     from services.pipeline.sources import build_items
     from workers.dispatch import submit
 
+    tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / f"queue-{concurrency}"
     env = _env(data, redis_url, model, args.threads, args.batch_size, args.decode_workers, args.queue_batch_size)
     settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
@@ -154,6 +162,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--decode-workers", type=int, default=2)
     p.add_argument("--queue-batch-size", type=int, default=Settings().queue_batch_size, help="images per embed task")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each row keeps its best")
+    p.add_argument("--receiver", action=argparse.BooleanOptionalAction, default=True, help="run benchmarks.receiver")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     import torch
@@ -167,21 +177,30 @@ def main() -> None:
         tmp = Path(tmpdir)
         model, model_note = checkpoint(args.model, tmp)
         redis = RedisServer(tmp / "redis").start()
+        rounds: dict[str, list[float]] = {}
+        stages: list[dict] = []
         try:
-            rows = {"encoder alone": encoder_alone(model, files, args.batch_size)}
-            rate, stages = inline(model, files, args.batch_size, args.decode_workers, tmp)
-            rows["inline cxr index"] = rate
-            rows["queue, 1 embed process"] = queue(model, files, warm, 1, args, tmp, redis.url)
-            rows["queue, 2 embed processes"] = queue(model, files, warm, 2, args, tmp, redis.url)
+            for r in range(args.rounds):  # the machine is shared: rows alternate, each keeps its best round
+                rounds.setdefault("encoder alone", []).append(encoder_alone(model, files, args.batch_size))
+                rate, stage_s = inline(model, files, args.batch_size, args.decode_workers, tmp)
+                rounds.setdefault("inline cxr index", []).append(rate)
+                stages.append(stage_s)
+                for c in (1, 2):
+                    name = f"queue, {c} embed process" + ("es" if c > 1 else "")
+                    rounds.setdefault(name, []).append(queue(model, files, warm, c, args, tmp / f"r{r}", redis.url))
         finally:
             redis.stop()
+        rows = {name: max(rates) for name, rates in rounds.items()}
     ratios = {
         "inline / encoder": rows["inline cxr index"] / rows["encoder alone"],
         "queue x1 / inline": rows["queue, 1 embed process"] / rows["inline cxr index"],
         "queue x2 / queue x1": rows["queue, 2 embed processes"] / rows["queue, 1 embed process"],
     }
-    print(f"{len(files)} real images, {model_note}, batch {args.batch_size}, {args.threads} torch thread(s)/process,"
-          f" {args.decode_workers} decode threads, load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"{len(files)} real images, {model_note}, batch {args.batch_size}, {args.threads} torch thread(s)/process,"
+        f" {args.decode_workers} decode threads, best of {args.rounds} alternating rounds,"
+        f" load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     print(f"{'row':28} {'images/s':>9}")
     for name, rate in rows.items():
         print(f"{name:28} {rate:9.1f}")
@@ -197,10 +216,12 @@ def main() -> None:
         "decode_workers": args.decode_workers,
         "cores": os.cpu_count(),
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
+        "rule": f"best of {args.rounds} alternating rounds, the same for every row",
         "images_per_s": {k: round(v, 1) for k, v in rows.items()},
+        "rounds_images_per_s": {k: [round(v, 1) for v in vs] for k, vs in rounds.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "inline_stage_seconds": stages,
-        "receiver": receiver_rows(),
+        "receiver": receiver_rows() if args.receiver else "skipped (--no-receiver)",
         "search_at_100k": "see benchmarks/store_scale.py and its results",
     }
     args.out.write_text(json.dumps(result, indent=2))
