@@ -49,7 +49,12 @@ def loaded(clean_orthanc: OrthancServer, rg1, dicom_dir: Path, dx_dir: Path) -> 
     return {"chest": chest}
 
 
-def test_dicomweb_pull_fetches_as_stored_then_a_rerun_fetches_nothing(pacs_settings, loaded, orthanc, rg1):
+def test_dicomweb_pull_fetches_as_stored_then_a_rerun_fetches_nothing(
+    pacs_settings, loaded, orthanc, rg1, caplog: pytest.LogCaptureFixture
+):
+    import logging
+
+    caplog.set_level(logging.DEBUG)  # every logger, dicomweb-client's and urllib3's included
     chest = loaded["chest"]
     # page size 2: the StudyDate windows are split, and the busiest day is paged with overlapping pages
     first = _pull_cli(orthanc, "--page-size", "2", "--modality", "CR,DX")
@@ -72,7 +77,9 @@ def test_dicomweb_pull_fetches_as_stored_then_a_rerun_fetches_nothing(pacs_setti
     payloads = stored_payloads(pacs_settings)
     uids = [p["sop_uid"] for p in payloads]
     assert sorted(uids) == sorted(chest)  # the set sent equals the set indexed, no duplicates
-    text = json.dumps(payloads)
+    text = json.dumps(payloads) + caplog.text
+    assert "QIDO" in caplog.text or "dicomweb" in caplog.text  # the pull did log
+    assert orthanc.password not in caplog.text
     assert PHI_NAME_PREFIX not in text and PHI_ID_PREFIX not in text and "CompressedSamples" not in text
 
 
