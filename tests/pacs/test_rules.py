@@ -111,3 +111,14 @@ def test_reconciliation_records_orphans_and_never_opens_a_fifo(tmp_path: Path, d
     assert reconcile_spool(spool, ledger, collection="cxr") == 1
     assert ledger.get(sop_key(uid)).state == "received" and ledger.get(sop_key("1.2.3.4")) is None
     assert reconcile_spool(spool, ledger, collection="cxr") == 0  # idempotent
+
+
+def test_the_receiver_refuses_to_start_without_an_allow_list(data_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.delenv("CXR_DICOM_ALLOW_AETS", raising=False)
+    result = CliRunner().invoke(app, ["dicom-listen", "--port", "1", "--host", "127.0.0.1"])
+    assert result.exit_code == 1
+    assert "allow-list" in result.output and "--allow-aet" in result.output
