@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -132,6 +133,7 @@ def main() -> None:
     doc = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "bf16": bf16,
+        "load_average_1_5_15": list(os.getloadavg()),  # other processes on the same cores make the medians swing
         "warmup_steps_dropped": WARMUP,
         "definitions": {
             "trainer_loop": "wall time between successive on_step callbacks: sampler, cache gather, augmentation, "
