@@ -52,7 +52,9 @@ def eval_(
     k: Annotated[str, typer.Option("--k", help="Cut-offs for P@K, Recall@K, Hit@K.")] = "1,5,10",
     collection: CollectionOpt = None,
     n_boot: Annotated[int, typer.Option("--n-boot", min=100, help="Bootstrap resamples for the 95% CIs.")] = 1000,
-    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the raw-pixel row.")] = False,
+    no_baselines: Annotated[
+        bool, typer.Option("--no-baselines", help="Skip the raw-pixel and frozen ImageNet rows.")
+    ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Index the train split as the gallery, query with every test image (or every row of --queries), report.
@@ -101,7 +103,7 @@ def headline_table(report: dict) -> str:
     rows = [("model", report), *report.get("baselines", {}).items(), ("chance", report["chance"])]
     ks = list(report["precision_at_k"])
     head = ["full mAP", "MAP@R", "R-Precision", *(f"P@{k}" for k in (ks[0], ks[-1]))]
-    lines = [f"{'':12}" + "".join(f"{h:>13}" for h in head)]
+    lines = [f"{'':16}" + "".join(f"{h:>13}" for h in head)]
     for name, block in rows:
         values = [
             block["map"],
@@ -110,5 +112,5 @@ def headline_table(report: dict) -> str:
             block["precision_at_k"][ks[0]],
             block["precision_at_k"][ks[-1]],
         ]
-        lines.append(f"{name:12}" + "".join(f"{v['mean']:>13.4f}" for v in values))
+        lines.append(f"{name:16}" + "".join(f"{v['mean']:>13.4f}" for v in values))
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from services.evaluation.audit import store_agreement
 from services.evaluation.baselines import RAW_PIXEL_SIZE, chance_summary, raw_pixel_embeddings
 from services.evaluation.decoding import decode_rows
 from services.evaluation.gallery import default_collection, ensure_gallery, query_set, read_gallery
+from services.evaluation.imagenet import IMAGENET, ImagenetBaseline
 from services.evaluation.leakage import find_leaks, leak_summary
 from services.evaluation.scoring import AUDIT_K, score_retrieval
 from services.evaluation.splits import Split, make_split, read_split, split_rows, write_split
@@ -191,6 +192,17 @@ def run_eval(cfg: EvalConfig, settings: Settings, *, on_event: Say | None = None
             **score_args,
         )
         baselines["raw_pixels"] = (raw_scored.summary, raw_scored.audit)
+        lite, why = ImagenetBaseline.load(settings, batch_size=cfg.batch_size)
+        if lite is None:
+            say(f"no ImageNet baseline: {why}")
+        else:
+            say("scoring the frozen ImageNet EfficientNet-Lite0 baseline (224 px, no training)")
+            lite_scored = score_retrieval(
+                query.with_emb(lite.embed([r for r, k in zip(dq.rows, keep, strict=True) if k], settings)),
+                gallery.with_emb(lite.embed([dg.rows[i] for i in g_idx], settings)),
+                **score_args,
+            )
+            baselines[IMAGENET] = (lite_scored.summary, lite_scored.audit)
 
     meta = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},

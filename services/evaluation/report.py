@@ -48,6 +48,8 @@ DEFINITIONS = {
     "chance": "exact expectation of each metric under a uniformly random ranking of the same gallery with the "
     "query's own patient removed (P@K and R-Precision: prevalence R/N; Recall@K: K/N)",
     "raw_pixels": "cosine on images downsampled to 32x32, flattened and L2-normalised, scored identically",
+    "imagenet_lite0": "cosine on frozen ImageNet-1k EfficientNet-Lite0 features (grey repeated to RGB, 224 px, "
+    "global average pool of the 1280-d head, L2-normalised), no training: what one would try first",
     "dropped_queries": "queries whose class has no gallery image after exclusion (R = 0) have no AP; dropped",
     "ties": "gallery images with equal cosine are ordered by a hash of (seed, store point id), not by gallery "
     "order (which is sorted by path, and paths often begin with the label)",

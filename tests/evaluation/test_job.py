@@ -136,12 +136,18 @@ def test_report_has_every_key_and_valid_values(first: dict) -> None:
 
 def test_baseline_chance_and_audit_present(first: dict) -> None:
     report = first["report"]
-    for block in (report["chance"], report["baselines"]["raw_pixels"]):
+    assert set(report["baselines"]) == {"raw_pixels", "imagenet_lite0"}
+    for block in (report["chance"], *report["baselines"].values()):
         assert {"map", "map_at_r", "r_precision", "precision_at_k", "per_class"} <= set(block)
+        assert set(block["per_class"]) == set(MAIN_CLASSES)
+    # The three rows are different methods: their full mAP differs (an alias of one row would not).
+    maps = [report["map"]["mean"], *(b["map"]["mean"] for b in report["baselines"].values())]
+    assert len({round(v, 6) for v in maps}) == 3
+    assert "| imagenet lite0 |" in (first["cfg"].out_dir / "report.md").read_text()
     # Chance P@K is the prevalence, the same for every k.
     chance_pk = {round(v["mean"], 9) for v in report["chance"]["precision_at_k"].values()}
     assert len(chance_pk) == 1
-    for method in ("model", "raw_pixels"):
+    for method in ("model", "raw_pixels", "imagenet_lite0"):
         overall = report["audit"][method]["overall"]
         assert 0 <= overall["same_source"] <= 1 and 0 <= overall["same_label"] <= 1
         assert set(report["audit"][method]["per_class"]) == set(MAIN_CLASSES)
