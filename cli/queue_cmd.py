@@ -137,6 +137,8 @@ def retry(
 
 
 def _celery_worker(queue: str, concurrency: int, loglevel: str) -> subprocess.Popen:
+    # Tasks run in forked pool processes (a crash there requeues the task at once); the index writer has one.
+    pool = ["-P", "prefork", "-c", str(concurrency)]
     cmd = [
         sys.executable,
         "-m",
@@ -146,8 +148,7 @@ def _celery_worker(queue: str, concurrency: int, loglevel: str) -> subprocess.Po
         "worker",
         "-Q",
         queue,
-        "-c",
-        str(concurrency),
+        *pool,
         "-n",
         f"{queue}-{os.getpid()}@%h",
         "-l",

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         900.0, gt=0, description="Re-send a queued item untouched this long (lost message or worker)."
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and result backend.")
-    queue_batch_size: int = Field(32, ge=1, description="Images per embed task on the background queue.")
+    queue_batch_size: int = Field(64, ge=1, description="Images per embed task on the background queue.")
     visibility_timeout_s: float = Field(
         3600.0, gt=0, description="Redis redelivers a task unacknowledged this long; keep it above the longest task."
     )

@@ -39,9 +39,6 @@ from services.pipeline.sources import IngestItem
 if TYPE_CHECKING:
     from services.embedding import BatchEncoder
 
-# Images encoded together inside one embed task, as soon as they are decoded (a task carries queue_batch_size).
-ENCODE_CHUNK = 16
-
 
 @dataclass
 class PointBatch:
@@ -124,7 +121,7 @@ def embed_keys(
             else:
                 key_of[id(res)] = row
                 ready.append(res)
-            if len(ready) >= ENCODE_CHUNK or (i == len(todo) - 1 and ready):
+            if len(ready) >= encoder.batch_size or (i == len(todo) - 1 and ready):
                 # encode what is decoded while the pool decodes the rest: decoding overlaps inference
                 done, failed = encode_stage(encoder, ready)
                 encoded.extend(done)

@@ -72,9 +72,10 @@ class IngestOptions:
     min_side: int = 32
     skip_existing: bool = True
     update: bool = False  # rewrite the payload of points already stored (and the vector if the content changed)
-    # Points per store write. Each write ends with a flush to disk (~0.15 s here, holding the GIL), so writing every
-    # encoder batch cost more than encoding it (benchmarks/queue.py); a crash loses nothing, a rerun skips what landed.
-    write_batch: int = 256
+    # Points per store write. Each write ends with a flush to disk (0.15-0.5 s here, holding the GIL), so writing
+    # every encoder batch cost more than encoding it (benchmarks/queue.py). A crash loses at most this many
+    # unwritten points, which a rerun indexes (it skips what landed).
+    write_batch: int = 1024
 
 
 @dataclass(frozen=True)
