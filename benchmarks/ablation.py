@@ -1,7 +1,8 @@
 """Retrieval-quality ablation: what each part of the training recipe buys, on one split, one backbone, one budget.
 
-Rows: (1) raw pixels, (2) random-init ViT, (3) cross-entropy on CLS features, (4) contrastive without memory,
-(5) plus a cross-batch memory, (6) plus KoLeo 0.3 (the paper's full recipe). Every trained row uses the same
+Rows: (1) raw pixels, (2) frozen ImageNet EfficientNet-Lite0 features (224 px, no training), (3) random-init
+ViT, (4) cross-entropy on CLS features, (5) contrastive without memory, (6) plus a cross-batch memory, (7) plus
+KoLeo 0.3 (the paper's full recipe). Every trained row uses the same
 split file, backbone, image size, step budget and seed; each trains at its recipe's learning rate (the one it
 was validated at, `services.training.recipes`) unless --lr sets one for all, and the table prints each row's
 own rate. A finished run in OUT/<row> is reused only when its recorded recipe, learning rate, steps, shape,
@@ -31,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from services.config import Settings
 from services.embedding import bf16_supported, create_encoder, load_checkpoint
 from services.evaluation.baselines import RAW_PIXEL_SIZE, chance_summary, raw_pixel_embeddings
+from services.evaluation.imagenet import ImagenetBaseline
 from services.evaluation.report import shape_summary
 from services.evaluation.scoring import score_retrieval
 from services.evaluation.splits import load_or_make_split, merge_labels, split_rows
@@ -45,9 +48,10 @@ from services.training.losses import LossConfig
 from services.training.recipes import RECIPES
 from services.training.validation import embed_images
 
-ROW_NAMES = ("raw", "random", "ce", "contrastive", "xbm", "koleo")
+ROW_NAMES = ("raw", "imagenet", "random", "ce", "contrastive", "xbm", "koleo")
 TITLES = {
     "raw": f"raw pixels ({RAW_PIXEL_SIZE}x{RAW_PIXEL_SIZE}, L2)",
+    "imagenet": "frozen ImageNet Lite0 (224 px)",
     "random": "random-init ViT",
     "ce": "cross-entropy (CLS)",
     "contrastive": "contrastive, no memory",
@@ -70,6 +74,8 @@ class Data:
     test_raw: np.ndarray
     train_meta: tuple[np.ndarray, np.ndarray]  # (groups, sources)
     test_meta: tuple[np.ndarray, np.ndarray]
+    train_rows: list[ManifestRow]  # in the order of `train`
+    test_rows: list[ManifestRow]
 
 
 def losses(memory_size: int) -> dict[str, LossConfig]:
@@ -143,6 +149,8 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Data]:
         test_raw.images.astype(np.float32) / 255.0,
         _meta([by_path[p] for p in train.paths]),
         _meta([by_path[p] for p in test.paths]),
+        [by_path[p] for p in train.paths],
+        [by_path[p] for p in test.paths],
     )
     return split_path, data
 
@@ -199,6 +207,12 @@ def embed_row(name: str, args: argparse.Namespace, split_path: Path, data: Data)
     """(train emb, test emb, training record) for one ablation row; trains it first when needed."""
     if name == "raw":
         return raw_pixel_embeddings(data.train_raw), raw_pixel_embeddings(data.test_raw), {"status": "-"}
+    if name == "imagenet":
+        settings = Settings(decode_workers=args.threads or 2)
+        lite, why = ImagenetBaseline.load(settings, batch_size=args.batch_size)
+        if lite is None:
+            raise SystemExit(f"imagenet: {why}")
+        return lite.embed(data.train_rows, settings), lite.embed(data.test_rows, settings), {"status": "-"}
     bf16 = bf16_supported()
     if name == "random":
         model = create_encoder(args.model, image_size=args.image_size, seed=args.seed)
@@ -269,7 +283,7 @@ def render(results: list[dict], chance: dict, variants: list[str], args: argpars
         cells = [f"{_cell(res['metrics'][v], key):.3f}" for v in variants for key, _ in HEADLINE]
         minutes = res["training"].get("train_minutes")
         status = res["training"]["status"]
-        if res["name"] != "raw" and res["mean_cosine"] > COLLAPSE_COSINE:  # pixels are all positive: high cos
+        if res["name"] not in ("raw", "imagenet") and res["mean_cosine"] > COLLAPSE_COSINE:  # all-positive features
             status += " (collapsed)"
         lr = res["training"].get("lr")
         extra = [f"{lr:g}" if lr is not None else "-", f"{minutes:.1f}" if minutes is not None else "-"]
