@@ -53,9 +53,21 @@ class HybridPatchEmbeddings(nn.Module):
 
         self.stem = Lite0Stem()
         self.projection = nn.Conv2d(STRIDE16_CHANNELS, hidden_size, kernel_size=1)
+        self._channels_last = False
+
+    def _use_channels_last(self) -> None:
+        # Depthwise convolutions run 1.5-2.5x faster on the CPU in channels-last layout. Done on first use, not at
+        # build time, because loading a checkpoint replaces the parameters with plain contiguous tensors.
+        for p in self.parameters():
+            if p.ndim == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+        self._channels_last = True
 
     def forward(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
-        return self.projection(self.stem(pixel_values)).flatten(2).transpose(1, 2)
+        if not self._channels_last:
+            self._use_channels_last()
+        x = self.stem(pixel_values.contiguous(memory_format=torch.channels_last))
+        return self.projection(x).flatten(2).transpose(1, 2)
 
 
 class CxrEncoder(nn.Module):
