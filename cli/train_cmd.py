@@ -13,7 +13,12 @@ from cli.progress import progress_bar
 
 def train(
     manifest: Annotated[Path, typer.Option("--manifest", help="CSV with path,label,patient_id,...")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder; holds the best checkpoint.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Run folder; holds the best checkpoint (a split.json of another manifest is refused)."
+        ),
+    ],
     model: Annotated[
         str,
         typer.Option(
