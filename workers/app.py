@@ -57,7 +57,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": timeout,
             "socket_timeout": max(timeout, 5.0),  # above kombu's 1 s BRPOP poll, or an idle worker would time out
             "retry_on_timeout": False,
+            # a publisher's connection attempts (kombu's default_channel): a few quick ones, not 2-30 s back-offs
             "max_retries": 1,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
