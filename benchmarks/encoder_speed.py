@@ -1,18 +1,22 @@
-"""Encoder throughput, fp32 against bf16 autocast, and how closely the two agree, on real X-rays.
+"""Encoder throughput of every inference back end against eager fp32 and eager bf16, with their agreement, on real
+X-rays and a trained checkpoint.
 
-Agreement is measured where it matters: a trained checkpoint (`--model DIR`, a `cxr train` run) embedding real
-radiographs from `--manifest` (a seeded sample). It reports the cosine between each image's fp32 and bf16
-embeddings and the overlap of each image's 10 nearest neighbours among the sample. Without `--model` the script
-falls back to random-init shapes (vit-tiny and vit-small at 128 and 224 px) on the same real images, and says
-so: their speed is representative, their agreement is not evidence about a trained model.
-Run from the repository root: `python -m benchmarks.encoder_speed --model runs/tiny128`. Prints a table and
-writes benchmarks/results/encoder_speed.json.
+For each back end in services.embedding.backends: images/s (best batch of alternating rounds, so all back ends
+share the machine's load), model-FLOPs utilisation against the CPU's bf16 matmul peak (INFRA-NOTES: ~877
+GFLOP/s on 2 threads; `--peak-gflops`), and agreement with eager fp32: per-image cosine, overlap of each query's
+top 10 in a labelled gallery, and full mAP / MAP@R / P@10 of those rankings (must match to 3 decimals).
+A back end "agrees" when cosine >= 0.999, top-10 overlap >= 0.95 and the metrics match.
+
+Run from the repository root: `python -m benchmarks.encoder_speed --model runs/hybrid128`. Without `--model` a
+random-init vit-tiny is used and the script says so: its speed is representative, its agreement is not evidence.
+Prints a table and writes benchmarks/results/encoder_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -21,159 +25,170 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from services.embedding import BatchEncoder, bf16_supported, create_encoder, load_checkpoint
+from services.embedding import create_encoder, load_checkpoint
+from services.embedding.backends import BACKENDS, make_runner
+from services.evaluation.metrics import average_precision, map_at_r, precision_at_k, relevance_from_labels
 from services.imaging import decode_image, to_model_input
 from services.manifest import ManifestRow, read_manifest
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoder_speed.json"
 TOP_K = 10
-UNTRAINED_NOTE = (
-    "NOTE: no --model given, so these are random-init weights. Their speed is representative, but fp32/bf16 "
-    "agreement on untrained weights says nothing about a trained model's; pass --model DIR (a `cxr train` run)."
-)
 
 
 @dataclass
 class Row:
-    model: str
-    trained: bool
-    image_size: int
-    batch_size: int
-    n_images: int
-    fp32_img_s: float
-    bf16_img_s: float
-    speedup: float
-    cosine_mean: float
+    backend: str
+    img_s: float
+    vs_eager_bf16: float
+    mfu: float  # achieved model FLOP/s over the bf16 matmul peak
+    setup_s: float
     cosine_min: float
-    top10_overlap: float  # mean share of each image's fp32 top 10 (among the sample) that bf16 also returns
-
-
-def best_rates(encoders: list[BatchEncoder], batch: np.ndarray, min_seconds: float) -> list[float]:
-    """Images/s of each encoder's fastest batch, timing them in turn so they share the same neighbours.
-
-    On shared cores another process can slow a run several-fold; alternating and keeping the best batch
-    compares the precisions under the same conditions.
-    """
-    for encoder in encoders:
-        encoder.encode(batch)  # warm-up: oneDNN builds its kernels for this shape
-    best = [0.0] * len(encoders)
-    spent = 0.0
-    while spent < min_seconds * len(encoders) or 0.0 in best:
-        for i, encoder in enumerate(encoders):
-            start = time.perf_counter()
-            encoder.encode(batch)
-            took = time.perf_counter() - start
-            spent += took
-            best[i] = max(best[i], len(batch) / took)
-    return best
+    top10_overlap: float
+    full_map: float
+    map_at_r: float
+    p_at_10: float
+    agrees: bool
+    error: str = ""
 
 
 def sample_rows(manifest: Path, n: int, seed: int = 0) -> list[ManifestRow]:
-    """A seeded sample of `n` manifest rows (every class, as the manifest mixes them)."""
-    rows = read_manifest(manifest)
+    rows = [r for r in read_manifest(manifest) if not r.label.startswith("other")]
     pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False))
     return [rows[i] for i in pick]
 
 
-def real_images(rows: list[ManifestRow], size: int) -> np.ndarray:
-    """The rows' radiographs decoded and resized exactly as indexing does."""
-    return np.stack([to_model_input(decode_image(r.path).pixels, size) for r in rows])
+def model_flops(model: torch.nn.Module, size: int) -> float:
+    """Forward FLOPs of one image (matmuls and convolutions, as torch counts them)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 1, size, size))
+    return float(counter.get_total_flops())
 
 
-def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = TOP_K) -> float:
-    """Mean share of each item's k nearest neighbours (self excluded) under `a` that `b` also has."""
-    k = min(k, len(a) - 1)
+def retrieval(emb: np.ndarray, labels: np.ndarray, n_queries: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Rank the gallery (the rest of the sample) for the first `n_queries` images; top-10 ids and metric means."""
+    q, g = emb[:n_queries], emb[n_queries:]
+    order = np.argsort(-(q @ g.T), axis=1, kind="stable")
+    rel = relevance_from_labels(labels[n_queries:][order], labels[:n_queries])
+    n_rel = rel.sum(axis=1)
+    return order[:, :TOP_K], {
+        "full_map": float(average_precision(rel, n_rel).mean()),
+        "map_at_r": float(map_at_r(rel, n_rel).mean()),
+        "p_at_10": float(precision_at_k(rel, TOP_K).mean()),
+    }
 
-    def neighbours(emb: np.ndarray) -> np.ndarray:
-        sim = emb @ emb.T
-        np.fill_diagonal(sim, -np.inf)
-        return np.argsort(-sim, axis=1)[:, :k]
 
-    na, nb = neighbours(a), neighbours(b)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na.tolist(), nb.tolist(), strict=True)]))
-
-
-def measure(
-    name: str, model: torch.nn.Module, images: np.ndarray, batch_size: int, min_seconds: float, *, trained: bool
-) -> Row:
-    size = model.config.image_size
-    fp32_encoder = BatchEncoder(model, batch_size=batch_size, bf16=False)
-    bf16_encoder = BatchEncoder(model, batch_size=batch_size, bf16=True)
-    fp32_rate, bf16_rate = best_rates([fp32_encoder, bf16_encoder], images[:batch_size], min_seconds)
-    fp32, bf16 = fp32_encoder.encode(images), bf16_encoder.encode(images)
-    cosines = (fp32 * bf16).sum(axis=1)  # unit vectors
-    return Row(
-        model=name,
-        trained=trained,
-        image_size=size,
-        batch_size=batch_size,
-        n_images=len(images),
-        fp32_img_s=round(fp32_rate, 1),
-        bf16_img_s=round(bf16_rate, 1),
-        speedup=round(bf16_rate / fp32_rate, 2),
-        cosine_mean=float(cosines.mean()),
-        cosine_min=float(cosines.min()),
-        top10_overlap=top_k_overlap(fp32, bf16),
-    )
+def best_rates(runners: dict, batch: np.ndarray, rounds: int) -> dict[str, float]:
+    best = dict.fromkeys(runners, 0.0)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(batch)
+            best[name] = max(best[name], len(batch) / (time.perf_counter() - start))
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=["vit-tiny", "vit-small"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 224])
-    parser.add_argument("--model", type=Path, help="a trained checkpoint folder (without it: random-init shapes)")
+    parser.add_argument("--model", type=Path, help="a trained checkpoint folder (without it: random-init vit-tiny)")
     parser.add_argument("--manifest", type=Path, default=Path("../shared/data/cxr-public/manifest.csv"))
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--images", type=int, default=256, help="real X-rays embedded in fp32 and bf16")
-    parser.add_argument("--min-seconds", type=float, default=3.0, help="time spent per precision and model")
+    parser.add_argument("--images", type=int, default=600, help="real X-rays: the first --queries query the rest")
+    parser.add_argument("--queries", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--peak-gflops", type=float, default=877.0, help="bf16 matmul peak of this CPU")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    trained = args.model is not None
-    if trained:
-        runs = [(args.model.name, lambda: load_checkpoint(args.model))]
+    if args.model is None:
+        print("NOTE: no --model: random-init vit-tiny; agreement on untrained weights is not evidence", file=sys.stderr)
+        model = create_encoder("vit-tiny", image_size=128, seed=0).eval()
     else:
-        print(UNTRAINED_NOTE, file=sys.stderr)
-        runs = [
-            (f"{shape} (random init)", lambda s=shape, z=size: create_encoder(s, image_size=z, seed=0).eval())
-            for shape in args.shapes
-            for size in args.sizes
-        ]
-    sample = sample_rows(args.manifest, args.images)
-    images_at: dict[int, np.ndarray] = {}
-    rows = []
-    for name, build in runs:
-        model = build()
-        size = model.config.image_size
-        if size not in images_at:
-            images_at[size] = real_images(sample, size)
-        rows.append(measure(name, model, images_at[size], args.batch_size, args.min_seconds, trained=trained))
+        model = load_checkpoint(args.model)
+    size = model.config.image_size
+    rows_in = sample_rows(args.manifest, args.images)
+    images = np.stack([to_model_input(decode_image(r.path).pixels, size) for r in rows_in])[:, None]
+    labels = np.array([r.label for r in rows_in])
+    flops = model_flops(model, size)
 
-    header = (
-        f"{'model':<26} {'size':>4} {'fp32 img/s':>10} {'bf16 img/s':>10} {'speedup':>7} {'cos mean':>9} "
-        f"{'cos min':>9} {'top10 overlap':>13}"
+    runners, setup, errors = {}, {}, {}
+    for name in args.backends:
+        t0 = time.perf_counter()
+        try:
+            runners[name] = make_runner(model, name, threads=args.threads)
+            runners[name](images[: args.batch_size])  # warm-up: kernels, compilation
+        except Exception as exc:  # noqa: BLE001 - a back end that does not run here is a row, not a crash
+            errors[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            runners.pop(name, None)
+        setup[name] = time.perf_counter() - t0
+    rates = best_rates(runners, images[: args.batch_size], args.rounds)
+
+    def embed(run) -> np.ndarray:  # noqa: ANN001
+        out = np.concatenate([run(images[i : i + args.batch_size]) for i in range(0, len(images), args.batch_size)])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    ref = embed(runners["eager-fp32"]) if "eager-fp32" in runners else embed(make_runner(model, "eager-fp32"))
+    ref_top, ref_metrics = retrieval(ref, labels, args.queries)
+    rows = []
+    for name in args.backends:
+        if name not in runners:
+            rows.append(Row(name, 0, 0, 0, round(setup[name], 1), 0, 0, 0, 0, 0, False, errors[name]))
+            continue
+        emb = embed(runners[name])
+        top, metrics = retrieval(emb, labels, args.queries)
+        overlap = float(
+            np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(top.tolist(), ref_top.tolist(), strict=True)])
+        )
+        cos_min = float((emb * ref).sum(axis=1).min())
+        same = all(round(metrics[k], 3) == round(ref_metrics[k], 3) for k in metrics)
+        rate = rates[name]
+        rows.append(
+            Row(
+                backend=name,
+                img_s=round(rate, 1),
+                vs_eager_bf16=round(rate / rates["eager-bf16"], 2) if rates.get("eager-bf16") else 0.0,
+                mfu=round(rate * flops / (args.peak_gflops * 1e9), 3),
+                setup_s=round(setup[name], 1),
+                cosine_min=round(cos_min, 6),
+                top10_overlap=round(overlap, 3),
+                agrees=cos_min >= 0.999 and overlap >= 0.95 and same,
+                **{k: round(v, 4) for k, v in metrics.items()},
+            )
+        )
+
+    name = args.model.name if args.model else "vit-tiny (random init)"
+    print(
+        f"{name} @ {size} px, {flops / 1e9:.2f} GFLOP/image; {len(images)} real X-rays ({args.queries} queries), "
+        f"batch {args.batch_size}, {args.threads} threads, load {os.getloadavg()[0]:.1f}"
     )
-    print(f"{len(sample)} real X-rays from {args.manifest}, batch {args.batch_size}, {args.threads} threads")
-    print(header)
+    print(f"{'backend':<14} {'img/s':>7} {'x bf16':>6} {'MFU':>6} {'setup s':>7} {'cos min':>9} {'top10':>6} "
+          f"{'fullmAP':>7} {'MAP@R':>6} {'P@10':>6} agrees")  # fmt: skip
     for r in rows:
         print(
-            f"{r.model:<26} {r.image_size:>4} {r.fp32_img_s:>10.1f} {r.bf16_img_s:>10.1f} {r.speedup:>6.2f}x "
-            f"{r.cosine_mean:>9.6f} {r.cosine_min:>9.6f} {r.top10_overlap:>13.3f}"
+            f"{r.backend:<14} {r.img_s:>7.1f} {r.vs_eager_bf16:>6.2f} {r.mfu:>6.3f} {r.setup_s:>7.1f} "
+            f"{r.cosine_min:>9.6f} {r.top10_overlap:>6.3f} {r.full_map:>7.4f} {r.map_at_r:>6.4f} {r.p_at_10:>6.4f} "
+            f"{'yes' if r.agrees else 'NO'} {r.error}"
         )
-    if not trained:
-        print(UNTRAINED_NOTE)
+    agreeing = [r for r in rows if r.agrees]
+    fastest = max(agreeing, key=lambda r: r.img_s) if agreeing else None
+    if fastest:
+        print(f"fastest that agrees: {fastest.backend} ({fastest.vs_eager_bf16:.2f}x eager bf16)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
+        "model": str(args.model) if args.model else "random init vit-tiny (agreement is not evidence)",
+        "image_size": size,
+        "gflop_per_image": flops / 1e9,
         "torch": torch.__version__,
         "threads": args.threads,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_supported": bf16_supported(),
         "machine": platform.machine(),
-        "weights": str(args.model) if trained else "random init (no --model): agreement is not evidence",
-        "images": {"manifest": str(args.manifest), "n": len(sample), "sample_seed": 0},
+        "load_avg": os.getloadavg()[0],
+        "peak_gflops": args.peak_gflops,
+        "reference_metrics": ref_metrics,
+        "fastest_agreeing": fastest.backend if fastest else None,
         "rows": [asdict(r) for r in rows],
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
