@@ -196,8 +196,8 @@ def search_rows(
     store: Any, data: DataSet, efs: list[int], acorns: list[float], name: str = "bench"
 ) -> list[dict[str, Any]]:
     rows = []
-    for q in data.q[:5]:
-        store.search(name, q, K)  # warm caches
+    for i, q in enumerate(data.q):  # warm the caches (mmap pages, payload storage) with every query once
+        store.search(name, q, K, data.flt("label", i))
     for ef in efs:
         for acorn in acorns:
             store.tuning = replace(store.tuning, acorn_max_selectivity=acorn)
@@ -238,13 +238,16 @@ def run_config(data: DataSet, args: argparse.Namespace, m: int, efc: int, work: 
         segment_points=args.segment,
         hnsw_m=m,
         hnsw_ef_construct=efc,
+        hnsw_payload_m=args.payload_m,
+        merge_segments=args.merge_segments,
         index_threads=args.index_threads,
     )
     root = work / f"{data.name}-{len(data.ids)}-{m}x{efc}"
     shutil.rmtree(root, ignore_errors=True)
     say(f"{data.name} {len(data.ids):,} m={m} ef_construct={efc}: writer loop")
     store = QdrantEdgeStore(root, linger_s=1e9, tuning=tuning)
-    result: dict[str, Any] = {"m": m, "ef_construct": efc, "build": build(store, data, args.batch, refresh=True)}
+    result: dict[str, Any] = {"m": m, "ef_construct": efc, "payload_m": args.payload_m}
+    result |= {"merge_segments": args.merge_segments, "build": build(store, data, args.batch, refresh=True)}
     result["search"] = search_rows(store, data, args.efs, args.acorns)
     store.close()
     result["serve"] = probe_memory(root, data, work) | {"disk_mb": disk_mb(root)}
@@ -343,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=int, default=20_000, help="index writer threshold (points)")
     p.add_argument("--segment", type=int, default=200_000, help="largest segment (points)")
     p.add_argument("--index-threads", type=int, default=1)
+    p.add_argument("--payload-m", type=int, help="degree of the per-value payload graphs (0: none; default: m)")
+    p.add_argument("--merge-segments", type=int, help="merge only past this many segments (default: engine's)")
     p.add_argument("--batch", type=int, default=1000, help="points per upsert")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--full", action="store_true", help="also time one full build of everything at once")

@@ -12,9 +12,11 @@ def edge_optimizers(tuning: IndexTuning, dim: int, threshold_kb: int | None) -> 
     threshold given directly, used when the tuning sets none)."""
     threshold = points_to_kb(tuning.threshold_points, dim) if tuning.threshold_points else threshold_kb
     segment = points_to_kb(tuning.segment_points, dim) if tuning.segment_points else None
-    if threshold is None and segment is None:
+    if threshold is None and segment is None and tuning.merge_segments is None:
         return None
-    return qe.EdgeOptimizersConfig(indexing_threshold=threshold, max_segment_size=segment)
+    return qe.EdgeOptimizersConfig(
+        indexing_threshold=threshold, max_segment_size=segment, default_segment_number=tuning.merge_segments
+    )
 
 
 def edge_hnsw(tuning: IndexTuning) -> qe.HnswIndexConfig | None:
@@ -26,6 +28,7 @@ def edge_hnsw(tuning: IndexTuning) -> qe.HnswIndexConfig | None:
         ef_construct=tuning.hnsw_ef_construct or ENGINE_EF_CONSTRUCT,
         full_scan_threshold=ENGINE_FULL_SCAN_KB,
         max_indexing_threads=tuning.index_threads,
+        payload_m=tuning.hnsw_payload_m,
     )
 
 

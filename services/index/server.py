@@ -170,15 +170,21 @@ class QdrantServerStore:
         t = self.tuning
         if not t.sets_graph:
             return None
-        return qm.HnswConfigDiff(m=t.hnsw_m, ef_construct=t.hnsw_ef_construct, max_indexing_threads=t.index_threads)
+        return qm.HnswConfigDiff(
+            m=t.hnsw_m,
+            ef_construct=t.hnsw_ef_construct,
+            payload_m=t.hnsw_payload_m,
+            max_indexing_threads=t.index_threads,
+        )
 
     def _optimizers_config(self, dim: int) -> qm.OptimizersConfigDiff | None:
         t = self.tuning
-        if not (t.threshold_points or t.segment_points):
+        if not (t.threshold_points or t.segment_points or t.merge_segments is not None):
             return None
         return qm.OptimizersConfigDiff(
             indexing_threshold=points_to_kb(t.threshold_points, dim) if t.threshold_points else None,
             max_segment_size=points_to_kb(t.segment_points, dim) if t.segment_points else None,
+            default_segment_number=t.merge_segments,
         )
 
     def _search_params(self, filtered: bool, hnsw_ef: int | None) -> qm.SearchParams | None:

@@ -33,6 +33,10 @@ class IndexTuning:
       segment of this size instead of the whole collection.
     - `hnsw_m`, `hnsw_ef_construct`: the graph's degree and build beam; they apply to new collections only
       (changing them on an existing shard would make its next optimize() rebuild every segment).
+    - `hnsw_payload_m`: degree of the extra per-value graphs the engine builds for every indexed payload field
+      (None: the same as m; 0: none). They multiply the build cost by the number of indexed values.
+    - `merge_segments`: the engine merges segments only while there are more than this many (None: its
+      default, about one per core); more lets refreshes add small segments and merge later.
     - `index_threads`: threads for one HNSW build (0 = one per core).
     - `search_hnsw_ef`: the search beam when a caller does not give one.
     - `acorn_max_selectivity`: filtered searches whose filter keeps at most this share of points use ACORN
@@ -43,6 +47,8 @@ class IndexTuning:
     segment_points: int | None = None
     hnsw_m: int | None = None
     hnsw_ef_construct: int | None = None
+    hnsw_payload_m: int | None = None
+    merge_segments: int | None = None
     index_threads: int = 0
     search_hnsw_ef: int | None = None
     acorn_max_selectivity: float = 0.0
@@ -52,6 +58,10 @@ class IndexTuning:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"index tuning: {key} must be a positive integer or unset, got {value!r}")
+        for key in ("hnsw_payload_m", "merge_segments"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"index tuning: {key} must be 0 or more, or unset, got {value!r}")
         if self.index_threads < 0:
             raise ConfigError(f"index tuning: index_threads must be 0 (auto) or more, got {self.index_threads}")
         if not 0.0 <= self.acorn_max_selectivity <= 1.0:
@@ -68,4 +78,5 @@ class IndexTuning:
     @property
     def sets_graph(self) -> bool:
         """True when any HNSW build parameter differs from the engine default."""
-        return self.hnsw_m is not None or self.hnsw_ef_construct is not None or self.index_threads != 0
+        graph = (self.hnsw_m, self.hnsw_ef_construct, self.hnsw_payload_m)
+        return any(v is not None for v in graph) or self.index_threads != 0

@@ -133,12 +133,16 @@ def test_updates_of_indexed_points_count_as_unindexed(tmp_path: Path) -> None:
 
 
 def test_graph_parameters_apply_at_creation_and_never_rebuild_later(tmp_path: Path) -> None:
-    store = _store(tmp_path, threshold_points=300, segment_points=1000, hnsw_m=8, hnsw_ef_construct=40)
+    store = _store(
+        tmp_path, threshold_points=300, segment_points=1000, hnsw_m=8, hnsw_ef_construct=40, hnsw_payload_m=0
+    )
     store.upsert("cxr", _points(1000, seed=1))
     store.optimize("cxr")
     store.close()
     first = _graphs(tmp_path)
     assert list(first.values()) == [8]
+    options = json.loads(next((tmp_path / "cxr" / "segments").glob(f"{next(iter(first))}/segment.json")).read_text())
+    assert options["config"]["vector_data"][""]["index"]["options"]["ef_construct"] == 40
 
     again = QdrantEdgeStore(
         tmp_path, linger_s=3600, tuning=IndexTuning(threshold_points=300, segment_points=1000, hnsw_m=32)
@@ -184,6 +188,8 @@ def test_bad_tuning_is_refused() -> None:
         IndexTuning(threshold_points=5000, segment_points=1000)
     with pytest.raises(ConfigError, match="positive integer"):
         IndexTuning(hnsw_m=0)
+    with pytest.raises(ConfigError, match="0 or more"):
+        IndexTuning(hnsw_payload_m=-1)
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         IndexTuning(acorn_max_selectivity=1.5)
     with pytest.raises(StoreError, match="not both"):
