@@ -42,7 +42,8 @@ log = logging.getLogger("cxr.dispatch")
 _BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
 
-def _broker_errors() -> tuple[type[BaseException], ...]:
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "the broker is not there now" (publish failed, nothing was sent)."""
     from kombu.exceptions import OperationalError
     from redis.exceptions import RedisError
 
@@ -74,7 +75,7 @@ def dispatch_due(settings: Settings, ledger: Ledger, app: Celery, *, limit: int 
     from workers.app import EMBED_QUEUE, EMBED_TASK
 
     sent = 0
-    errors = _broker_errors()
+    errors = broker_errors()
     with _dispatch_lock(ledger):
         due = ledger.due(requeue_after_s=settings.requeue_after_s, limit=limit)
         for _collection, keys in _batches(due, settings.queue_batch_size):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
@@ -88,6 +89,7 @@ def embed(task: Task, keys: list[str]) -> dict[str, int]:
     from services.errors import CxrError
     from services.pipeline.batch_jobs import embed_keys, write_points
     from services.pipeline.ingest import TRANSIENT_STORE_ERRORS
+    from workers.dispatch import broker_errors
 
     ctx = context(task.app)
     settings = ctx.settings
@@ -108,7 +110,12 @@ def embed(task: Task, keys: list[str]) -> dict[str, int]:
             except TRANSIENT_STORE_ERRORS as exc:
                 _retry_or_release(task, ctx, [p["key"] for p in batch.points], "upsert", exc)
         else:
-            task.app.send_task(INDEX_TASK, args=[batch.to_json()], queue=INDEX_QUEUE)
+            try:
+                task.app.send_task(INDEX_TASK, args=[batch.to_json()], queue=INDEX_QUEUE)
+            except broker_errors() as exc:  # Redis went away mid-task: the sweep sends these again once it is back
+                log.warning("cannot hand %d point(s) to the index writer: %s", len(batch.points), exc)
+                for p in batch.points:
+                    ctx.ledger.mark_failed(p["key"], "upsert", f"broker unavailable: {exc}", permanent=False)
     return stats
 
 
@@ -122,7 +129,7 @@ def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
     store = ctx.runtime.store
     try:
         out = write_points(store, ctx.ledger, points)
-    except TRANSIENT_STORE_ERRORS as exc:
+    except (*TRANSIENT_STORE_ERRORS, sqlite3.OperationalError) as exc:  # store or ledger busy past its wait
         _retry_or_release(task, ctx, [p["key"] for p in points.points], "upsert", exc)
         return {"indexed": 0}
     try:
