@@ -164,3 +164,23 @@ def test_queued_update_rewrites_the_payload(runtime: Runtime, cxr_public: Path, 
     run_queue("new", True)
     assert [p.payload["label"] for p in runtime.store.scroll("cxr")] == ["new"]
     assert ledger.get(file_key(path)).state == "indexed" and not ledger.get(file_key(path)).update
+
+
+def test_the_writer_refreshes_the_index_once_enough_points_are_unindexed(data_dir: Path) -> None:
+    from services.index import open_store
+    from services.pipeline.batch_jobs import refresh_if_due
+
+    settings = Settings(index_threshold_points=100)
+    ledger = Ledger(settings.ledger_path)
+    vectors = np.random.default_rng(0).normal(size=(150, 16)).astype(np.float32)
+    with open_store(settings) as store:
+        for start in (0, 60):  # two writer batches: 60 points (below the threshold), then 90 more
+            points = []
+            for i, v in enumerate(vectors[start : start + (60 if start == 0 else 90)], start):
+                ledger.record(f"file:/x/{i}", f"/x/{i}", origin="file", collection="r")
+                points.append({"key": f"file:/x/{i}", "id": str(uuid.uuid4()), "vector": v.tolist(), "payload": {}})
+            write_points(store, ledger, PointBatch("r", 16, None, points))
+            refreshed = refresh_if_due(store, "r", settings.index_threshold_points)
+            assert refreshed == (start == 60)
+        assert store.count("r") == 150 and store.unindexed_count("r") == 0
+        assert not refresh_if_due(store, "r", None)
