@@ -129,6 +129,8 @@ def send(paths: list[Path], host: str, port: int, *, called: str, calling: str, 
 
     datasets = [pydicom.dcmread(p) for p in paths]
     ae = AE(ae_title=calling)
+    # A loaded 2-core machine can take longer than pynetdicom's 30 s defaults to answer; real modalities wait too.
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 180
     for pair in sorted({(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}):
         ae.add_requested_context(*pair)
     assoc = ae.associate(host, port, ae_title=called)
