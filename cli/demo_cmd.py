@@ -45,14 +45,14 @@ def demo(
     ckpt = settings.model_path
     if not (ckpt / "config.json").exists():
         stderr.print(
-            f"No trained checkpoint at {ckpt}: training one now with the default recipe on vit-tiny at 128 px "
-            f"(fast on a CPU) for {train_minutes:g} minutes. This short demo budget gives a weak model; "
-            "see the README for the one-hour run behind the reported numbers."
+            f"No trained checkpoint at {ckpt}: training one now with the default recipe (hybrid-lite0: "
+            f"ImageNet EfficientNet-Lite0 stem + ViT, 128 px) for {train_minutes:g} minutes. This short demo "
+            "budget gives a weak model; see the README for the 45-minute run behind the reported numbers."
         )
         cfg = TrainConfig(
             manifest=manifest,
             out_dir=ckpt,
-            shape="vit-tiny",
+            shape="hybrid-lite0",
             image_size=128,
             max_minutes=train_minutes,
             cache_dir=ckpt / "cache",
