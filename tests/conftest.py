@@ -12,6 +12,11 @@ SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "d
 CXR_PUBLIC = SHARED_DATA / "cxr-public"
 
 
+# The suite runs the eager encoder (bf16 where supported), as before openvino became the default: converting each
+# test's fresh checkpoint would cost seconds per test. tests/pipeline/test_inference_backend.py runs the default.
+os.environ.setdefault("CXR_INFERENCE_BACKEND", "")
+
+
 def _torch_one_thread() -> None:
     # Tests run beside services on 2 cores; one intra-op thread avoids oversubscription stalls.
     import torch
