@@ -228,8 +228,13 @@ def probe_memory(root: Path, data: DataSet, work: Path) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def disk_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+def disk_mb(path: Path) -> dict[str, float]:
+    """On-disk size of the store, in all and for its write-ahead log."""
+
+    def size(p: Path) -> float:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
+
+    return {"disk_mb": size(path), "wal_mb": sum(size(w) for w in path.glob("*/wal"))}
 
 
 def run_config(data: DataSet, args: argparse.Namespace, m: int, efc: int, work: Path) -> dict[str, Any]:
@@ -250,7 +255,7 @@ def run_config(data: DataSet, args: argparse.Namespace, m: int, efc: int, work: 
     result |= {"merge_segments": args.merge_segments, "build": build(store, data, args.batch, refresh=True)}
     result["search"] = search_rows(store, data, args.efs, args.acorns)
     store.close()
-    result["serve"] = probe_memory(root, data, work) | {"disk_mb": disk_mb(root)}
+    result["serve"] = probe_memory(root, data, work) | disk_mb(root)
     shutil.rmtree(root)
     if args.full:
         full_root = work / "full"

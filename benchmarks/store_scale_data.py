@@ -80,7 +80,19 @@ def embed_public(manifest: Path, model: Path | None, cache: Path) -> Parents:
     ]
     labels = np.array([r.label for r in rows])
     sources = np.array([r.source or "" for r in rows])
-    return Parents(vectors, rows, templates, note, labels, sources)
+    return Parents(vectors, rows, templates, f"{note}; {spread(vectors)}", labels, sources)
+
+
+def spread(vectors: np.ndarray) -> str:
+    """How spread the embeddings are: mean pairwise cosine and the principal components holding 90%/99% of the
+    variance (few components: an easy space for HNSW)."""
+    e = _unit(vectors)
+    n = len(e)
+    mean_cos = (float((e @ e.T).sum()) - n) / (n * n - n)
+    var = np.linalg.svd(e - e.mean(0), compute_uv=False) ** 2
+    cum = np.cumsum(var / var.sum())
+    dims = [int(np.searchsorted(cum, q)) + 1 for q in (0.9, 0.99)]
+    return f"mean pairwise cosine {mean_cos:.2f}, {dims[0]}/{dims[1]} principal components hold 90%/99% of the variance"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
