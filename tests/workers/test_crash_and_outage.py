@@ -56,7 +56,7 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     expected = _expected_ids(paths)
     lost = expected - set(ids)
     duplicates = len(ids) - len(set(ids)) + len(points) - len({p.payload["content_sha256"] for p in points})
-    rerun = sum(1 for i in Ledger(settings.ledger_path).items([file_key(p, settings.salt) for p in paths]) if i.attempts > 1)
+    rerun = sum(1 for i in Ledger(settings.ledger_path).items([file_key(p) for p in paths]) if i.attempts > 1)
     print(
         f"\nkill test: 200 images; killed at {at_kill}; after restart: lost {len(lost)}, duplicates {duplicates},"
         f" points {len(points)}, items started more than once {rerun}, {time.monotonic() - t0:.1f} s"
