@@ -85,7 +85,7 @@ def failures(
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N, newest first.")] = 1000,
 ) -> None:
-    """List items that failed for good (dead letters): key, stage, reason, attempts.
+    """List items that failed for good (dead letters): key, file, stage, reason, attempts.
 
     Example: cxr failures --json
     """
@@ -100,16 +100,18 @@ def failures(
     if not rows:
         typer.echo("no failures")
         return
-    table = Table(title=f"{len(rows)} failed item(s); `cxr retry KEY` or `cxr retry --all` re-arms them")
-    for col in ("key", "stage", "reason", "attempts"):
+    table = Table(title=f"{len(rows)} failed item(s); `cxr retry KEY|FILE` or `cxr retry --all` re-arms them")
+    for col in ("key", "file", "stage", "reason", "attempts"):
         table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(r.key, r.stage or "", r.reason or "", str(r.attempts))
+    for r in rows:  # keys are opaque (they travel through Redis); the file is shown from the local ledger
+        table.add_row(r.key, r.path, r.stage or "", r.reason or "", str(r.attempts))
     Console(highlight=False).print(table)
 
 
 def retry(
-    keys: Annotated[list[str] | None, typer.Argument(help="Ledger keys from `cxr failures`.")] = None,
+    keys: Annotated[
+        list[str] | None, typer.Argument(help="Ledger keys from `cxr failures`, or the failed files' paths.")
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Re-arm every failed item.")] = False,
 ) -> None:
     """Re-arm failed items (attempts back to 0) and send them to the queue again.
@@ -122,6 +124,10 @@ def retry(
         raise typer.BadParameter("give KEY(s) or --all, not both and not neither", param_hint="KEYS")
     settings = load_settings()
     ledger = Ledger(settings.ledger_path)
+    if keys:  # a path names the item keyed by its HMAC (what `cxr index --queue` recorded)
+        from services.pipeline.ledger import file_key
+
+        keys = [k if ledger.get(k) is not None or ":" in k else file_key(k, settings.salt) for k in keys]
     armed = ledger.retry(None if all_ else keys)
     missing = sorted(set(keys or ()) - set(armed))
     for key in missing:

@@ -8,8 +8,9 @@ Interfaces (for the CLI, the API, the PACS receiver and pull):
   logs it, and leaves the rest 'received' for the next call. Safe to call from several processes at once.
 - `make_dispatcher(settings) -> Callable[[], int]`: the same as a no-argument callback, with its ledger and app
   built on first call; this is what `services.pacs` (receiver, pull) and the API take as `dispatch`.
-- `submit(settings, paths, ...) -> Submitted`: record files in the ledger (key `file:<abs path>`, extra = label
-  and manifest fields, `update` flag) and dispatch best-effort. Used by `cxr index --queue` and POST /v1/index.
+- `submit(settings, paths, ...) -> Submitted`: record files in the ledger (key `file:<HMAC of the abs path>`, the
+  payload's source_ref: messages never carry a path; extra = label and manifest fields, `update` flag) and
+  dispatch best-effort. Used by `cxr index --queue` and POST /v1/index.
   Submission succeeds while Redis is down: the ledger is the acknowledgement, the broker only a delivery channel.
 - `Sweep(settings)`: a daemon thread calling `dispatch_due` every `settings.sweep_interval_s` (in `cxr worker`), so
   anything recorded but not yet indexed is (re-)sent after a restart, an outage or a lost message.
@@ -77,6 +78,7 @@ def dispatch_due(settings: Settings, ledger: Ledger, app: Celery, *, limit: int 
     sent = 0
     errors = broker_errors()
     with _dispatch_lock(ledger):
+        ledger.rekey_legacy_files(settings.salt)  # an older ledger's path keys must not reach Redis
         due = ledger.due(requeue_after_s=settings.requeue_after_s, limit=limit)
         for _collection, keys in _batches(due, settings.queue_batch_size):
             try:
@@ -155,13 +157,14 @@ def submit(
     ledger = ledger or Ledger(settings.ledger_path)
     collection = collection or settings.collection
     out = Submitted()
-    entries = [(file_key(i.path), Path(i.path).absolute(), item_extra(i.label, i.row)) for i in items]
+    salt = settings.salt
+    entries = [(file_key(i.path, salt), Path(i.path).absolute(), item_extra(i.label, i.row)) for i in items]
     fresh = ledger.record_many(entries, origin=origin, collection=collection, update=update)
     out.recorded = sum(fresh)
     out.already = len(fresh) - out.recorded
     out.keys = [key for key, _, _ in entries]
     for miss in unfound:
-        key = file_key(miss.path)
+        key = file_key(miss.path, salt)
         ledger.record(key, Path(miss.path).absolute(), origin=origin, collection=collection)
         ledger.mark_failed(key, "find", miss.reason, permanent=True)
     if dispatch:

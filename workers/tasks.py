@@ -3,7 +3,11 @@
 - `cxr.embed(keys)` (queue `embed`, N processes): claim, decode, encode the batch. With the embedded store it
   sends the points to `cxr.index` (queue `index`, one process: the single writer); with a Qdrant server
   (`CXR_QDRANT_URL`) it upserts itself.
-- `cxr.index(batch)`: upsert, mark indexed, refresh the HNSW index when enough points are unindexed.
+- `cxr.index(batch)`: upsert (no flush), refresh the HNSW index when enough points are unindexed; the process's
+  DeferredWriter (services.pipeline.index_writer) flushes once per `index_flush_points` points or
+  `index_flush_s` seconds, or when nothing else is in flight, and only then marks the items indexed. The pool
+  process flushes what is left when it shuts down; if it is killed first, the items stay 'processing' and the
+  sweep sends them again (nothing lost, nothing duplicated).
 
 Transient errors (store locked or unreachable) are retried with exponential backoff, `settings.task_retries` times;
 then the items go back to 'received' with the reason and the sweep sends them again, until the ledger's attempt
@@ -25,6 +29,7 @@ from workers.app import EMBED_TASK, INDEX_QUEUE, INDEX_TASK
 if TYPE_CHECKING:
     from celery import Celery, Task
 
+    from services.pipeline.index_writer import DeferredWriter
     from services.pipeline.ledger import Ledger
     from services.pipeline.runtime import Runtime
 
@@ -44,6 +49,25 @@ class WorkerContext:
         self.ledger: Ledger = Ledger(settings.ledger_path)
         self.runtime: Runtime = Runtime(self.settings)
         self.pid = os.getpid()
+        self._writer: DeferredWriter | None = None
+
+    @property
+    def writer(self) -> DeferredWriter:
+        """The index writer's deferred flusher (this process is the single writer of the embedded store)."""
+        if self._writer is None:
+            from services.pipeline.index_writer import DeferredWriter
+
+            s = self.settings
+            self._writer = DeferredWriter(
+                self.runtime.store, self.ledger, max_points=s.index_flush_points, max_delay_s=s.index_flush_s
+            )
+        return self._writer
+
+    def close(self) -> None:
+        """Flush what the writer holds and close the store (a pool process shutting down)."""
+        if self._writer is not None:
+            self._writer.close()
+        self.runtime.close()
 
 
 _contexts: dict[int, WorkerContext] = {}
@@ -120,15 +144,16 @@ def embed(task: Task, keys: list[str]) -> dict[str, int]:
 
 
 def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
-    """The single writer of the embedded store: upsert, mark indexed, refresh the index when due."""
-    from services.pipeline.batch_jobs import PointBatch, refresh_if_due, write_points
+    """The single writer of the embedded store: upsert, refresh the index when due; items are marked indexed
+    after the deferred flush that makes them durable (see the module docstring)."""
+    from services.pipeline.batch_jobs import PointBatch, refresh_if_due
     from services.pipeline.ingest import TRANSIENT_STORE_ERRORS
 
     ctx = context(task.app)
     points = PointBatch.from_json(batch)
     store = ctx.runtime.store
     try:
-        out = write_points(store, ctx.ledger, points)
+        out = ctx.writer.write(points)
     except (*TRANSIENT_STORE_ERRORS, sqlite3.OperationalError) as exc:  # store or ledger busy past its wait
         _retry_or_release(task, ctx, [p["key"] for p in points.points], "upsert", exc)
         return {"indexed": 0}
@@ -139,7 +164,20 @@ def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
     return {"indexed": out.indexed, "skipped": out.skipped, "refused": out.refused}
 
 
+def _on_process_shutdown(**_kwargs: Any) -> None:
+    # Runs in the pool process as it exits (warm shutdown, max tasks): flush what the index writer holds.
+    ctx = _contexts.pop(os.getpid(), None)
+    if ctx is not None:
+        try:
+            ctx.close()
+        except Exception:  # noqa: BLE001 - the ledger still has the items; the sweep sends them again
+            log.exception("closing the worker context failed")
+
+
 def register(app: Celery) -> None:
     """Register the cxr tasks on `app` (bound, late-acknowledged; no automatic retries besides ours)."""
+    from celery.signals import worker_process_shutdown
+
     app.task(name=EMBED_TASK, bind=True, acks_late=True, max_retries=None)(embed)
     app.task(name=INDEX_TASK, bind=True, acks_late=True, max_retries=None)(index)
+    worker_process_shutdown.connect(_on_process_shutdown, weak=False, dispatch_uid="cxr-flush-on-shutdown")

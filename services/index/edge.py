@@ -3,6 +3,17 @@
 Layout: ROOT/<collection>/ is the shard directory; ROOT/<collection>/cxr-collection.json records the vector
 size and is written last, so a collection exists exactly when that file does. Only one process may open a
 shard (its write-ahead log is locked); a second opener gets StoreLockedError.
+
+Durability, as measured on 0.9.0 (strace, and SIGKILL between upsert and flush, then reopen):
+- `update()` appends to the write-ahead log, an mmap'd file, and returns with no msync or fsync. A process killed
+  right after it loses nothing: the dirty pages belong to the kernel, and `load()` replays the log (5,000 points
+  upserted, never flushed, SIGKILLed: all 5,000 back). A power cut or kernel crash before the next flush may
+  lose them.
+- `flush()` msyncs the log and every segment file and fsyncs them: about 135 sync calls with the payload
+  indexes, 0.1-0.4 s here whatever the number of points, even when nothing changed, and it holds the GIL all
+  along. `close()` flushes again.
+So `upsert(..., flush=False)` plus one `flush(name)` per many points is what a busy writer wants; whoever marks
+work done elsewhere (the ledger) marks it only after the flush that made it durable.
 """
 
 from __future__ import annotations
@@ -72,7 +83,8 @@ def _vector(raw: Any) -> np.ndarray | None:
 
 
 class QdrantEdgeStore:
-    """VectorStore on qdrant-edge shards under `root`. Shards open lazily and are flushed after every upsert.
+    """VectorStore on qdrant-edge shards under `root`. Shards open lazily; an upsert flushes unless told not to
+    (`flush=False`, then `flush(name)` makes it durable; see the module docstring).
 
     Several processes share one store by taking turns (services.index.lease): a store object holds the store
     while it works, keeps its shards open for `linger_s` after its last call unless another process is waiting,
@@ -101,6 +113,7 @@ class QdrantEdgeStore:
         self._threshold = indexing_threshold_kb
         self._pending: dict[str, int] = {}  # points upserted since this object's last optimize(), per collection
         self._shards: dict[str, qe.EdgeShard] = {}
+        self._dirty: set[str] = set()  # collections written since their last flush (a flush costs 0.1-0.4 s)
         self._dims: dict[str, int] = {}
         self._lock = threading.RLock()
         self._lease = StoreLease(self.root, wait_s=wait_s)
@@ -195,7 +208,9 @@ class QdrantEdgeStore:
             errors = []
             for name, shard in list(self._shards.items()):
                 try:
-                    shard.flush()
+                    if name in self._dirty:  # a clean shard has nothing to sync; close() alone costs enough
+                        shard.flush()
+                        self._dirty.discard(name)
                     shard.close()
                 except Exception as exc:
                     errors.append(f"{name}: {exc}")
@@ -269,21 +284,39 @@ class QdrantEdgeStore:
             shard.close()
             self._shards.pop(name, None)
             self._dims.pop(name, None)
+            self._dirty.discard(name)
             (path / META_FILE).unlink()
             shutil.rmtree(path)
             self._after_call()
 
     # -- points
 
-    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+    def upsert(self, name: str, points: Sequence[PointRecord], *, flush: bool = True) -> None:
+        """Insert or replace points by id. With `flush=False` they are searchable and survive a killed process
+        (the write-ahead log), but not a power cut until `flush(name)`."""
         ids, matrix = check_points(name, points, self._dim(name))
         if not ids:
             return
         batch = [qe.Point(pid, row, dict(p.payload)) for pid, row, p in zip(ids, matrix, points, strict=True)]
         with self._using(name) as shard:
+            self._dirty.add(name)
             self._call(name, "upsert", shard.update, qe.UpdateOperation.upsert_points(batch))
-            self._call(name, "flush", shard.flush)
             self._pending[name] = self._pending.get(name, 0) + len(batch)
+            if flush:
+                self._flush_open(name, shard)
+
+    def _flush_open(self, name: str, shard: qe.EdgeShard) -> None:
+        self._call(name, "flush", shard.flush)
+        self._dirty.discard(name)
+
+    def flush(self, name: str) -> None:
+        """Make every point upserted into `name` so far durable. Free when nothing was written since the last
+        flush, including the flush of a hand-over to another process (which may already have done it)."""
+        with self._lock:
+            if name not in self._dirty:
+                return
+            with self._using(name) as shard:  # reopens only if a hand-over's flush failed
+                self._flush_open(name, shard)
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         canon = check_ids(ids)
@@ -428,7 +461,7 @@ class QdrantEdgeStore:
         Blocking, and it holds the GIL; with a threshold and a segment size it costs one segment, not the store."""
         with self._using(name) as shard:
             self._call(name, "optimize", shard.optimize)
-            self._call(name, "flush", shard.flush)
+            self._flush_open(name, shard)
             self._pending.pop(name, None)
 
     def close(self) -> None:

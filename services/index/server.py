@@ -222,7 +222,10 @@ class QdrantServerStore:
 
     # -- points
 
-    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+    def upsert(self, name: str, points: Sequence[PointRecord], *, flush: bool = True) -> None:
+        """Insert or replace points (waiting for the server to apply them); `flush` changes nothing here: the
+        server persists through its own write-ahead log."""
+        del flush
         ids, matrix = check_points(name, points, self._dim(name))
         if not ids:
             return
@@ -424,6 +427,10 @@ class QdrantServerStore:
         the server reports it). The server indexes them by itself; local mode never does."""
         info = self._call(name, "describe collection", self._client.get_collection, check_name(name))
         return max(0, int(info.points_count or 0) - int(info.indexed_vectors_count or 0))
+
+    def flush(self, name: str) -> None:
+        """Nothing to do: the server persists what it acknowledged (upserts wait for it)."""
+        del name
 
     def optimize(self, name: str) -> None:
         """The server builds HNSW in the background once a segment passes its indexing threshold; nothing to

@@ -127,8 +127,15 @@ class VectorStore(Protocol):
 
     def delete_collection(self, name: str) -> None: ...
 
-    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
-        """Insert or replace points by id (re-indexing an image does not duplicate it)."""
+    def upsert(self, name: str, points: Sequence[PointRecord], *, flush: bool = True) -> None:
+        """Insert or replace points by id (re-indexing an image does not duplicate it). They are durable when
+        it returns, unless `flush=False`: then only after the next `flush(name)` (a writer that batches its
+        flushes marks its work done only after that)."""
+        ...
+
+    def flush(self, name: str) -> None:
+        """Make every point upserted into `name` so far durable (the embedded store syncs its files; a server
+        persists by itself, so there it does nothing)."""
         ...
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:

@@ -2,14 +2,18 @@
 
 - `embed_keys`: claim the keys in the ledger (attempts counted, bounded), read/decode/payload each file, encode the
   batch; bad files are marked failed with their stage and reason; the rest come back as PointBatches.
-- `write_points`: the single writer's job: upsert a PointBatch (point by point if the store refuses one), mark
-  the items indexed, and leave the refresh of the HNSW index to `refresh_if_due`.
+- `stage_points`: the single writer's job: upsert a PointBatch without flushing (halving it if the store refuses
+  a point) and fail the refused items; returns the (key, point id) pairs to mark indexed once a flush made them
+  durable (services.pipeline.index_writer batches those flushes).
+- `write_points`: `stage_points`, one flush, then mark the items indexed (the server path, and tests).
+- `refresh_if_due`: build the HNSW index of what piled up unindexed.
 
 Celery-free (workers/tasks.py wraps these in tasks); transient store errors propagate so the task can retry.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,16 +37,31 @@ from services.pipeline.ingest import (
     upsert_stage,
 )
 from services.pipeline.ledger import Item, Ledger
-from services.pipeline.refs import spool_ref
+from services.pipeline.refs import row_key, spool_ref
 from services.pipeline.sources import IngestItem
 
 if TYPE_CHECKING:
     from services.embedding import BatchEncoder
 
 
+def vector_to_text(vector: np.ndarray) -> str:
+    """A vector as base64 of its little-endian float32 bytes: exact, a third of the size of a JSON list of
+    floats, and 13x cheaper to encode and decode (1.4 vs 18 ms per 64-point batch here)."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def vector_from_text(text: str) -> np.ndarray:
+    """The inverse of `vector_to_text` (ValueError for text that is not base64 of whole float32s)."""
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 4:
+        raise ValueError(f"a vector of {len(raw)} bytes is not whole float32 values")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
 @dataclass
 class PointBatch:
-    """Encoded points of one collection on their way to the writer; JSON-able (vectors as lists)."""
+    """Encoded points of one collection on their way to the writer; JSON-able: in messages a vector travels as
+    `vector_b64` (see `vector_to_text`); a plain list under `vector` is read too."""
 
     collection: str
     dim: int
@@ -50,11 +69,22 @@ class PointBatch:
     points: list[dict[str, Any]] = field(default_factory=list)  # {"key", "id", "vector", "payload", "update"}
 
     def to_json(self) -> dict[str, Any]:
-        return {"collection": self.collection, "dim": self.dim, "model_id": self.model_id, "points": self.points}
+        points = []
+        for p in self.points:
+            vector = p.get("vector")
+            if isinstance(vector, np.ndarray):
+                p = {k: v for k, v in p.items() if k != "vector"} | {"vector_b64": vector_to_text(vector)}
+            points.append(p)
+        return {"collection": self.collection, "dim": self.dim, "model_id": self.model_id, "points": points}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PointBatch:
-        return cls(data["collection"], int(data["dim"]), data.get("model_id"), list(data["points"]))
+        points = []
+        for p in data["points"]:
+            if "vector_b64" in p:
+                p = {k: v for k, v in p.items() if k != "vector_b64"} | {"vector": vector_from_text(p["vector_b64"])}
+            points.append(p)
+        return cls(data["collection"], int(data["dim"]), data.get("model_id"), points)
 
 
 @dataclass
@@ -130,26 +160,35 @@ def embed_keys(
     for p, err in bad:
         ledger.mark_failed(key_of[id(p)].key, "encode", err.reason, permanent=True)
         out.failed += 1
-    # the payloads carry opaque refs; this machine keeps where they point (before any point is written)
-    ledger.put_refs((p.payload["source_ref"], str(Path(key_of[id(p)].path).absolute())) for p, _ in encoded)
+    # the payloads carry opaque refs; this machine keeps where they point (before any point is written). Most
+    # resolve through their own ledger row (key == ref, or sop:<UID> for spool:<UID>): no write needed for those.
+    extra_refs = [
+        (p.payload["source_ref"], str(Path(key_of[id(p)].path).absolute()))
+        for p, _ in encoded
+        if row_key(p.payload["source_ref"]) != key_of[id(p)].key
+    ]
+    if extra_refs:
+        ledger.put_refs(extra_refs)
     by_collection: dict[str, PointBatch] = {}
     for p, vector in encoded:
         row = key_of[id(p)]
         batch = by_collection.setdefault(row.collection, PointBatch(row.collection, encoder.dim, encoder.model_id))
         batch.points.append(
-            {"key": row.key, "id": p.point_id, "vector": vector.tolist(), "payload": p.payload, "update": row.update}
+            {"key": row.key, "id": p.point_id, "vector": vector, "payload": p.payload, "update": row.update}
         )
     out.batches = list(by_collection.values())
     return out
 
 
-def write_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> WriteOutcome:
-    """Upsert `batch` and mark its items indexed. Points already stored are skipped unless their item is in update
-    mode. A store that refuses a point fails that item only; transient store errors propagate (nothing marked)."""
+def stage_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> tuple[WriteOutcome, list[tuple[str, str]]]:
+    """Upsert `batch` without flushing and fail the items the store refuses; returns the outcome and the (key,
+    point id) pairs to mark indexed after the next flush of the collection. Points already stored are skipped
+    (and marked with the rest: their first write may still be waiting for its flush) unless their item is in
+    update mode. Transient store errors propagate, with nothing marked."""
     out = WriteOutcome()
     points = batch.points
     if not points:
-        return out
+        return out, []
     try:
         store.create_collection(batch.collection, batch.dim)
         ensure_same_model(store, batch.collection, batch.model_id)
@@ -159,7 +198,7 @@ def write_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> Write
         for p in points:
             ledger.mark_failed(p["key"], "upsert", _reason(exc), permanent=True)
         out.refused = len(points)
-        return out
+        return out, []
     plain = [p["id"] for p in points if not p.get("update")]
     present = store.existing_ids(batch.collection, plain) if plain else set()
     skipped = [p for p in points if not p.get("update") and p["id"] in present]
@@ -168,11 +207,20 @@ def write_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> Write
         for p in points
         if p.get("update") or p["id"] not in present
     ]
-    landed, refused = upsert_stage(store, batch.collection, records)
-    ledger.mark_indexed([(p["key"], p["id"]) for p in [*landed, *skipped]])
+    landed, refused = upsert_stage(store, batch.collection, records, flush=False)
     for p, why in refused:
         ledger.mark_failed(p["key"], "upsert", why, permanent=True)
     out.indexed, out.skipped, out.refused = len(landed), len(skipped), len(refused)
+    return out, [(p["key"], p["id"]) for p in [*landed, *skipped]]
+
+
+def write_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> WriteOutcome:
+    """Upsert `batch`, flush, and mark its items indexed (`stage_points` plus one flush). A store that refuses
+    a point fails that item only; transient store errors propagate (nothing marked)."""
+    out, done = stage_points(store, ledger, batch)
+    if done:
+        store.flush(batch.collection)
+        ledger.mark_indexed(done)
     return out
 
 

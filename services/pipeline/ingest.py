@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the encoder comes from the caller; importing it here would 
 
 Progress = Callable[[int], None]
 T = TypeVar("T")
+REF_CHUNK = 256  # files whose source refs are recorded in one ledger transaction
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,12 @@ class IngestOptions:
     min_side: int = 32
     skip_existing: bool = True
     update: bool = False  # rewrite the payload of points already stored (and the vector if the content changed)
-    # Points per store write. Each write ends with a flush to disk (0.15-0.5 s here, holding the GIL), so writing
-    # every encoder batch cost more than encoding it (benchmarks/queue.py). A crash loses at most this many
-    # unwritten points, which a rerun indexes (it skips what landed).
-    write_batch: int = 1024
+    # Each encoder batch is upserted at once without a flush (searchable, and kept by the store's write-ahead log
+    # if the process dies); a flush (0.1-0.4 s here whatever the size, holding the GIL) makes them durable every
+    # `flush_points` points or `flush_s` seconds, and at the end. A power cut loses at most that much, which a
+    # rerun indexes (it skips what landed). `indexed` counts only points a flush made durable.
+    flush_points: int = 4096
+    flush_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,8 @@ class Ingestor:
         refs: RefRecorder | None = None,
     ) -> None:
         self.encoder, self.store, self.opts, self.salt, self.refs = encoder, store, opts, salt, refs
-        self._pending: list[tuple[Prepared, PointRecord]] = []  # encoded, waiting for the next store write
+        self._unflushed: list[Prepared] = []  # upserted, waiting for the flush that makes them durable
+        self._flushed_at = time.monotonic()
 
     def run(self, items: Iterable[IngestItem], *, progress: Progress | None = None) -> IngestReport:
         report = IngestReport()
@@ -168,7 +172,7 @@ class Ingestor:
         workers = max(1, self.opts.decode_workers)
         with ThreadPoolExecutor(workers, thread_name_prefix="cxr-decode") as pool:
             depth = self.opts.batch_size + 2 * workers if self.opts.decode_workers else 1
-            for item, fut in _ahead(pool, job, items, depth):
+            for item, fut in _ahead(pool, job, self._refs_recorded(items, report, progress), depth):
                 try:
                     prepared = fut.result()
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a per-file record
@@ -183,15 +187,15 @@ class Ingestor:
                 seen.add(prepared.point_id)
                 batch.append(prepared)
                 if len(batch) >= self.opts.batch_size:
-                    self._flush(batch, report, progress)
+                    self._process(batch, report, progress)
                     batch = []
             if batch:
-                self._flush(batch, report, progress)
-        self._write(report)
+                self._process(batch, report, progress)
+        self._sync(report)
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _flush(self, batch: list[Prepared], report: IngestReport, progress: Progress | None) -> None:
+    def _process(self, batch: list[Prepared], report: IngestReport, progress: Progress | None) -> None:
         collection = self.opts.collection
         try:
             if self.opts.skip_existing or self.opts.update:
@@ -208,36 +212,70 @@ class Ingestor:
         report.stage_seconds["encode"] += time.perf_counter() - t0
         report.failed.extend(err for _, err in bad)
         records = [(p, PointRecord(p.point_id, v, p.payload)) for p, v in [*encoded, *reuse]]
-        if self._record_refs([p for p, _ in records], report):
-            self._pending.extend(records)
-            if len(self._pending) >= self.opts.write_batch:
-                self._write(report)
+        if records:
+            self._write(records, report)
+            due = time.monotonic() - self._flushed_at >= self.opts.flush_s
+            if len(self._unflushed) >= self.opts.flush_points or due:
+                self._sync(report)
         _tick(progress, len(batch))
 
-    def _write(self, report: IngestReport) -> None:
-        records, self._pending = self._pending, []
+    def _write(self, records: list[tuple[Prepared, PointRecord]], report: IngestReport) -> None:
+        """Upsert without a flush; refused points fail here, the rest wait for `_sync`."""
         t1 = time.perf_counter()
         try:
-            landed, refused = upsert_stage(self.store, self.opts.collection, records)
-            report.indexed += len(landed)
+            landed, refused = upsert_stage(self.store, self.opts.collection, records, flush=False)
+            self._unflushed.extend(landed)
             report.failed.extend(FileError(str(p.item.path), "upsert", why) for p, why in refused)
         except StoreError as exc:
             report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p, _ in records)
         finally:
             report.stage_seconds["upsert"] += time.perf_counter() - t1
 
-    def _record_refs(self, written: Sequence[Prepared], report: IngestReport) -> bool:
-        """Record the refs of the points about to be written; on failure they fail (a point nobody can trace
-        back to its file is worse than a point not written yet)."""
-        if self.refs is None or not written:
-            return True
+    def _sync(self, report: IngestReport) -> None:
+        """Flush: what was upserted since the last flush is durable, and only now counted as indexed."""
+        done, self._unflushed = self._unflushed, []
+        self._flushed_at = time.monotonic()
+        if not done:
+            return
+        t1 = time.perf_counter()
         try:
-            self.refs([(p.payload["source_ref"], str(Path(p.item.path).absolute())) for p in written])
+            self.store.flush(self.opts.collection)
+            report.indexed += len(done)
+        except StoreError as exc:  # not known to be durable: a rerun writes them again (same ids)
+            report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p in done)
+        finally:
+            report.stage_seconds["upsert"] += time.perf_counter() - t1
+
+    def _refs_recorded(
+        self, items: Iterable[IngestItem], report: IngestReport, progress: Progress | None
+    ) -> Iterator[IngestItem]:
+        """Yield items once their source refs are recorded, REF_CHUNK files per ledger transaction (one fsync
+        per chunk, not per encoder batch), before any of their points can be written. A chunk whose refs cannot
+        be recorded fails: a point nobody can trace back to its file is worse than a point not written yet."""
+        if self.refs is None:
+            yield from items
+            return
+        chunk: list[IngestItem] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= REF_CHUNK:
+                yield from self._record_refs(chunk, report, progress)
+                chunk = []
+        if chunk:
+            yield from self._record_refs(chunk, report, progress)
+
+    def _record_refs(
+        self, chunk: list[IngestItem], report: IngestReport, progress: Progress | None
+    ) -> list[IngestItem]:
+        assert self.refs is not None
+        try:
+            self.refs([(i.ref or file_ref(i.path, self.salt), str(Path(i.path).absolute())) for i in chunk])
         except Exception as exc:  # noqa: BLE001 - a locked or broken ledger fails these files, not the run
             why = f"source reference not recorded ({_reason(exc)})"
-            report.failed.extend(FileError(str(p.item.path), "upsert", why) for p in written)
-            return False
-        return True
+            report.failed.extend(FileError(str(i.path), "upsert", why) for i in chunk)
+            _tick(progress, len(chunk))
+            return []
+        return chunk
 
 
 # -- the stages shared by the inline run (Ingestor), the queue's embed task and its index writer
@@ -291,12 +329,13 @@ def encode_stage(
 
 
 def upsert_stage(
-    store: VectorStore, collection: str, records: Sequence[tuple[T, PointRecord]]
+    store: VectorStore, collection: str, records: Sequence[tuple[T, PointRecord]], *, flush: bool = True
 ) -> tuple[list[T], list[tuple[T, str]]]:
     """Upsert (tag, point) pairs: (tags that landed, (tag, reason) refused). A vector the store would refuse (NaN,
     infinity, all zeros) is refused alone before the call; if the store still refuses the batch, it is split in
-    halves until only the bad points fail (each store write flushes, so one by one would be slow). Transient
-    errors (TRANSIENT_STORE_ERRORS) propagate: they refuse nothing, the caller retries or reports them."""
+    halves until only the bad points fail. One flush at the end (none with `flush=False`: the caller flushes
+    later and counts the points durable only then). Transient errors (TRANSIENT_STORE_ERRORS) propagate: they
+    refuse nothing, the caller retries or reports them."""
     good: list[tuple[T, PointRecord]] = []
     refused: list[tuple[T, str]] = []
     for tag, rec in records:
@@ -307,6 +346,8 @@ def upsert_stage(
         except StoreError as exc:
             refused.append((tag, _reason(exc)))
     landed, bad = _upsert_halving(store, collection, good)
+    if flush and landed:
+        store.flush(collection)
     return landed, refused + bad
 
 
@@ -316,7 +357,7 @@ def _upsert_halving(
     if not records:
         return [], []
     try:
-        store.upsert(collection, [r for _, r in records])
+        store.upsert(collection, [r for _, r in records], flush=False)
         return [t for t, _ in records], []
     except TRANSIENT_STORE_ERRORS:
         raise

@@ -2,9 +2,10 @@
 
 Why SQLite: it is the smallest real component that keeps the guarantees. Every process on the machine (receiver,
 workers, API, CLI) opens the same file; WAL mode lets readers run beside the one writer, `synchronous=FULL` makes
-each commit durable before it returns, and a unique key (the SOP Instance UID, or the file path) makes every
-state change idempotent. Redis stays a delivery channel only: if it loses a message, the sweep finds the item here
-and sends it again. The spool directory holds the bytes; this file holds what happened to them.
+each commit durable before it returns, and a unique key (the SOP Instance UID, or a salted hash of the file
+path) makes every state change idempotent. Redis stays a delivery channel only: if it loses a message, the sweep
+finds the item here and sends it again. The spool directory holds the bytes; this file holds what happened to
+them. Keys travel in broker messages and so carry no path; paths stay in this file.
 
 States: received -> queued -> processing -> indexed | failed. `attempts` counts starts, so a task that kills its
 worker every time is stopped after `max_attempts` instead of being redelivered forever.
@@ -27,8 +28,8 @@ TERMINAL = ("indexed", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
-    key          TEXT PRIMARY KEY,      -- 'sop:<SOPInstanceUID>' or 'file:<absolute path>'
-    path         TEXT NOT NULL,         -- where the bytes are (spool file, or the user's file)
+    key          TEXT PRIMARY KEY,      -- 'sop:<SOPInstanceUID>' or 'file:<32 hex>' (HMAC of the path)
+    path         TEXT NOT NULL,         -- where the bytes are (spool file, or the user's file); never leaves here
     origin       TEXT NOT NULL,         -- 'receiver' | 'pull' | 'file' | 'upload'
     collection   TEXT NOT NULL,
     state        TEXT NOT NULL,
@@ -76,12 +77,21 @@ class Item:
         return dict(self.__dict__)
 
 
+LEGACY_FILE_PREFIX = "file:/"  # keys of ledgers written before file keys were opaque: 'file:<absolute path>'
+
+
 def sop_key(sop_uid: str) -> str:
+    """The key of a received or pulled instance: 'sop:<SOP Instance UID>'."""
     return "sop:" + sop_uid.strip()
 
 
-def file_key(path: str | Path) -> str:
-    return "file:" + str(Path(path).absolute())
+def file_key(path: str | Path, salt: bytes) -> str:
+    """The key of a submitted file: 'file:<32 hex>', the salted HMAC of its absolute path, the same value as the
+    payload's `source_ref` (services.pipeline.refs.file_ref). Keys travel in broker messages (Redis) and hospital
+    exports name folders after patients, so a key never holds the path; the path stays in the row."""
+    from services.pipeline.refs import file_ref  # refs imports this module
+
+    return file_ref(path, salt)
 
 
 def _row(rec: sqlite3.Row) -> Item:
@@ -204,6 +214,24 @@ class Ledger:
         with self._tx() as db:
             return [_record(db, now, key, path, origin, collection, extra, update) for key, path, extra in entries]
 
+    def rekey_legacy_files(self, salt: bytes) -> int:
+        """Give rows keyed 'file:<absolute path>' (ledgers from before opaque keys) their `file_key`, so that no
+        path is ever sent to the broker; a row whose new key already exists is dropped (that row is the same
+        file). Returns how many rows changed. Cheap when there are none: one range scan of the primary key."""
+        found = (
+            self._conn()
+            .execute("SELECT key, path FROM items WHERE key >= ? AND key < ?", (LEGACY_FILE_PREFIX, "file:0"))
+            .fetchall()
+        )
+        if not found:
+            return 0
+        with self._tx() as db:
+            for rec in found:
+                new = file_key(rec["key"][len("file:") :], salt)
+                db.execute("UPDATE OR IGNORE items SET key=? WHERE key=?", (new, rec["key"]))
+                db.execute("DELETE FROM items WHERE key=?", (rec["key"],))
+        return len(found)
+
     def mark_queued(self, keys: Sequence[str]) -> None:
         now = time.time()
         with self._tx() as db:
@@ -297,6 +325,20 @@ class Ledger:
             (cutoff, limit),
         )
         return [_row(r) for r in recs]
+
+    def in_flight(self, *, limit: int) -> int:
+        """How many items are received, queued or processing, counted up to `limit` (an index range scan: the
+        index writer asks after every batch whether anything besides its own pending points is on the way)."""
+        rec = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM items WHERE state IN ('received','queued','processing')"
+                " LIMIT ?)",
+                (int(limit),),
+            )
+            .fetchone()
+        )
+        return int(rec["n"])
 
     def failures(self, *, limit: int = 1000) -> list[Item]:
         recs = self._conn().execute(

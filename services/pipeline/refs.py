@@ -6,8 +6,10 @@ holds a path. It holds `source_ref`, one of:
 - `file:<32 hex>`: HMAC-SHA256, under the store's salt, of the file's absolute path (an indexed local file);
 - `spool:<SOP Instance UID>`: an instance received or pulled into the spool.
 
-Whoever indexes records `ref -> path` in this machine's ledger (`Ledger.put_refs`); `resolve_source` reads it back.
-A machine without that ledger (another host on a shared Qdrant server) sees the ref and nothing else.
+Whoever indexes records `ref -> path` in this machine's ledger (`Ledger.put_refs`); `resolve_source` reads it back,
+falling back to the ledger row keyed by the same value (a queued file's key is its `file:` ref, an instance's
+key is `sop:<UID>`). A machine without that ledger (another host on a shared Qdrant server) sees the ref and
+nothing else.
 """
 
 from __future__ import annotations
@@ -61,10 +63,16 @@ def resolve_source(where: Settings | Ledger, payload: Mapping[str, Any]) -> Path
         return None
     ledger = where if isinstance(where, Ledger) else Ledger(where.ledger_path)
     path = ledger.resolve_ref(str(ref))
-    if path is None and str(ref).startswith(SPOOL_PREFIX):
-        item = ledger.get(sop_key(str(ref)[len(SPOOL_PREFIX) :]))
+    if path is None:
+        item = ledger.get(row_key(str(ref)))
         path = Path(item.path) if item is not None and item.path else None
     return path
+
+
+def row_key(ref: str) -> str:
+    """The ledger key of the item a ref was made for: `sop:<UID>` for `spool:<UID>`, the ref itself for a file
+    (a queued file's key is its `file:` ref). Where the row resolves the ref, the refs table need not."""
+    return sop_key(ref[len(SPOOL_PREFIX) :]) if ref.startswith(SPOOL_PREFIX) else ref
 
 
 def ref_resolver(where: Settings | Ledger) -> Callable[[str], Path | None]:

@@ -236,7 +236,8 @@ def test_index_queues_uploads_and_import_paths(indexed: Indexed, redis_server, t
         kept = list((settings.data_dir / "uploads").glob("*.jpg"))
         assert len(kept) == 1 and kept[0].read_bytes() == _row(indexed, "normal").read_bytes()
         ledger = Ledger(settings.ledger_path)
-        upload, imported = ledger.get(file_key(kept[0])), ledger.get(file_key(imports / "a.dcm"))
+        upload = ledger.get(file_key(kept[0], settings.salt))
+        imported = ledger.get(file_key(imports / "a.dcm", settings.salt))
         assert upload.extra["label"] == "normal" and upload.origin == "upload" and upload.collection == COLLECTION
         assert imported.origin == "file" and imported.state == "queued"  # sent to the embed queue in Redis
 

@@ -30,7 +30,7 @@ def test_record_is_idempotent_and_a_resend_does_not_rearm(tmp_path: Path) -> Non
 
 def test_attempts_are_bounded_then_dead_letter_then_retry(tmp_path: Path) -> None:
     led = Ledger(tmp_path / "l.sqlite3")
-    key = file_key(tmp_path / "a.png")
+    key = file_key(tmp_path / "a.png", b"test-salt")
     led.record(key, tmp_path / "a.png", origin="file", collection="cxr", extra={"label": "normal"})
     for _ in range(2):  # two starts that crashed their worker (nothing marked afterwards)
         todo, _ = led.claim([key], max_attempts=2)

@@ -19,7 +19,7 @@ import pytest
 from services.config import Settings
 from services.index import QdrantEdgeStore
 from services.pipeline.batch_jobs import ingest_item
-from services.pipeline.ledger import Ledger, sop_key
+from services.pipeline.ledger import Ledger, file_key, sop_key
 from services.pipeline.refs import file_ref, ref_resolver, resolve_source, spool_ref
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,8 +128,13 @@ def test_resolving_spool_refs_legacy_uris_and_unknown_refs(tmp_path: Path) -> No
     # The queue's ingest item of a received instance carries the spool ref (and a file's item none).
     item = ledger.get(sop_key("1.2.840.99.1"))
     assert item is not None and ingest_item(item).ref == "spool:1.2.840.99.1"
-    ledger.record("file:" + str(tmp_path / "x.png"), tmp_path / "x.png", origin="file", collection="cxr")
-    assert ingest_item(ledger.get("file:" + str(tmp_path / "x.png"))).ref is None  # type: ignore[arg-type]
+    key = file_key(tmp_path / "y.png", b"s")
+    ledger.record(key, tmp_path / "y.png", origin="file", collection="cxr")
+    assert ingest_item(ledger.get(key)).ref is None  # type: ignore[arg-type]
+    # A queued file's key is its payload ref, so its own row resolves it with no refs row.
+    assert (
+        key == file_ref(tmp_path / "y.png", b"s") and resolve_source(ledger, {"source_ref": key}) == tmp_path / "y.png"
+    )
 
 
 def test_a_ledger_that_cannot_record_fails_those_files_and_writes_nothing(

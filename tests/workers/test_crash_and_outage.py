@@ -38,7 +38,8 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     assert submit(settings, items, dispatch=False).recorded == 200
     first = WorkerProcess(env, tmp_path / "worker1.log")
     workers.append(first)
-    wait_ledger(settings, lambda c: c["indexed"] >= 24, timeout=90, what="the first batches")
+    # Items turn 'indexed' only at the writer's deferred flush, so kill once work has started, mid-run.
+    wait_ledger(settings, lambda c: c["processing"] + c["indexed"] >= 24, timeout=90, what="the first batches")
     first.kill()  # SIGKILL the worker with its pool and the index writer, whatever they were doing
     at_kill = Ledger(settings.ledger_path).counts()
     assert at_kill["indexed"] < 200, "the run finished before the kill; nothing was tested"
@@ -56,7 +57,9 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     expected = _expected_ids(paths)
     lost = expected - set(ids)
     duplicates = len(ids) - len(set(ids)) + len(points) - len({p.payload["content_sha256"] for p in points})
-    rerun = sum(1 for i in Ledger(settings.ledger_path).items([file_key(p) for p in paths]) if i.attempts > 1)
+    rerun = sum(
+        1 for i in Ledger(settings.ledger_path).items([file_key(p, settings.salt) for p in paths]) if i.attempts > 1
+    )
     print(
         f"\nkill test: 200 images; killed at {at_kill}; after restart: lost {len(lost)}, duplicates {duplicates},"
         f" points {len(points)}, items started more than once {rerun}, {time.monotonic() - t0:.1f} s"

@@ -53,7 +53,7 @@ def test_store_held_by_another_process_work_is_retried_then_lands_or_is_reported
     holder = _hold_store(settings.store_path)
     try:
         submit(settings, first)
-        keys = [file_key(p) for p in paths[:8]]
+        keys = [file_key(p, settings.salt) for p in paths[:8]]
         wait_ledger(
             settings,
             lambda c: all(i.attempts >= 2 for i in ledger.items(keys)),
@@ -73,7 +73,7 @@ def test_store_held_by_another_process_work_is_retried_then_lands_or_is_reported
         submit(settings, second)
         wait_ledger(settings, lambda c: c["failed"] == 8, timeout=90, what="the items giving up")
         listed = json.loads(cxr(env, "failures", "--json").stdout)
-        assert {f["key"] for f in listed} == {file_key(p) for p in paths[8:]}
+        assert {f["key"] for f in listed} == {file_key(p, settings.salt) for p in paths[8:]}
         assert all(f["stage"] == "gave-up" and "StoreLockedError" in f["reason"] for f in listed), listed
         assert all(f["attempts"] == 4 for f in listed)
     finally:

@@ -153,8 +153,12 @@ def test_queued_update_rewrites_the_payload(runtime: Runtime, cxr_public: Path, 
     opts = IngestOptions(collection="cxr", decode_workers=1)
 
     def run_queue(label: str, update: bool) -> None:
-        ledger.record(file_key(path), path, origin="file", collection="cxr", extra={"label": label}, update=update)
-        out = embed_keys(ledger, runtime.encoder, [file_key(path)], opts=opts, salt=settings.salt, max_attempts=3)
+        ledger.record(
+            file_key(path, settings.salt), path, origin="file", collection="cxr", extra={"label": label}, update=update
+        )
+        out = embed_keys(
+            ledger, runtime.encoder, [file_key(path, settings.salt)], opts=opts, salt=settings.salt, max_attempts=3
+        )
         for batch in out.batches:
             write_points(runtime.store, ledger, PointBatch.from_json(batch.to_json()))
 
@@ -163,7 +167,10 @@ def test_queued_update_rewrites_the_payload(runtime: Runtime, cxr_public: Path, 
     assert [p.payload["label"] for p in runtime.store.scroll("cxr")] == ["old"]
     run_queue("new", True)
     assert [p.payload["label"] for p in runtime.store.scroll("cxr")] == ["new"]
-    assert ledger.get(file_key(path)).state == "indexed" and not ledger.get(file_key(path)).update
+    assert (
+        ledger.get(file_key(path, settings.salt)).state == "indexed"
+        and not ledger.get(file_key(path, settings.salt)).update
+    )
 
 
 def test_the_writer_refreshes_the_index_once_enough_points_are_unindexed(data_dir: Path) -> None:
