@@ -2,12 +2,13 @@
 
 Rows, in one run, on the same N cxr-public images:
 - encoder alone: pre-decoded arrays through BatchEncoder (the model's ceiling);
-- inline: the Ingestor `cxr index` runs (read, hash, decode in threads, encode, payload, upsert) into a fresh
-  embedded store;
+- inline: the Ingestor `cxr index` runs (read, hash, decode in threads, encode, payload, upsert, source refs
+  recorded in a ledger as `cxr index` does) into a fresh embedded store;
 - queue, 1 and 2 embed processes: `cxr worker` subprocesses (embed xN + the single index writer) on a real Redis,
   from `submit` (ledger records + dispatch) until the ledger says all N are indexed. Each worker is warmed up first
   (model loaded in its processes), as a long-running worker is.
-Every process uses `--threads` torch threads (default 1, the worker default). Uses a trained checkpoint if given or
+Every process uses `--threads` torch threads (default 1, the worker default) and the same inference back end
+(`--backend`, default the worker's: CXR_INFERENCE_BACKEND). Uses a trained checkpoint if given or
 found under DATA_DIR/models/default, else a random-init vit-tiny at 128 px (throughput does not depend on training).
 Receiver rows (instances/s over 1/4/8 associations, C-STORE-to-searchable latency) belong to the PACS benchmark:
 see `receiver_rows()`. Search p50 at 100k points without a manual optimize: benchmarks/store_scale.py.
@@ -55,11 +56,19 @@ def checkpoint(arg: Path | None, tmp: Path) -> tuple[Path, str]:
     return path, "random-init vit-tiny at 128 px (no trained checkpoint found)"
 
 
-def encoder_alone(model: Path, files: list[Path], batch: int) -> float:
+def _encoder(model: Path, batch: int, backend: str, tmp: Path):  # noqa: ANN202 - a BatchEncoder
+    """The encoder every row uses: the same back end as the worker (CXR_INFERENCE_BACKEND), converted once."""
     from services.embedding import BatchEncoder
+
+    return BatchEncoder.from_checkpoint(
+        model, batch_size=batch, backend=backend or None, cache_root=tmp / "cache" / "models"
+    )
+
+
+def encoder_alone(model: Path, files: list[Path], batch: int, backend: str, tmp: Path) -> float:
     from services.imaging import decode_image, to_model_input
 
-    enc = BatchEncoder.from_checkpoint(model, batch_size=batch)
+    enc = _encoder(model, batch, backend, tmp)
     arrays = np.stack([to_model_input(decode_image(f).pixels, enc.image_size) for f in files])
     enc.encode(arrays[:batch])  # warm-up
     t0 = time.perf_counter()
@@ -67,23 +76,26 @@ def encoder_alone(model: Path, files: list[Path], batch: int) -> float:
     return len(files) / (time.perf_counter() - t0)
 
 
-def inline(model: Path, files: list[Path], batch: int, workers: int, tmp: Path) -> tuple[float, dict]:
-    from services.embedding import BatchEncoder
+def inline(model: Path, files: list[Path], batch: int, workers: int, backend: str, tmp: Path) -> tuple[float, dict]:
     from services.index import QdrantEdgeStore
     from services.pipeline import IngestOptions, Ingestor, build_items
+    from services.pipeline.ledger import Ledger
 
-    enc = BatchEncoder.from_checkpoint(model, batch_size=batch)
+    enc = _encoder(model, batch, backend, tmp)
     enc.encode(np.zeros((2, enc.image_size, enc.image_size), np.float32) + 0.5)  # warm-up
     store = QdrantEdgeStore(tmp / f"inline-{time.monotonic_ns()}")
     store.create_collection("bench", enc.dim)  # once per collection (~1-2 s here); the queue rows' warm-up pays it
     opts = IngestOptions(collection="bench", batch_size=batch, decode_workers=workers)
-    report = Ingestor(enc, store, opts, salt=b"bench-salt").run(build_items(files)[0])
+    refs = Ledger(tmp / f"inline-ledger-{time.monotonic_ns()}.sqlite3").put_refs  # as `cxr index` records them
+    report = Ingestor(enc, store, opts, salt=b"bench-salt", refs=refs).run(build_items(files)[0])
     store.close()
     assert report.indexed == len(files), report.failed[:3]
     return report.images_per_s, {k: round(v, 2) for k, v in report.stage_seconds.items()}
 
 
-def _env(tmp: Path, redis_url: str, model: Path, threads: int, batch: int, workers: int, qbatch: int) -> dict[str, str]:
+def _env(
+    tmp: Path, redis_url: str, model: Path, threads: int, batch: int, workers: int, qbatch: int, backend: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
     env.update(
         CXR_DATA_DIR=str(tmp),
@@ -95,6 +107,7 @@ def _env(tmp: Path, redis_url: str, model: Path, threads: int, batch: int, worke
         CXR_DECODE_WORKERS=str(workers),
         CXR_SWEEP_INTERVAL_S="1",
         CXR_PATIENT_SALT="bench-salt",
+        CXR_INFERENCE_BACKEND=backend,
     )
     return env
 
@@ -125,7 +138,9 @@ def queue(
 
     tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / f"queue-{concurrency}"
-    env = _env(data, redis_url, model, args.threads, args.batch_size, args.decode_workers, args.queue_batch_size)
+    env = _env(
+        data, redis_url, model, args.threads, args.batch_size, args.decode_workers, args.queue_batch_size, args.backend
+    )
     settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
     log = (tmp / f"worker-{concurrency}.log").open("wb")
     cmd = [sys.executable, "-m", "cli.main", "worker", "-c", str(concurrency), "--loglevel", "WARNING"]
@@ -163,6 +178,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--decode-workers", type=int, default=2)
     p.add_argument("--queue-batch-size", type=int, default=Settings().queue_batch_size, help="images per embed task")
+    p.add_argument(
+        "--backend",
+        default=Settings().inference_backend or "",
+        help="inference back end for every row (default: the worker's, CXR_INFERENCE_BACKEND; empty = eager)",
+    )
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each row keeps its best")
     p.add_argument("--receiver", action=argparse.BooleanOptionalAction, default=True, help="run benchmarks.receiver")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -180,10 +200,13 @@ def main() -> None:
         redis = RedisServer(tmp / "redis").start()
         rounds: dict[str, list[float]] = {}
         stages: list[dict] = []
+        loads: list[float] = []  # 1-minute load average as each round starts
         try:
             for r in range(args.rounds):  # the machine is shared: rows alternate, each keeps its best round
-                rounds.setdefault("encoder alone", []).append(encoder_alone(model, files, args.batch_size))
-                rate, stage_s = inline(model, files, args.batch_size, args.decode_workers, tmp)
+                loads.append(round(os.getloadavg()[0], 2))
+                alone = encoder_alone(model, files, args.batch_size, args.backend, tmp)
+                rounds.setdefault("encoder alone", []).append(alone)
+                rate, stage_s = inline(model, files, args.batch_size, args.decode_workers, args.backend, tmp)
                 rounds.setdefault("inline cxr index", []).append(rate)
                 stages.append(stage_s)
                 for c in (1, 2):
@@ -192,6 +215,12 @@ def main() -> None:
         finally:
             redis.stop()
         rows = {name: max(rates) for name, rates in rounds.items()}
+    same_round = {  # ratios within each round (the rows of one round ran minutes apart, under similar load)
+        "inline / encoder": [i / e for i, e in zip(rounds["inline cxr index"], rounds["encoder alone"], strict=True)],
+        "queue x1 / inline": [
+            q / i for q, i in zip(rounds["queue, 1 embed process"], rounds["inline cxr index"], strict=True)
+        ],
+    }
     ratios = {
         "inline / encoder": rows["inline cxr index"] / rows["encoder alone"],
         "queue x1 / inline": rows["queue, 1 embed process"] / rows["inline cxr index"],
@@ -199,8 +228,9 @@ def main() -> None:
     }
     print(
         f"{len(files)} real images, {model_note}, batch {args.batch_size}, {args.threads} torch thread(s)/process,"
-        f" {args.decode_workers} decode threads, best of {args.rounds} alternating rounds,"
-        f" load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        f" {args.decode_workers} decode threads, back end {args.backend or 'eager'},"
+        f" best of {args.rounds} alternating rounds,"
+        f" load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (at each round's start: {loads})"
     )
     print(f"{'row':28} {'images/s':>9}")
     for name, rate in rows.items():
@@ -208,6 +238,8 @@ def main() -> None:
     for name, r in ratios.items():
         target = {"inline / encoder": 0.8, "queue x1 / inline": 0.8}.get(name)
         print(f"{name:28} {r:9.2f}" + (f"  (target >= {target})" if target else ""))
+    for name, rs in same_round.items():
+        print(f"{name + ' by round':28} " + " ".join(f"{r:.2f}" for r in rs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "n": len(files),
@@ -215,12 +247,16 @@ def main() -> None:
         "batch_size": args.batch_size,
         "torch_threads_per_process": args.threads,
         "decode_workers": args.decode_workers,
+        "inference_backend": args.backend or "eager",
+        "queue_batch_size": args.queue_batch_size,
         "cores": os.cpu_count(),
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
+        "load_avg_1min_at_round_start": loads,
         "rule": f"best of {args.rounds} alternating rounds, the same for every row",
         "images_per_s": {k: round(v, 1) for k, v in rows.items()},
         "rounds_images_per_s": {k: [round(v, 1) for v in vs] for k, vs in rounds.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "ratios_same_round": {k: [round(v, 3) for v in vs] for k, vs in same_round.items()},
         "inline_stage_seconds": stages,
         "receiver": receiver_rows() if args.receiver else "skipped (--no-receiver)",
         "search_at_100k": "see benchmarks/store_scale.py and its results",

@@ -5,9 +5,13 @@ flushing after every 64-point task made the single writer the queue's bottleneck
 PointBatch without flushing and makes the points durable with one flush
 
 - once `max_points` points wait,
-- once the oldest has waited `max_delay_s` (a timer thread sees to it while no task arrives),
+- once the oldest has waited `max_delay_s`,
+- once no batch came for `idle_s` (the writer is keeping up: flushing now costs nobody a wait; a timer thread
+  sees to these two while no task arrives),
 - or at once when the ledger has nothing else in flight (received, queued or processing besides these points):
   the last batch of a burst is not kept waiting for more.
+A writer that falls behind is never idle, so it flushes once per `max_points` or `max_delay_s`; one that keeps
+up flushes in its idle time, and an item is indexed a fraction of a second after its points were written.
 
 Items are marked `indexed` in the ledger only after the flush that made their points durable. If the process
 dies before, nothing is lost: the store's write-ahead log keeps what was upserted if only the process died, the
@@ -41,10 +45,13 @@ class DeferredWriter:
         *,
         max_points: int = 1024,
         max_delay_s: float = 2.0,
+        idle_s: float = 0.2,
         timer: bool = True,
     ) -> None:
         self.store, self.ledger = store, ledger
         self.max_points, self.max_delay_s = max(1, int(max_points)), max(0.0, float(max_delay_s))
+        self.idle_s = max(0.0, float(idle_s))
+        self._last_write = time.monotonic()
         self._lock = threading.RLock()
         self._pending: list[tuple[str, str]] = []  # (ledger key, point id): upserted, not yet known durable
         self._collections: set[str] = set()
@@ -65,6 +72,7 @@ class DeferredWriter:
         propagate with nothing marked; a failed flush is only logged: the points stay pending for the timer."""
         with self._lock:
             out, done = stage_points(self.store, self.ledger, batch)
+            self._last_write = time.monotonic()
             if done:
                 self._pending.extend(done)
                 self._collections.add(batch.collection)
@@ -121,10 +129,11 @@ class DeferredWriter:
             self._timer.start()
 
     def _tick(self) -> None:
-        step = min(0.25, max(0.02, self.max_delay_s / 4))
+        step = min(0.25, max(0.02, min(self.max_delay_s, self.idle_s) / 4))
         while not self._stop.wait(step):
             with self._lock:
                 now = time.monotonic()
                 old = self._oldest is not None and now - self._oldest >= self.max_delay_s
-                if self._pending and old and now >= self._retry_at:
+                idle = now - self._last_write >= self.idle_s
+                if self._pending and (old or idle) and now >= self._retry_at:
                     self._try_flush()

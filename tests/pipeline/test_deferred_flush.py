@@ -106,12 +106,13 @@ def test_the_writer_flushes_when_nothing_else_is_in_flight_else_per_points_or_de
 
         later = [f"t{i}" for i in range(10)]
         _claimed(ledger, later)
-        timed = DeferredWriter(store, ledger, max_points=10**6, max_delay_s=0.3)
-        timed.write(_batch(later[:4], 6))  # six more in flight: only the timer flushes these
-        assert timed.pending == 4
-        wait_for(lambda: ledger.counts()["indexed"] == 44, timeout=30, what="the timer's flush")
-        assert timed.pending == 0 and timed.flushes == 1
-        timed.close()
+        for n, (delay, idle) in enumerate([(0.3, 3600.0), (3600.0, 0.2)]):  # the oldest waited; no batch came
+            timed = DeferredWriter(store, ledger, max_points=10**6, max_delay_s=delay, idle_s=idle)
+            timed.write(_batch(later[4 * n : 4 * n + 4], 6 + n))  # more in flight: only the timer flushes these
+            assert timed.pending == 4
+            wait_for(lambda n=n: ledger.counts()["indexed"] == 44 + 4 * n, timeout=30, what="the timer's flush")
+            assert timed.pending == 0 and timed.flushes == 1
+            timed.close()
 
 
 def test_flush_is_free_when_nothing_was_written_and_a_hand_over_flushes_what_was(tmp_path: Path) -> None:

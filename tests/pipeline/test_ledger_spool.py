@@ -114,3 +114,18 @@ def test_spool_sweeps_stale_temp_files(tmp_path: Path) -> None:
     stale.write_bytes(b"half")
     os.utime(stale, (0, 0))
     assert spool.sweep_incoming(older_than_s=60) == 1 and not stale.exists()
+
+
+def test_legacy_path_keys_are_rekeyed_before_anything_is_sent(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "l.sqlite3")
+    patient = tmp_path / "DOE^JOHN_MRN12345"
+    old, both = patient / "a.png", patient / "b.png"
+    led.record("file:" + str(old), old, origin="file", collection="cxr")  # as an older cxr keyed files
+    led.record("file:" + str(both), both, origin="file", collection="cxr")
+    led.record(file_key(both, b"s"), both, origin="file", collection="cxr")  # recorded again since
+    led.record(sop_key("1.2.3"), "/spool/1.2.3.dcm", origin="receiver", collection="cxr")
+    assert led.rekey_legacy_files(b"s") == 2
+    keys = sorted(i.key for i in led.due(requeue_after_s=60))
+    assert keys == sorted([file_key(old, b"s"), file_key(both, b"s"), sop_key("1.2.3")])
+    assert not any("DOE" in k for k in keys) and led.get(file_key(old, b"s")).path == str(old)
+    assert led.rekey_legacy_files(b"s") == 0
