@@ -69,7 +69,11 @@ def embed_public(manifest: Path, model: Path | None, cache: Path) -> Parents:
         t0, chunks = time.perf_counter(), []
         for start in range(0, len(rows), 256):
             batch = rows[start : start + 256]
-            chunks.append(encoder.encode(np.stack([to_model_input(decode_image(r.path).pixels, 128) for r in batch])))
+            chunks.append(
+                encoder.encode(
+                    np.stack([to_model_input(decode_image(r.path).pixels, encoder.image_size) for r in batch])
+                )
+            )
         vectors = np.concatenate(chunks).astype(np.float32)
         note += f"; embedded {len(rows)} images in {time.perf_counter() - t0:.0f} s"
         cache.mkdir(parents=True, exist_ok=True)
