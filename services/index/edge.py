@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from services.errors import CollectionNotFoundError, PointNotFoundError, StoreError, StoreLockedError
+from services.errors import CollectionNotFoundError, StoreError, StoreLockedError
 from services.index.edge_params import edge_config, edge_optimizers, edge_search_params
 from services.index.lease import StoreLease
 from services.index.store import (
@@ -44,7 +44,6 @@ from services.index.store import (
     as_matrix,
     as_vector,
     check_dim,
-    check_examples,
     check_filters,
     check_group_field,
     check_ids,
@@ -52,6 +51,7 @@ from services.index.store import (
     check_name,
     check_points,
     collect_groups,
+    example_vectors,
     excluding,
     restore_ids,
 )
@@ -401,16 +401,10 @@ class QdrantEdgeStore:
         *,
         group_by: str | None = None,
     ) -> list[Hit]:
-        pos, neg = check_examples(positive, negative)
         k = check_k(k)
-        if group_by is not None:
-            check_group_field(group_by)
-        found = {r.id: r.vector for r in self.retrieve(name, pos + neg, with_vectors=True)}
-        missing = [pid for pid in pos + neg if pid not in found]
-        if missing:
-            raise PointNotFoundError(f"example point(s) {missing} are not in collection {name!r}")
-        query = qe.Query.RecommendBestScore(qe.RecommendQuery([found[p] for p in pos], [found[p] for p in neg]))
-        base = excluding(flt, pos + neg)  # the engine would rank the positives first
+        examples, pos, neg = example_vectors(self, name, positive, negative, group_by)
+        query = qe.Query.RecommendBestScore(qe.RecommendQuery(pos, neg))
+        base = excluding(flt, examples)  # the engine would rank the positives first
         if group_by is None:
             return self._page(name, query, base, k)
         return collect_groups(lambda f, n: self._page(name, query, f, n), base, k, group_by)

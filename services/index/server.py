@@ -14,7 +14,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from services.errors import CollectionNotFoundError, ConfigError, PointNotFoundError, StoreError, StoreUnavailableError
+from services.errors import CollectionNotFoundError, ConfigError, StoreError, StoreUnavailableError
 from services.index.store import (
     INDEXED_FIELDS,
     CollectionInfo,
@@ -24,13 +24,13 @@ from services.index.store import (
     as_matrix,
     as_vector,
     check_dim,
-    check_examples,
     check_filters,
     check_group_field,
     check_ids,
     check_k,
     check_name,
     check_points,
+    example_vectors,
     excluding,
     merge_groups,
     restore_ids,
@@ -348,23 +348,17 @@ class QdrantServerStore:
         *,
         group_by: str | None = None,
     ) -> list[Hit]:
-        pos, neg = check_examples(positive, negative)
         k = check_k(k)
-        if group_by is not None:
-            check_group_field(group_by)
-        found = {r.id: r.vector for r in self.retrieve(name, pos + neg, with_vectors=True)}
-        missing = [pid for pid in pos + neg if pid not in found]
-        if missing:
-            raise PointNotFoundError(f"example point(s) {missing} are not in collection {name!r}")
+        examples, pos, neg = example_vectors(self, name, positive, negative, group_by)
         # Vectors rather than ids, so the same query runs on every adapter; the examples are excluded explicitly.
         query = qm.RecommendQuery(
             recommend=qm.RecommendInput(
-                positive=[found[p].tolist() for p in pos],
-                negative=[found[p].tolist() for p in neg],
+                positive=[v.tolist() for v in pos],
+                negative=[v.tolist() for v in neg],
                 strategy=qm.RecommendStrategy.BEST_SCORE,
             )
         )
-        base = excluding(flt, pos + neg)
+        base = excluding(flt, examples)
         if group_by is not None:
             return self._grouped(name, query, k, base, group_by)
         server_filter = _server_filter(base)

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.errors import StoreError
+from services.errors import PointNotFoundError, StoreError
 
 # Payload fields that get an index at collection creation: the ones search filters use.
 INDEXED_FIELDS: dict[str, str] = {
@@ -326,6 +326,21 @@ def check_examples(positive: Sequence[str], negative: Sequence[str]) -> tuple[li
     if both:
         raise StoreError(f"point(s) {both} are both positive and negative examples")
     return list(dict.fromkeys(pos)), list(dict.fromkeys(neg))
+
+
+def example_vectors(
+    store: VectorStore, name: str, positive: Sequence[str], negative: Sequence[str], group_by: str | None
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """recommend()'s checked inputs: every example id, and the stored vectors of the positives and negatives.
+    PointNotFoundError names examples that are not stored."""
+    pos, neg = check_examples(positive, negative)
+    if group_by is not None:
+        check_group_field(group_by)
+    found = {r.id: r.vector for r in store.retrieve(name, pos + neg, with_vectors=True)}
+    missing = [pid for pid in pos + neg if pid not in found]
+    if missing:
+        raise PointNotFoundError(f"example point(s) {missing} are not in collection {name!r}")
+    return pos + neg, [found[p] for p in pos], [found[p] for p in neg]
 
 
 def excluding(
