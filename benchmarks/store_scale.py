@@ -207,12 +207,37 @@ def search_rows(
                 lat: list[float] = []
                 cpu: list[float] = []
                 rec = []
+                by_value: dict[str, list[float]] = {}
                 for i, q in enumerate(data.q):
                     hits = timed(lat, cpu, store.search, name, q, K, data.flt(kind, i), hnsw_ef=ef)
                     rec.append(len({int(uuid.UUID(h.id)) - 1 for h in hits} & data.truth[kind][i]) / K)
+                    key = data.subset_key(kind, i)
+                    if key is not None and key[0] == "label":
+                        by_value.setdefault(key[1], []).append(rec[-1])
                 row = {"ef": ef, "acorn": acorn, "kind": kind, "load": os.getloadavg()[0]} | latency(lat, cpu)
-                rows.append(row | {"recall": float(np.mean(rec))})
+                row["recall"] = float(np.mean(rec))
+                if by_value:  # a filter that follows the embedding can fail for one value only
+                    row["recall_by_label"] = {v: float(np.mean(r)) for v, r in by_value.items()}
+                rows.append(row)
     return rows
+
+
+def exact_rows(store: QdrantEdgeStore, data: DataSet) -> dict[str, dict[str, float]]:
+    """The filtered searches scored exactly by the engine (IndexTuning.exact_filter_max_points, the default policy
+    below 300k points): the recall a graph cannot lose, and its price."""
+    saved = store.tuning
+    store.tuning = replace(saved, exact_filter_max_points=1 << 40)
+    out = {}
+    for kind in ("label", "selective"):
+        lat: list[float] = []
+        cpu: list[float] = []
+        rec = []
+        for i, q in enumerate(data.q):
+            hits = timed(lat, cpu, store.search, "bench", q, K, data.flt(kind, i))
+            rec.append(len({int(uuid.UUID(h.id)) - 1 for h in hits} & data.truth[kind][i]) / K)
+        out[kind] = latency(lat, cpu) | {"recall": float(np.mean(rec)), "load": os.getloadavg()[0]}
+    store.tuning = saved
+    return out
 
 
 def probe_memory(root: Path, data: DataSet, work: Path) -> dict[str, float]:
@@ -252,8 +277,12 @@ def run_config(data: DataSet, args: argparse.Namespace, m: int, efc: int, work: 
     say(f"{data.name} {len(data.ids):,} m={m} ef_construct={efc}: writer loop")
     store = QdrantEdgeStore(root, linger_s=1e9, tuning=tuning)
     result: dict[str, Any] = {"m": m, "ef_construct": efc, "payload_m": args.payload_m}
-    result |= {"merge_segments": args.merge_segments, "build": build(store, data, args.batch, refresh=True)}
-    result["search"] = search_rows(store, data, args.efs, args.acorns)
+    result |= {
+        "merge_segments": args.merge_segments,
+        "build": build(store, data, args.batch, refresh=not args.no_index),
+    }
+    result["search"] = [] if args.no_index else search_rows(store, data, args.efs, args.acorns)
+    result["exact_filtered"] = exact_rows(store, data)
     store.close()
     result["serve"] = probe_memory(root, data, work) | disk_mb(root)
     shutil.rmtree(root)
@@ -270,6 +299,8 @@ def run_config(data: DataSet, args: argparse.Namespace, m: int, efc: int, work: 
         store.close()
         shutil.rmtree(full_root)
     b = result["build"]
+    if args.no_index:
+        return result
     say(f"  done: {b['refreshes']} refreshes, {b['refresh_total_s']:.0f} s in all, max {b['refresh_max_s']:.1f} s")
     return result
 
@@ -307,6 +338,8 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     for r in results:
         for c in r["configs"]:
             b, s = c["build"], c["serve"]
+            if "refreshes" not in b:  # --no-index
+                continue
             full = f"{c['full_build_s']:.0f} ({c['full_build_cpu_s']:.0f})" if "full_build_s" in c else "-"
             print(
                 f"| {r['data']} | {r['points']:,} | {c['m']} | {c['ef_construct']} | "
@@ -328,6 +361,12 @@ def print_tables(results: list[dict[str, Any]]) -> None:
             f"| {r['data']} | {r['points']:,} | numpy exact | - | - | " + " | ".join(cell(ex[k]) for k in KINDS) + " |"
         )
         for c in r["configs"]:
+            if "exact_filtered" in c:
+                ex_f = c["exact_filtered"]
+                print(
+                    f"| {r['data']} | {r['points']:,} | engine, exact filtered | - | - | - | "
+                    f"{cell(ex_f['label'])} | {cell(ex_f['selective'])} |"
+                )
             by = {(x["ef"], x["acorn"], x["kind"]): x for x in c["search"]}
             unfiltered = {ef: x for (ef, _, kind), x in by.items() if kind == "none"}
             for ef, acorn in sorted({(x["ef"], x["acorn"]) for x in c["search"]}):
@@ -356,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1000, help="points per upsert")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--full", action="store_true", help="also time one full build of everything at once")
+    p.add_argument("--no-index", action="store_true", help="upsert only: the engine's exact filtered rows, no graph")
     p.add_argument("--work", type=Path, default=Path("/tmp/cxr-store-scale"))
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     search_acorn_selectivity: float = Field(
         0.4, ge=0, le=1, description="Filtered searches keeping at most this share of points use ACORN (0 = off)."
     )
+    search_exact_filter_max_points: int = Field(
+        300_000,
+        ge=0,
+        description="Filtered searches in a collection of at most this many points are exact (0 = never).",
+    )
     spool_dir: Path | None = Field(None, description="Received DICOM instances; default DATA_DIR/spool.")
     spool_min_free_mb: int = Field(512, ge=0, description="Refuse C-STORE (0xA700) below this much free space.")
     max_attempts: int = Field(5, ge=1, description="Starts of one item before it is marked failed (dead letter).")

@@ -327,15 +327,17 @@ class QdrantEdgeStore:
                 found.update(str(r.id) for r in recs)
         return restore_ids(ids, found)
 
-    def _request(self, vector: np.ndarray, k: int, flt: SearchFilter | None, ef: int | None) -> qe.QueryRequest:
+    def _query(
+        self, name: str, shard: Any, query: Any, k: int, flt: SearchFilter | None, ef: int | None
+    ) -> qe.QueryRequest:
+        """A request for `query`: exact when the filter restricts the points (not exclusions alone) and the shard
+        is small enough (IndexTuning.exact_filter_max_points), else the graph with the tuning's beam and ACORN."""
         engine_filter = _edge_filter(flt)
-        return qe.QueryRequest(
-            limit=k,
-            query=qe.Query.Nearest(vector),
-            filter=engine_filter,
-            with_payload=True,
-            params=edge_search_params(self.tuning, filtered=engine_filter is not None, hnsw_ef=ef),
-        )
+        points = None
+        if flt is not None and flt.must and self.tuning.exact_filter_max_points is not None:
+            points = int(self._call(name, "info", shard.info).points_count)
+        params = edge_search_params(self.tuning, filtered=engine_filter is not None, hnsw_ef=ef, points=points)
+        return qe.QueryRequest(limit=k, query=query, filter=engine_filter, with_payload=True, params=params)
 
     def search(
         self,
@@ -346,9 +348,9 @@ class QdrantEdgeStore:
         *,
         hnsw_ef: int | None = None,
     ) -> list[Hit]:
-        query = as_vector(name, vector, self._dim(name))
-        request = self._request(query, check_k(k), flt, hnsw_ef)
+        query, k = qe.Query.Nearest(as_vector(name, vector, self._dim(name))), check_k(k)
         with self._using(name) as shard:
+            request = self._query(name, shard, query, k, flt, hnsw_ef)
             points = self._call(name, "search", shard.query, request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
@@ -363,17 +365,17 @@ class QdrantEdgeStore:
         k, flts = check_k(k), check_filters(filters, len(matrix))
         if not len(matrix):
             return []
-        batch = qe.QueryBatchRequest([self._request(v, k, f, None) for v, f in zip(matrix, flts, strict=True)])
         with self._using(name) as shard:
+            requests = [
+                self._query(name, shard, qe.Query.Nearest(v), k, f, None) for v, f in zip(matrix, flts, strict=True)
+            ]
+            batch = qe.QueryBatchRequest(requests)
             results = self._call(name, "search_batch", shard.query_batch, batch)
         return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in pts] for pts in results]
 
     def _page(self, name: str, query: Any, flt: SearchFilter, n: int, ef: int | None = None) -> list[Hit]:
-        engine_filter = _edge_filter(flt)
-        params = edge_search_params(self.tuning, filtered=engine_filter is not None, hnsw_ef=ef)
-        request = qe.QueryRequest(limit=n, query=query, filter=engine_filter, with_payload=True, params=params)
         with self._using(name) as shard:
-            points = self._call(name, "search", shard.query, request)
+            points = self._call(name, "search", shard.query, self._query(name, shard, query, n, flt, ef))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def search_groups(

@@ -42,8 +42,14 @@ def edge_config(
     return qe.EdgeConfig(vectors=vectors, optimizers=optimizers, hnsw_config=edge_hnsw(tuning) if creating else None)
 
 
-def edge_search_params(tuning: IndexTuning, *, filtered: bool, hnsw_ef: int | None) -> qe.SearchParams | None:
-    """Search parameters: the caller's beam or the tuning's, and ACORN for filtered searches when enabled."""
+def edge_search_params(
+    tuning: IndexTuning, *, filtered: bool, hnsw_ef: int | None, points: int | None = None
+) -> qe.SearchParams | None:
+    """Search parameters: the caller's beam or the tuning's, and ACORN for filtered searches when enabled; a
+    filtered search in a collection of `points` <= `tuning.exact_filter_max_points` is exact."""
+    limit = tuning.exact_filter_max_points
+    if filtered and limit is not None and points is not None and points <= limit:
+        return qe.SearchParams(exact=True)
     ef = hnsw_ef or tuning.search_hnsw_ef
     acorn = tuning.acorn_max_selectivity if filtered else 0.0
     if not ef and not acorn:

@@ -19,6 +19,7 @@ def index_tuning(settings: Settings) -> IndexTuning:
         index_threads=settings.index_threads,
         search_hnsw_ef=settings.search_hnsw_ef,
         acorn_max_selectivity=settings.search_acorn_selectivity,
+        exact_filter_max_points=settings.search_exact_filter_max_points or None,
     )
 
 

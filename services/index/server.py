@@ -187,9 +187,16 @@ class QdrantServerStore:
             default_segment_number=t.merge_segments,
         )
 
-    def _search_params(self, filtered: bool, hnsw_ef: int | None) -> qm.SearchParams | None:
+    def _search_params(self, name: str, flt: SearchFilter | None, hnsw_ef: int | None) -> qm.SearchParams | None:
+        """The beam and ACORN, or exact for a restricting filter in a small collection (as the embedded store)."""
         if self._local:  # exact search only; it warns about parameters it ignores
             return None
+        filtered = flt is not None and not flt.is_empty
+        limit = self.tuning.exact_filter_max_points
+        if filtered and flt.must and limit is not None:
+            points = self._call(name, "count", self._client.count, name, exact=False).count
+            if points <= limit:
+                return qm.SearchParams(exact=True)
         ef = hnsw_ef or self.tuning.search_hnsw_ef
         acorn = self.tuning.acorn_max_selectivity if filtered else 0.0
         if not ef and not acorn:
@@ -264,7 +271,7 @@ class QdrantServerStore:
             limit=check_k(k),
             query_filter=server_filter,
             with_payload=True,
-            search_params=self._search_params(server_filter is not None, hnsw_ef),
+            search_params=self._search_params(name, flt, hnsw_ef),
         )
         return _hits(response.points)
 
@@ -282,7 +289,7 @@ class QdrantServerStore:
         requests = []
         for v, f in zip(matrix, flts, strict=True):
             server_filter = _server_filter(f)
-            params = self._search_params(server_filter is not None, None)
+            params = self._search_params(name, f, None)
             requests.append(
                 qm.QueryRequest(query=v.tolist(), limit=k, filter=server_filter, with_payload=True, params=params)
             )
@@ -294,7 +301,7 @@ class QdrantServerStore:
     ) -> list[Hit]:
         """Qdrant's group-by (one hit per group), plus the points without the field, which it leaves out."""
         server_filter = _server_filter(flt)
-        params = self._search_params(server_filter is not None, hnsw_ef)
+        params = self._search_params(name, flt, hnsw_ef)
         groups = self._call(
             name,
             "group search",
@@ -371,7 +378,7 @@ class QdrantServerStore:
             limit=k,
             query_filter=server_filter,
             with_payload=True,
-            search_params=self._search_params(server_filter is not None, None),
+            search_params=self._search_params(name, base, None),
         )
         return _hits(response.points)
 

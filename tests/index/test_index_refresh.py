@@ -173,10 +173,43 @@ def test_filtered_search_with_acorn_returns_only_matches(tmp_path: Path) -> None
     store.close()
 
 
+@pytest.mark.parametrize("policy", [None, 10_000])
+def test_a_filter_that_follows_the_clusters_needs_the_exact_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: int | None
+) -> None:
+    """A label carried by 2 of 8 clusters (plus 2% strays), searched from the other clusters. The engine's planner
+    is set to walk the graph for any filter (a 1 KB full-scan threshold: at this size it would otherwise score the
+    few matching points itself); filtered HNSW then cannot reach the strays and misses most of the true top 10,
+    as measured on real embeddings at 100k (docs/scaling.md). With the policy, every query gets the true top 10."""
+    monkeypatch.setattr("services.index.edge_params.ENGINE_FULL_SCAN_KB", 1)
+    data = clustered(n=3000, dim=DIM, clusters=8, noise=0.5, seed=5)
+    rng = np.random.default_rng(5)
+    label = np.where((data.cluster < 2) | (rng.random(3000) < 0.02), "b", "a")
+    payloads = [{"label": str(lab)} for lab in label]
+    points = [PointRecord(pid, v, p) for pid, v, p in zip(data.ids, data.vectors, payloads, strict=True)]
+    store = _store(tmp_path, threshold_points=500, search_hnsw_ef=16, exact_filter_max_points=policy)
+    store.upsert("cxr", points)
+    store.optimize("cxr")
+    assert store.unindexed_count("cxr") == 0
+    keep = np.flatnonzero(label == "b")
+    queries = data.vectors[np.flatnonzero(data.cluster >= 2)[::60]]
+    truth, _ = exact_top_k(data.vectors[keep], queries, 10)
+    found = [[h.id for h in store.search("cxr", q, 10, SearchFilter(must={"label": "b"}))] for q in queries]
+    store.close()
+    want = [[data.ids[keep[i]] for i in row] for row in truth]
+    recall = np.mean([len(set(f) & set(w)) / 10 for f, w in zip(found, want, strict=True)])
+    if policy is None:
+        assert recall < 0.9, f"filtered HNSW reached {recall:.2f}: the case no longer shows the failure"
+    else:
+        assert found == want
+
+
 def test_settings_reach_the_store(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, index_threshold_points=1234, hnsw_m=24, search_acorn_selectivity=0.3)
     tuning = index_tuning(settings)
     assert (tuning.threshold_points, tuning.hnsw_m, tuning.acorn_max_selectivity) == (1234, 24, 0.3)
+    assert tuning.exact_filter_max_points == 300_000  # the default; 0 turns it off
+    assert index_tuning(Settings(data_dir=tmp_path, search_exact_filter_max_points=0)).exact_filter_max_points is None
     store = open_store(settings)
     assert isinstance(store, QdrantEdgeStore) and store.tuning == tuning
     store.close()
@@ -190,6 +223,8 @@ def test_bad_tuning_is_refused() -> None:
         IndexTuning(hnsw_m=0)
     with pytest.raises(ConfigError, match="0 or more"):
         IndexTuning(hnsw_payload_m=-1)
+    with pytest.raises(ConfigError, match="positive integer"):
+        IndexTuning(exact_filter_max_points=0)
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         IndexTuning(acorn_max_selectivity=1.5)
     with pytest.raises(StoreError, match="not both"):
