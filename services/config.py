@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(16, ge=2, description="HNSW graph degree for new collections.")
     hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build beam for new collections.")
     index_threads: int = Field(0, ge=0, description="Threads for one HNSW build in the embedded store (0 = all cores).")
-    search_hnsw_ef: int = Field(128, ge=1, description="HNSW search beam when a query gives none.")
+    search_hnsw_ef: int = Field(256, ge=1, description="HNSW search beam when a query gives none.")
     search_acorn_selectivity: float = Field(
         0.4, ge=0, le=1, description="Filtered searches keeping at most this share of points use ACORN (0 = off)."
     )
