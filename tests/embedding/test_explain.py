@@ -41,7 +41,12 @@ FRACTIONS = (0.05, 0.1, 0.2)  # share of the patch grid deleted, per point of th
 # ---- a model trained here, briefly, with the project's own loop -------------------------------------------
 @pytest.fixture(scope="session")
 def trained_run(cxr_public: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """vit-tiny at 96 px (a 6x6 patch grid), 100 steps on 150 images per class (about a minute, one thread)."""
+    """vit-tiny at 96 px (a 6x6 patch grid), 100 steps on 150 images per class (about a minute, one thread).
+    CXR_EXPLAIN_MODEL=<checkpoint dir> runs the same tests on a longer-trained run (its split's test images)."""
+    import os
+
+    if os.environ.get("CXR_EXPLAIN_MODEL"):
+        return Path(os.environ["CXR_EXPLAIN_MODEL"])
     from services.training.config import TrainConfig
     from services.training.loop import Trainer
 
@@ -87,13 +92,15 @@ class Pairs:
 
 
 @pytest.fixture(scope="module")
-def pairs(trained_run: Path) -> Pairs:
+def pairs(trained_run: Path, cxr_public: Path) -> Pairs:
     from services.evaluation.splits import read_split, split_rows
     from services.manifest import read_manifest
     from services.training.data import load_image_cache
 
     encoder = load_checkpoint(trained_run)  # from disk, as the API and the CLI load it
     manifest = trained_run.parent / "manifest.csv"
+    if not manifest.exists():  # a run trained on the public set itself (CXR_EXPLAIN_MODEL)
+        manifest = cxr_public / "manifest.csv"
     test_rows = split_rows(read_manifest(manifest), read_split(trained_run / "split.json"), manifest.parent)["test"]
     cache = load_image_cache(test_rows[:120], encoder.config.image_size, workers=1)
     images = torch.from_numpy(cache.images).float().div(255).unsqueeze(1)
