@@ -73,7 +73,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def upload_kind(head: bytes) -> str | None:
-    """"dicom", "png" or "jpeg" from a file's first bytes (what the REST API accepts); None for anything else."""
+    """The kind ("dicom", "png" or "jpeg") of a file from its first bytes, as the REST API accepts; else None."""
     if is_dicom(head):
         return "dicom"
     if head.startswith(PNG_MAGIC):
