@@ -134,8 +134,7 @@ def inline_round(runtime: Runtime, files: list[Path], overrides: dict[str, Any],
         assert len(result.hits) == 10, path
         if i >= warmup:
             lat.append(dt)
-    runtime.store.close()  # hand the store back to the server for its round
-    del runtime.__dict__["store"]
+    runtime.close()  # hand the store back to the server for its round (reopened on the next use)
     return lat
 
 

@@ -42,11 +42,12 @@ from benchmarks.store_scale_data import (  # noqa: E402
     embed_public,
     point_payloads,
 )
+from benchmarks.store_scale_report import KINDS, print_tables  # noqa: E402
 from services.index import IndexTuning, PointRecord, QdrantEdgeStore, SearchFilter  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store_scale.json"
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("none", "label", "selective")
+
 K = 10
 PROBE = """
 import json, sys, time
@@ -204,22 +205,27 @@ def search_rows(
             for kind in KINDS:
                 if kind == "none" and acorn != acorns[0]:
                     continue  # ACORN only changes filtered searches
-                lat: list[float] = []
-                cpu: list[float] = []
-                rec = []
-                by_value: dict[str, list[float]] = {}
-                for i, q in enumerate(data.q):
-                    hits = timed(lat, cpu, store.search, name, q, K, data.flt(kind, i), hnsw_ef=ef)
-                    rec.append(len({int(uuid.UUID(h.id)) - 1 for h in hits} & data.truth[kind][i]) / K)
-                    key = data.subset_key(kind, i)
-                    if key is not None and key[0] == "label":
-                        by_value.setdefault(key[1], []).append(rec[-1])
-                row = {"ef": ef, "acorn": acorn, "kind": kind, "load": os.getloadavg()[0]} | latency(lat, cpu)
-                row["recall"] = float(np.mean(rec))
-                if by_value:  # a filter that follows the embedding can fail for one value only
-                    row["recall_by_label"] = {v: float(np.mean(r)) for v, r in by_value.items()}
-                rows.append(row)
+                rows.append({"ef": ef, "acorn": acorn} | measure(store, name, data, kind, hnsw_ef=ef))
     return rows
+
+
+def measure(store: Any, name: str, data: DataSet, kind: str, **search: Any) -> dict[str, Any]:
+    """Every query once with the `kind` of filter: latency, recall@10, and for label filters the recall per label
+    (a filter that follows the embedding can fail for one value only)."""
+    lat: list[float] = []
+    cpu: list[float] = []
+    rec = []
+    by_value: dict[str, list[float]] = {}
+    for i, q in enumerate(data.q):
+        hits = timed(lat, cpu, store.search, name, q, K, data.flt(kind, i), **search)
+        rec.append(len({int(uuid.UUID(h.id)) - 1 for h in hits} & data.truth[kind][i]) / K)
+        key = data.subset_key(kind, i)
+        if key is not None and key[0] == "label":
+            by_value.setdefault(key[1], []).append(rec[-1])
+    row = {"kind": kind, "load": os.getloadavg()[0]} | latency(lat, cpu) | {"recall": float(np.mean(rec))}
+    if by_value:
+        row["recall_by_label"] = {v: float(np.mean(r)) for v, r in by_value.items()}
+    return row
 
 
 def exact_rows(store: QdrantEdgeStore, data: DataSet) -> dict[str, dict[str, float]]:
@@ -227,15 +233,7 @@ def exact_rows(store: QdrantEdgeStore, data: DataSet) -> dict[str, dict[str, flo
     below 300k points): the recall a graph cannot lose, and its price."""
     saved = store.tuning
     store.tuning = replace(saved, exact_filter_max_points=1 << 40)
-    out = {}
-    for kind in ("label", "selective"):
-        lat: list[float] = []
-        cpu: list[float] = []
-        rec = []
-        for i, q in enumerate(data.q):
-            hits = timed(lat, cpu, store.search, "bench", q, K, data.flt(kind, i))
-            rec.append(len({int(uuid.UUID(h.id)) - 1 for h in hits} & data.truth[kind][i]) / K)
-        out[kind] = latency(lat, cpu) | {"recall": float(np.mean(rec)), "load": os.getloadavg()[0]}
+    out = {kind: measure(store, "bench", data, kind) for kind in ("label", "selective")}
     store.tuning = saved
     return out
 
@@ -326,56 +324,6 @@ def server_rows(data: DataSet, args: argparse.Namespace) -> dict[str, Any] | Non
     store.delete_collection(name)
     store.close()
     return {"upsert_pts_per_s": len(data.ids) / upsert_s, "indexed_after_s": built_s, "search": rows}
-
-
-def print_tables(results: list[dict[str, Any]]) -> None:
-    """Two markdown tables: the build (wall and CPU seconds) and the searches (wall p50/p95, CPU p50, recall)."""
-    print(
-        "\n| data | points | m | ef_c | upsert pts/s (per CPU-s) | refreshes | refresh median / max s (CPU) | "
-        "all refreshes s (CPU) | full build s (CPU) | segments | serve RSS MB | disk MB | open s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        for c in r["configs"]:
-            b, s = c["build"], c["serve"]
-            if "refreshes" not in b:  # --no-index
-                continue
-            full = f"{c['full_build_s']:.0f} ({c['full_build_cpu_s']:.0f})" if "full_build_s" in c else "-"
-            print(
-                f"| {r['data']} | {r['points']:,} | {c['m']} | {c['ef_construct']} | "
-                f"{b['upsert_pts_per_s']:,.0f} ({b['upsert_pts_per_cpu_s']:,.0f}) | {b['refreshes']} | "
-                f"{b['refresh_median_s']:.1f} / {b['refresh_max_s']:.1f} "
-                f"({b['refresh_cpu_median_s']:.1f} / {b['refresh_cpu_max_s']:.1f}) | "
-                f"{b['refresh_total_s']:.0f} ({b['refresh_cpu_total_s']:.0f}) | {full} | {b['segments']} | "
-                f"{s['rss_mb']:.0f} | {s['disk_mb']:.0f} | {s['open_s']:.2f} |"
-            )
-    print("\n| data | points | search | ef | ACORN | none: p50 / p95 ms (CPU p50), recall@10 | label | selective |")
-    print("|---|---|---|---|---|---|---|---|")
-
-    def cell(row: dict[str, float]) -> str:
-        return f"{row['p50_ms']:.2f} / {row['p95_ms']:.2f} ({row['cpu_p50_ms']:.2f}), {row['recall']:.3f}"
-
-    for r in results:
-        ex = r["numpy_exact"]
-        print(
-            f"| {r['data']} | {r['points']:,} | numpy exact | - | - | " + " | ".join(cell(ex[k]) for k in KINDS) + " |"
-        )
-        for c in r["configs"]:
-            if "exact_filtered" in c:
-                ex_f = c["exact_filtered"]
-                print(
-                    f"| {r['data']} | {r['points']:,} | engine, exact filtered | - | - | - | "
-                    f"{cell(ex_f['label'])} | {cell(ex_f['selective'])} |"
-                )
-            by = {(x["ef"], x["acorn"], x["kind"]): x for x in c["search"]}
-            unfiltered = {ef: x for (ef, _, kind), x in by.items() if kind == "none"}
-            for ef, acorn in sorted({(x["ef"], x["acorn"]) for x in c["search"]}):
-                cells = [cell(unfiltered[ef]), cell(by[(ef, acorn, "label")]), cell(by[(ef, acorn, "selective")])]
-                print(
-                    f"| {r['data']} | {r['points']:,} | m={c['m']} ef_c={c['ef_construct']} | {ef} | {acorn} | "
-                    + " | ".join(cells)
-                    + " |"
-                )
 
 
 def main(argv: list[str] | None = None) -> int:

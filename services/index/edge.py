@@ -327,16 +327,19 @@ class QdrantEdgeStore:
                 found.update(str(r.id) for r in recs)
         return restore_ids(ids, found)
 
+    def _size(self, name: str, shard: Any, filters: Sequence[SearchFilter | None]) -> int | None:
+        """The shard's point count when the tuning needs it to choose exact search for `filters`, else None."""
+        if not self.tuning.needs_size(filters):
+            return None
+        return int(self._call(name, "info", shard.info).points_count)
+
     def _query(
-        self, name: str, shard: Any, query: Any, k: int, flt: SearchFilter | None, ef: int | None
+        self, query: Any, k: int, flt: SearchFilter | None, ef: int | None, points: int | None
     ) -> qe.QueryRequest:
-        """A request for `query`: exact when the filter restricts the points (not exclusions alone) and the shard
-        is small enough (IndexTuning.exact_filter_max_points), else the graph with the tuning's beam and ACORN."""
+        """A request for `query`: exact where IndexTuning.exact says so, else the graph with the beam and ACORN."""
         engine_filter = _edge_filter(flt)
-        points = None
-        if flt is not None and flt.must and self.tuning.exact_filter_max_points is not None:
-            points = int(self._call(name, "info", shard.info).points_count)
-        params = edge_search_params(self.tuning, filtered=engine_filter is not None, hnsw_ef=ef, points=points)
+        exact = self.tuning.exact(flt, points)
+        params = edge_search_params(self.tuning, filtered=engine_filter is not None, hnsw_ef=ef, exact=exact)
         return qe.QueryRequest(limit=k, query=query, filter=engine_filter, with_payload=True, params=params)
 
     def search(
@@ -350,7 +353,7 @@ class QdrantEdgeStore:
     ) -> list[Hit]:
         query, k = qe.Query.Nearest(as_vector(name, vector, self._dim(name))), check_k(k)
         with self._using(name) as shard:
-            request = self._query(name, shard, query, k, flt, hnsw_ef)
+            request = self._query(query, k, flt, hnsw_ef, self._size(name, shard, [flt]))
             points = self._call(name, "search", shard.query, request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
@@ -366,16 +369,16 @@ class QdrantEdgeStore:
         if not len(matrix):
             return []
         with self._using(name) as shard:
-            requests = [
-                self._query(name, shard, qe.Query.Nearest(v), k, f, None) for v, f in zip(matrix, flts, strict=True)
-            ]
+            size = self._size(name, shard, flts)
+            requests = [self._query(qe.Query.Nearest(v), k, f, None, size) for v, f in zip(matrix, flts, strict=True)]
             batch = qe.QueryBatchRequest(requests)
             results = self._call(name, "search_batch", shard.query_batch, batch)
         return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in pts] for pts in results]
 
     def _page(self, name: str, query: Any, flt: SearchFilter, n: int, ef: int | None = None) -> list[Hit]:
         with self._using(name) as shard:
-            points = self._call(name, "search", shard.query, self._query(name, shard, query, n, flt, ef))
+            request = self._query(query, n, flt, ef, self._size(name, shard, [flt]))
+            points = self._call(name, "search", shard.query, request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def search_groups(

@@ -43,12 +43,11 @@ def edge_config(
 
 
 def edge_search_params(
-    tuning: IndexTuning, *, filtered: bool, hnsw_ef: int | None, points: int | None = None
+    tuning: IndexTuning, *, filtered: bool, hnsw_ef: int | None, exact: bool = False
 ) -> qe.SearchParams | None:
-    """Search parameters: the caller's beam or the tuning's, and ACORN for filtered searches when enabled; a
-    filtered search in a collection of `points` <= `tuning.exact_filter_max_points` is exact."""
-    limit = tuning.exact_filter_max_points
-    if filtered and limit is not None and points is not None and points <= limit:
+    """Search parameters: exact when asked (IndexTuning.exact), else the caller's beam or the tuning's, and ACORN
+    for filtered searches when enabled."""
+    if exact:
         return qe.SearchParams(exact=True)
     ef = hnsw_ef or tuning.search_hnsw_ef
     acorn = tuning.acorn_max_selectivity if filtered else 0.0

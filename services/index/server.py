@@ -187,16 +187,22 @@ class QdrantServerStore:
             default_segment_number=t.merge_segments,
         )
 
-    def _search_params(self, name: str, flt: SearchFilter | None, hnsw_ef: int | None) -> qm.SearchParams | None:
-        """The beam and ACORN, or exact for a restricting filter in a small collection (as the embedded store)."""
+    def _size(self, name: str, filters: Sequence[SearchFilter | None]) -> int | None:
+        """The collection's (approximate) point count when the tuning needs it to choose exact search, else None:
+        one request per call, however many queries it holds."""
+        if self._local or not self.tuning.needs_size(filters):
+            return None
+        return int(self._call(name, "count", self._client.count, name, exact=False).count)
+
+    def _search_params(
+        self, flt: SearchFilter | None, hnsw_ef: int | None, points: int | None
+    ) -> qm.SearchParams | None:
+        """Exact where IndexTuning.exact says so (as the embedded store), else the beam and ACORN."""
         if self._local:  # exact search only; it warns about parameters it ignores
             return None
+        if self.tuning.exact(flt, points):
+            return qm.SearchParams(exact=True)
         filtered = flt is not None and not flt.is_empty
-        limit = self.tuning.exact_filter_max_points
-        if filtered and flt.must and limit is not None:
-            points = self._call(name, "count", self._client.count, name, exact=False).count
-            if points <= limit:
-                return qm.SearchParams(exact=True)
         ef = hnsw_ef or self.tuning.search_hnsw_ef
         acorn = self.tuning.acorn_max_selectivity if filtered else 0.0
         if not ef and not acorn:
@@ -271,7 +277,7 @@ class QdrantServerStore:
             limit=check_k(k),
             query_filter=server_filter,
             with_payload=True,
-            search_params=self._search_params(name, flt, hnsw_ef),
+            search_params=self._search_params(flt, hnsw_ef, self._size(name, [flt])),
         )
         return _hits(response.points)
 
@@ -287,9 +293,10 @@ class QdrantServerStore:
         if not len(matrix):
             return []
         requests = []
+        size = self._size(name, flts)
         for v, f in zip(matrix, flts, strict=True):
             server_filter = _server_filter(f)
-            params = self._search_params(name, f, None)
+            params = self._search_params(f, None, size)
             requests.append(
                 qm.QueryRequest(query=v.tolist(), limit=k, filter=server_filter, with_payload=True, params=params)
             )
@@ -301,7 +308,7 @@ class QdrantServerStore:
     ) -> list[Hit]:
         """Qdrant's group-by (one hit per group), plus the points without the field, which it leaves out."""
         server_filter = _server_filter(flt)
-        params = self._search_params(name, flt, hnsw_ef)
+        params = self._search_params(flt, hnsw_ef, self._size(name, [flt]))
         groups = self._call(
             name,
             "group search",
@@ -378,7 +385,7 @@ class QdrantServerStore:
             limit=k,
             query_filter=server_filter,
             with_payload=True,
-            search_params=self._search_params(name, base, None),
+            search_params=self._search_params(base, None, self._size(name, [base])),
         )
         return _hits(response.points)
 

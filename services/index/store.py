@@ -112,6 +112,11 @@ class SearchFilter:
     def is_empty(self) -> bool:
         return not (self.must or self.must_not or self.exclude_ids)
 
+    @property
+    def restricts(self) -> bool:
+        """True when it keeps only the points with given values (`must`), not nearly all of them (exclusions)."""
+        return bool(self.must)
+
 
 class VectorStore(Protocol):
     """What the pipeline needs from a vector store. Vectors are compared by cosine similarity."""

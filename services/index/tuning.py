@@ -7,9 +7,14 @@ index writer sees. A point of a `dim`-d float32 vector takes `4 * dim` bytes, so
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from services.errors import ConfigError
+
+if TYPE_CHECKING:
+    from services.index.store import SearchFilter
 
 # Qdrant's own defaults, used where a tuning leaves a graph parameter unset but sets another.
 ENGINE_HNSW_M = 16
@@ -86,6 +91,16 @@ class IndexTuning:
                 f"({self.segment_points})",
                 "Index in refreshes smaller than one segment.",
             )
+
+    def needs_size(self, filters: Iterable[SearchFilter | None]) -> bool:
+        """Whether deciding how to search with `filters` needs the collection's point count (one count per call,
+        not per query)."""
+        return self.exact_filter_max_points is not None and any(f is not None and f.restricts for f in filters)
+
+    def exact(self, flt: SearchFilter | None, points: int | None) -> bool:
+        """Whether a search with `flt` in a collection of `points` is exact (see `exact_filter_max_points`)."""
+        limit = self.exact_filter_max_points
+        return limit is not None and points is not None and flt is not None and flt.restricts and points <= limit
 
     @property
     def sets_graph(self) -> bool:
