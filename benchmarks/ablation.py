@@ -38,9 +38,9 @@ from services.evaluation.baselines import RAW_PIXEL_SIZE, chance_summary, raw_pi
 from services.evaluation.imagenet import ImagenetBaseline
 from services.evaluation.report import shape_summary
 from services.evaluation.scoring import score_retrieval
-from services.evaluation.splits import load_or_make_split, merge_labels, split_rows
 from services.evaluation.types import RetrievalSet
 from services.manifest import ManifestRow, file_sha256, read_manifest
+from services.splits import load_or_make_split, merge_labels, split_rows
 from services.training.config import TrainConfig
 from services.training.data import ImageCache, load_image_cache
 from services.training.loop import Trainer

@@ -106,8 +106,8 @@ def _send_chunk(args: tuple[list[str], int]) -> int:
 
 def durability_floor(files: list[Path], tmp: Path) -> float:
     from services.pacs.intake import Intake
+    from services.pacs.spool import Spool
     from services.pipeline.ledger import Ledger
-    from services.pipeline.spool import Spool
 
     intake = Intake(Spool(tmp / "spool", min_free_mb=0), Ledger(tmp / "ledger.sqlite3"), collection="cxr")
     blobs = [f.read_bytes() for f in files]

@@ -33,10 +33,10 @@ def demo(
     Example: cxr demo --data ../shared/data/cxr-public --train-minutes 5
     """
     from services.errors import DataError
-    from services.evaluation.splits import read_split, split_rows
     from services.manifest import read_manifest
     from services.pipeline import IngestItem, IngestOptions, Ingestor, QueryOptions, Runtime, search_file
     from services.pipeline.refs import resolve_source
+    from services.splits import read_split, split_rows
     from services.training.config import TrainConfig
     from services.training.loop import Trainer
 

@@ -16,6 +16,9 @@ from services.errors import CxrError
 
 stderr = Console(stderr=True, highlight=False)
 
+# Exit codes: 0 ok, 1 domain error, 2 usage, and this one: some items failed while the rest went through.
+EXIT_PARTIAL = 3
+
 
 def _debug() -> bool:
     return os.environ.get("CXR_DEBUG", "").lower() in {"1", "true", "yes"}

@@ -60,6 +60,7 @@ def eval_(
     """Index the train split as the gallery, query with every test image (or every row of --queries), report.
 
     Example: cxr eval --model runs/vit-s --manifest data/manifest.csv --out reports/4class
+
     External: cxr eval --model runs/vit-s --manifest data/manifest.csv --queries ours.csv --out reports/ours
     """
     from services.evaluation.job import run_eval

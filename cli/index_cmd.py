@@ -9,10 +9,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cli.errors import EXIT_PARTIAL
 from cli.options import BatchSizeOpt, CollectionOpt, JsonOpt, ManifestOpt, ModelOpt, load_settings
 from cli.progress import progress_bar
-
-EXIT_PARTIAL = 3
 
 
 def index(

@@ -22,6 +22,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Rich's option table cut option names at 80 columns (`--allow-split-misma…`); click's layout
+    # never cuts a name and wraps the help text beside it.
+    rich_markup_mode=None,
 )
 
 app.command()(index)

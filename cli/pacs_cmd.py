@@ -10,9 +10,8 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import EXIT_PARTIAL
 from cli.options import CollectionOpt, JsonOpt, load_settings
-
-EXIT_PARTIAL = 3
 
 pacs_app = typer.Typer(help="Pull chest radiographs from a PACS.", no_args_is_help=True)
 
@@ -44,8 +43,8 @@ def _dispatcher(settings, enabled: bool):  # noqa: ANN001, ANN202 - Settings -> 
 def _intake(settings):  # noqa: ANN001, ANN202 - Settings -> Intake
     from services.pacs.deid import Deidentifier
     from services.pacs.intake import Intake
+    from services.pacs.spool import Spool
     from services.pipeline.ledger import Ledger
-    from services.pipeline.spool import Spool
 
     spool = Spool(settings.spool_path, min_free_mb=settings.spool_min_free_mb)
     deid = Deidentifier(settings.salt) if settings.spool_deidentify else None
@@ -150,8 +149,8 @@ def pull(
     Example: cxr pacs pull --url http://orthanc:8042/dicom-web --user cxr --since 2024-01-01
     """
     from services.pacs.http import PacsAuth
-    from services.pacs.pull import PullOptions
     from services.pacs.pull import pull as run_pull
+    from services.pacs.pull_batch import PullOptions
 
     if mode not in ("dicomweb", "orthanc-changes"):
         raise typer.BadParameter("must be dicomweb or orthanc-changes", param_hint="--mode")

@@ -19,8 +19,8 @@ from rich.table import Table
 
 from cli.errors import stderr
 from cli.options import JsonOpt, load_settings
+from workers.app import EMBED_QUEUE, INDEX_QUEUE, QUEUES
 
-QUEUES = ("embed", "index")
 # kombu keeps a queue's messages in the list named after it, plus one list per priority step (sep \x06\x16).
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
@@ -78,7 +78,10 @@ def status(as_json: JsonOpt = False) -> None:
     if "error" in queues:
         typer.echo(f"queues   unknown: {queues['error']}; items stay in the ledger and are sent when it returns")
     else:
-        typer.echo(f"queues   embed {queues['embed']}  index {queues['index']}  unacknowledged {queues['unacked']}")
+        typer.echo(
+            f"queues   {EMBED_QUEUE} {queues[EMBED_QUEUE]}  {INDEX_QUEUE} {queues[INDEX_QUEUE]}"
+            f"  unacknowledged {queues['unacked']}"
+        )
 
 
 def failures(
@@ -166,8 +169,12 @@ def _celery_worker(queue: str, concurrency: int, loglevel: str) -> subprocess.Po
     return subprocess.Popen(cmd)
 
 
+QueuesOpt = Annotated[str, typer.Option("--queues", "-Q", help=f"Comma-separated: {', '.join(QUEUES)}.")]
+EVERY_QUEUE = ",".join(QUEUES)
+
+
 def worker(
-    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated: embed, index.")] = "embed,index",
+    queues: QueuesOpt = EVERY_QUEUE,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Embed processes.")] = 1,
     loglevel: Annotated[str, typer.Option("--loglevel", help="Celery log level.")] = "INFO",
     sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Re-send due ledger items periodically.")] = True,
@@ -184,9 +191,9 @@ def worker(
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
     if unknown or not wanted:
-        raise typer.BadParameter(f"unknown queue(s) {unknown}; use embed and/or index", param_hint="--queues")
+        raise typer.BadParameter(f"unknown queue(s) {unknown}; use {' and/or '.join(QUEUES)}", param_hint="--queues")
     settings = load_settings()
-    procs = {q: _celery_worker(q, concurrency if q == "embed" else 1, loglevel) for q in QUEUES if q in wanted}
+    procs = {q: _celery_worker(q, concurrency if q == EMBED_QUEUE else 1, loglevel) for q in QUEUES if q in wanted}
     sweeper = Sweep(settings) if sweep else None
     if sweeper:
         sweeper.start()
@@ -197,7 +204,7 @@ def worker(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sizes = {q: concurrency if q == "embed" else 1 for q in procs}
+    sizes = {q: concurrency if q == EMBED_QUEUE else 1 for q in procs}
     stderr.print("cxr worker: " + ", ".join(f"{q} x{n}" for q, n in sizes.items()))
     code = 0
     while not stopping["sig"]:

@@ -14,8 +14,10 @@ from cli.errors import stderr
 from cli.options import CollectionOpt, JsonOpt, ModelOpt, load_settings
 
 if TYPE_CHECKING:  # the heavy modules load inside the command only
+    import numpy as np
+
     from services.index import Hit
-    from services.pipeline import QueryOptions, Runtime
+    from services.pipeline import Runtime
 
 
 def search(
@@ -49,7 +51,8 @@ def search(
 
     Example: cxr search q.dcm --k 10 --filter view=PA --exclude-same-patient
     """
-    from services.pipeline import QueryOptions, Runtime, hits_to_json, search_file
+    from services.pipeline import QueryOptions, Runtime, hits_to_json
+    from services.pipeline.query import read_query, search_decoded
     from services.pipeline.refs import resolve_source
 
     settings = load_settings(collection=collection, model=model)
@@ -64,10 +67,11 @@ def search(
         min_side=settings.min_side,
     )
     with Runtime(settings) as rt:
-        result = search_file(query, encoder=rt.encoder, store=rt.store, opts=opts, salt=settings.salt)
+        decoded, sha = read_query(query, opts)  # decoded once: the search and the heat maps share it
+        result = search_decoded(decoded, sha, encoder=rt.encoder, store=rt.store, opts=opts, salt=settings.salt)
         files = [resolve_source(rt.ledger, hit.payload) for hit in result.hits]
         if explain_dir is not None:
-            write_explanations(explain_dir, query, result.hits, rt=rt, opts=opts)
+            write_explanations(explain_dir, query, decoded.pixels, result.hits, rt=rt)
     if exclude_same_patient and not result.patient_excluded:
         stderr.print(
             "warning: the query carries no patient id, so same-patient results could not be excluded; pass --patient-id"
@@ -90,30 +94,26 @@ def search(
     Console(highlight=False).print(table)
 
 
-def write_explanations(out_dir: Path, query: Path, hits: list[Hit], *, rt: Runtime, opts: QueryOptions) -> None:
+def write_explanations(out_dir: Path, query: Path, query_pixels: np.ndarray, hits: list[Hit], *, rt: Runtime) -> None:
     """`--explain`: NN_query.png and NN_result.png per result (the query's map depends on the result), and
-    explain.json with the maps on the patch grid; results whose image cannot be read are reported and skipped."""
-    from services.embedding.explain import Explainer, StoredImageError, load_point_pixels, overlay_png
-    from services.pipeline.query import read_query
-    from services.pipeline.refs import ref_resolver
+    explain.json with the maps on the patch grid; results whose image cannot be read are reported and skipped.
+    `query_pixels` is the query as the search decoded it; `query` only names it in explain.json."""
+    from services.embedding.explain import Explainer
+    from services.embedding.overlay import overlay_png
+    from services.errors import StoredImageError
+    from services.pipeline.stored_image import load_stored_pixels
 
     settings = rt.settings
-    query_pixels = read_query(query, opts)[0].pixels
     kept, pixels = [], []
     for rank, hit in enumerate(hits, start=1):
         try:
             pixels.append(
-                load_point_pixels(
-                    rt.store,
-                    settings.collection,
-                    hit.id,
-                    resolve_ref=ref_resolver(rt.ledger),
-                    max_pixels=settings.max_pixels,
-                    min_side=settings.min_side,
+                load_stored_pixels(
+                    rt.ledger, hit.payload, hit.id, max_pixels=settings.max_pixels, min_side=settings.min_side
                 )
             )
             kept.append((rank, hit))
-        except (StoredImageError, LookupError) as exc:
+        except StoredImageError as exc:
             stderr.print(f"warning: result {rank} ({hit.id}) not explained: {exc}")
     explanations = Explainer(rt.encoder).explain_many(query_pixels, pixels)
     out_dir.mkdir(parents=True, exist_ok=True)

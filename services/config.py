@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 from pydantic import Field, SecretStr, model_validator
@@ -11,15 +14,46 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.errors import ConfigError
 
+# The decoder's image-size guard, used wherever no Settings is at hand (the decoder's own defaults, option objects).
+DEFAULT_MAX_PIXELS = 80_000_000  # more pixels than this is refused before decoding (bomb guard)
+DEFAULT_MIN_SIDE = 32  # a shorter side than this is refused
+
+
+# CXR_ variables that are not settings. Any other CXR_ name is refused as a typo (pydantic-settings would ignore it):
+# the PACS credentials `cxr pacs pull` reads (cli/pacs_cmd.py), the switches of the tests and benchmarks, and one
+# build argument.
+OTHER_CXR_VARIABLES = frozenset(
+    {
+        "CXR_PACS_USER",
+        "CXR_PACS_PASSWORD",
+        "CXR_PACS_TOKEN",
+        "CXR_SHARED_DATA",
+        "CXR_TEST_SERVICES",
+        "CXR_TEST_QDRANT_URL",
+        "CXR_EXPLAIN_MODEL",
+        "CXR_VIEWER_SCREENSHOT",
+        "CXR_UID",  # the image's user id, a build argument of deploy/Dockerfile
+    }
+)
+
 
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("cxr", appauthor=False))
 
 
+def _with_close_match(names: list[str], known: list[str]) -> str:
+    """`names` joined, each with the known name it most resembles: "colection (did you mean collection?)"."""
+    out = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return ", ".join(out)
+
+
 class Settings(BaseSettings):
     """Runtime configuration. Build with `Settings()` (reads the environment) and pass it down explicitly."""
 
-    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="forbid")
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="Root for the store, models, salt.")
     qdrant_path: Path | None = Field(None, description="Embedded store directory; default DATA_DIR/qdrant.")
@@ -37,8 +71,8 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default.")
     decode_workers: int = Field(2, ge=0, description="Decoder threads overlapped with inference (0 = inline).")
-    max_pixels: int = Field(80_000_000, ge=1024, description="Refuse images with more pixels (bomb guard).")
-    min_side: int = Field(32, ge=1, description="Refuse images whose shorter side is smaller.")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024, description="Refuse images with more pixels (bomb guard).")
+    min_side: int = Field(DEFAULT_MIN_SIDE, ge=1, description="Refuse images whose shorter side is smaller.")
     patient_salt: SecretStr | None = Field(
         None, description="Salt for patient-id hashes; default a random salt kept in DATA_DIR/patient_salt."
     )
@@ -81,7 +115,9 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and result backend.")
     queue_batch_size: int = Field(64, ge=1, description="Images per embed task on the background queue.")
     visibility_timeout_s: float = Field(
-        3600.0, gt=0, description="Redis redelivers a task unacknowledged this long; keep it above the longest task."
+        300.0,
+        gt=0,
+        description="A dead worker's unacknowledged task is redelivered after this long (live workers renew theirs).",
     )
     unacked_restore_interval_s: float = Field(
         5.0, gt=0, description="How often a worker looks for unacknowledged tasks of dead workers to redeliver."
@@ -119,6 +155,28 @@ class Settings(BaseSettings):
     pacs_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout (s) of each PACS HTTP request.")
     pacs_retries: int = Field(4, ge=0, description="Retries of a PACS request after a timeout or a 5xx/429 answer.")
     debug: bool = Field(False, description="Print tracebacks for domain errors.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown(cls, data: Any) -> Any:
+        # A misspelt keyword or CXR_ variable would otherwise leave its default in place without a word: extra="forbid"
+        # raises a bare ValidationError for the first, and pydantic-settings never reads a variable naming no field.
+        fields = list(cls.model_fields)
+        unknown = sorted(set(data) - set(fields)) if isinstance(data, dict) else []
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {_with_close_match(unknown, fields)}",
+                "Use a field of services.config.Settings (deploy/cxr.env.example lists each as a CXR_ variable).",
+            )
+        variables = [f"CXR_{name.upper()}" for name in fields]
+        allowed = {*variables, *OTHER_CXR_VARIABLES}
+        stray = sorted(k for k in os.environ if k.upper().startswith("CXR_") and k.upper() not in allowed)
+        if stray:
+            raise ConfigError(
+                f"unknown environment variable {_with_close_match(stray, variables)}",
+                "Correct or unset it: deploy/cxr.env.example lists every CXR_ setting.",
+            )
+        return data
 
     @model_validator(mode="after")
     def _reject_conflicts(self) -> Settings:

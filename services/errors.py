@@ -73,6 +73,12 @@ class PointNotFoundError(StoreError):
     default_hint = "Use an id from a search result or `cxr search --json`."
 
 
+class StoredImageError(CxrError):
+    """An indexed point whose image cannot be found or read any more."""
+
+    default_hint = "Re-index the image from where it lives now, or restore the file."
+
+
 class ImageTooLargeError(DecodeError):
     """An image whose declared size is over the pixel limit (refused before its pixels are decoded)."""
 

@@ -4,8 +4,9 @@ Delivery is at least once and the ledger makes it safe: a task is acknowledged o
 (`task_acks_late`), a pool child that dies requeues its task (`task_reject_on_worker_lost`), and a worker
 reserves one task at a time (`worker_prefetch_multiplier=1`). A whole worker that dies leaves its task
 unacknowledged in Redis, which any live worker restores after `visibility_timeout` (looked for every
-`unacked_restore_interval`). A task that crashes its worker every time is stopped by the ledger's attempt counter,
-not by Celery. Short broker timeouts make publishing fail fast while Redis is down (celery#6046: `delay()` can hang
+`unacked_restore_interval`); a live worker renews the lease of what it holds (workers.lease), so a task longer than
+the visibility timeout is never handed out a second time. A task that crashes its worker every time is stopped by
+the ledger's attempt counter, not by Celery. Short broker timeouts make publishing fail fast while Redis is down (celery#6046: `delay()` can hang
 there); the item then stays 'received' in the ledger and the sweep sends it later.
 
 `celery -A workers.app:app worker` finds `app` here; it is built on first access, not at import.
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 EMBED_QUEUE = "embed"
 INDEX_QUEUE = "index"
+QUEUES = (EMBED_QUEUE, INDEX_QUEUE)  # what `cxr worker` runs and `cxr status` counts
 EMBED_TASK = "cxr.embed"
 INDEX_TASK = "cxr.index"
 
@@ -78,8 +80,10 @@ def make_app(settings: Settings) -> Celery:
     app.config_from_object(celery_config(settings))
     app.cxr_settings = settings  # type: ignore[attr-defined]
     from workers import tasks
+    from workers.lease import lease_step
 
     tasks.register(app)
+    app.steps["consumer"].add(lease_step())  # a live worker keeps its messages' visibility leases
     return app
 
 

@@ -112,7 +112,7 @@ def embed(task: Task, keys: list[str]) -> dict[str, int]:
     """Embed one batch of ledger keys; see the module docstring."""
     from services.errors import CxrError
     from services.pipeline.batch_jobs import embed_keys, write_points
-    from services.pipeline.ingest import TRANSIENT_STORE_ERRORS
+    from services.pipeline.stages import TRANSIENT_STORE_ERRORS
     from workers.dispatch import broker_errors
 
     ctx = context(task.app)
@@ -132,14 +132,14 @@ def embed(task: Task, keys: list[str]) -> dict[str, int]:
             try:
                 write_points(ctx.runtime.store, ctx.ledger, batch)
             except TRANSIENT_STORE_ERRORS as exc:
-                _retry_or_release(task, ctx, [p["key"] for p in batch.points], "upsert", exc)
+                _retry_or_release(task, ctx, [p.key for p in batch.points], "upsert", exc)
         else:
             try:
                 task.app.send_task(INDEX_TASK, args=[batch.to_json()], queue=INDEX_QUEUE)
             except broker_errors() as exc:  # Redis went away mid-task: the sweep sends these again once it is back
                 log.warning("cannot hand %d point(s) to the index writer: %s", len(batch.points), exc)
                 for p in batch.points:
-                    ctx.ledger.mark_failed(p["key"], "upsert", f"broker unavailable: {exc}", permanent=False)
+                    ctx.ledger.mark_failed(p.key, "upsert", f"broker unavailable: {exc}", permanent=False)
     return stats
 
 
@@ -147,7 +147,7 @@ def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
     """The single writer of the embedded store: upsert, refresh the index when due; items are marked indexed
     after the deferred flush that makes them durable (see the module docstring)."""
     from services.pipeline.batch_jobs import PointBatch, refresh_if_due
-    from services.pipeline.ingest import TRANSIENT_STORE_ERRORS
+    from services.pipeline.stages import TRANSIENT_STORE_ERRORS
 
     ctx = context(task.app)
     points = PointBatch.from_json(batch)
@@ -155,7 +155,7 @@ def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
     try:
         out = ctx.writer.write(points)
     except (*TRANSIENT_STORE_ERRORS, sqlite3.OperationalError) as exc:  # store or ledger busy past its wait
-        _retry_or_release(task, ctx, [p["key"] for p in points.points], "upsert", exc)
+        _retry_or_release(task, ctx, [p.key for p in points.points], "upsert", exc)
         return {"indexed": 0}
     try:
         refresh_if_due(store, points.collection, getattr(ctx.settings, "index_threshold_points", None))

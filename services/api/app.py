@@ -20,12 +20,9 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from services.api import health, index_routes, point_routes, search_routes
-from services.api.explain_routes import router as explain_router
-from services.api.images import load_pixels
+from services.api import explain_routes, health, index_routes, point_routes, search_routes
 from services.api.security import BodyLimitMiddleware, bearer_check, install_error_handlers
 from services.api.state import ApiState, RuntimeLike, Submitter
-from services.api.uploads import upload_reader
 from services.config import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -59,16 +56,12 @@ def create_app(
 
     app = FastAPI(title="cxr", version=version, description=DESCRIPTION, lifespan=lifespan)
     app.state.api = state
-    # What the explain router reads (its module docstring): the runtime, the upload rules, the stored pixels.
-    app.state.runtime = runtime
-    app.state.read_upload = upload_reader(settings)
-    app.state.load_point_pixels = _point_pixels(state)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_upload_mb * 2**20 + 64 * 1024)
     install_error_handlers(app)
     guarded = [Depends(bearer_check(settings))]
     app.include_router(health.router)
-    for router in (search_routes.router, point_routes.router, index_routes.router, explain_router):
+    for router in (search_routes.router, point_routes.router, index_routes.router, explain_routes.router):
         app.include_router(router, dependencies=guarded)
     app.mount("/viewer", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
 
@@ -77,15 +70,3 @@ def create_app(
         return RedirectResponse("viewer/")
 
     return app
-
-
-def _point_pixels(state: ApiState):  # noqa: ANN202 - Callable[[str], np.ndarray]
-    """Point id -> decoded pixels, from the same stored reference as its thumbnail (LookupError: unknown id)."""
-
-    def load(point_id: str):  # noqa: ANN202
-        records = state.store().retrieve(state.settings.collection, [point_id])
-        if not records:
-            raise LookupError(f"no point {point_id} in collection {state.settings.collection!r}")
-        return load_pixels(records[0].payload, state.settings, point_id)
-
-    return load

@@ -1,5 +1,5 @@
-"""Pixels the API shows: thumbnails of indexed points, rendered server-side from the point's stored reference, and
-previews of an uploaded query.
+"""Pixels the API shows: thumbnails of indexed points, rendered server-side from the point's stored reference
+(read through services.pipeline.stored_image, see ApiState.point_pixels), and previews of an uploaded query.
 
 Display follows the decoder (services.imaging.dicom): the modality LUT (rescale), then the VOI LUT or the first
 window, then MONOCHROME1 inversion; a percentile window (0.5-99.5 %) where the file has none. A request never
@@ -14,40 +14,13 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from services.config import Settings
-from services.embedding.explain import StoredImageError
-from services.errors import DecodeError
-from services.imaging import decode_image
-from services.pipeline.refs import resolve_source
-
 RENDER_VERSION = "1"  # part of every ETag: bump when the rendering changes
 THUMBNAIL_SIZES = (32, 1024)  # smallest and largest max side a client may ask for
-
-
-def source_path(payload: Mapping[str, Any], settings: Settings) -> Path:
-    """The file behind a stored payload, through the pipeline's reference resolver (a `source_ref` via this
-    machine's ledger, or an older file:// `source_uri`). StoredImageError (409) when this machine does not know
-    the image (it was indexed on another host of a shared Qdrant server)."""
-    path = resolve_source(settings, payload)
-    if path is None:
-        what = "its source_ref is not in this server's ledger" if payload.get("source_ref") else "it has no source"
-        raise StoredImageError(f"this server cannot find the indexed image ({what})")
-    return Path(path)
-
-
-def load_pixels(payload: Mapping[str, Any], settings: Settings, point_id: str) -> np.ndarray:
-    """Decoded grey pixels in [0, 1] of a stored point; StoredImageError (409) when its file is gone or broken."""
-    path = source_path(payload, settings)
-    try:
-        return decode_image(path, max_pixels=settings.max_pixels, min_side=settings.min_side).pixels
-    except DecodeError as exc:
-        raise StoredImageError(f"the image of point {point_id} cannot be read any more: {exc.reason}") from exc
 
 
 def etag(point_id: str, payload: Mapping[str, Any], size: int) -> str:

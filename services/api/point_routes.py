@@ -15,12 +15,10 @@ from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from services.api.images import THUMBNAIL_SIZES, etag, etag_matches, load_pixels, to_png
+from services.api.images import THUMBNAIL_SIZES, etag, etag_matches, to_png
 from services.api.schemas import CollectionOut, CollectionsOut, PointOut, public_payload, thumbnail_url
 from services.api.state import ApiState, get_state
 from services.api.uploads import decode_upload, read_upload
-from services.errors import PointNotFoundError
-from services.index import PointRecord
 
 router = APIRouter(prefix="/v1", tags=["points"])
 
@@ -32,16 +30,9 @@ CACHE_CONTROL = "private, no-cache"  # keep it in the browser only, and revalida
 PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
 
 
-def _point(state: ApiState, point_id: uuid.UUID) -> PointRecord:
-    records = state.store().retrieve(state.settings.collection, [str(point_id)])
-    if not records:
-        raise PointNotFoundError(f"no point {point_id} in collection {state.settings.collection!r}")
-    return records[0]
-
-
 @router.get("/points/{point_id}", response_model=PointOut, summary="One indexed image: its stored payload")
 def get_point(request: Request, point_id: uuid.UUID, state: Annotated[ApiState, Depends(get_state)]) -> PointOut:
-    rec = _point(state, point_id)
+    rec = state.point(point_id)
     return PointOut(
         id=rec.id, payload=public_payload(rec.payload), thumbnail_url=thumbnail_url(request.scope["root_path"], rec.id)
     )
@@ -60,14 +51,14 @@ def get_thumbnail(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Rescale, VOI LUT or window, MONOCHROME1 inversion (a percentile window when the file has none)."""
-    rec = _point(state, point_id)
+    rec = state.point(point_id)
     tag = etag(rec.id, rec.payload, size)
     headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
     if etag_matches(if_none_match, tag):
         return Response(status_code=304, headers=headers)
     png = state.thumbnails.get(tag)
     if png is None:
-        png = to_png(load_pixels(rec.payload, state.settings, rec.id), size)
+        png = to_png(state.point_pixels(rec), size)
         state.thumbnails.put(tag, png)
     return Response(png, media_type="image/png", headers=headers)
 

@@ -21,7 +21,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.config import Settings
-from services.embedding.explain import StoredImageError
 from services.errors import (
     CollectionNotFoundError,
     ConfigError,
@@ -30,6 +29,7 @@ from services.errors import (
     ImageTooLargeError,
     ModelError,
     PointNotFoundError,
+    StoredImageError,
     StoreError,
     StoreLockedError,
 )

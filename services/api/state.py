@@ -1,5 +1,6 @@
 """What one API process holds: the runtime (model and store, opened in the background at start), the submitter
-of the background queue, and the thumbnail cache. Kept on `app.state.api`; nothing is created at import."""
+of the background queue, the thumbnail cache and the explainer. Kept on `app.state.api`; nothing is created at
+import."""
 
 from __future__ import annotations
 
@@ -9,14 +10,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from fastapi import HTTPException, Request
 
 from services.config import Settings
 from services.embedding import BatchEncoder
-from services.errors import CxrError
-from services.index import VectorStore
+from services.errors import CxrError, PointNotFoundError
+from services.index import PointRecord, VectorStore
+from services.pipeline.ledger import Ledger
+from services.pipeline.stored_image import load_stored_pixels
+
+if TYPE_CHECKING:  # imported on the first explanation (ApiState.explainer)
+    from services.embedding.explain import Explainer
 
 log = logging.getLogger("cxr.api")
 STORE_RETRY_S = 5.0
@@ -40,6 +47,9 @@ class RuntimeLike(Protocol):
     @property
     def store(self) -> VectorStore: ...
 
+    @property
+    def ledger(self) -> Ledger: ...
+
     def close(self) -> None: ...
 
 
@@ -59,7 +69,8 @@ class Readiness:
 
 @dataclass
 class ApiState:
-    """The settings, the runtime and its readiness, the submitter (None: no queue) and the thumbnail cache."""
+    """The settings, the runtime and its readiness, the submitter (None: no queue), the thumbnail cache and the
+    explainer."""
 
     settings: Settings
     runtime: RuntimeLike
@@ -70,6 +81,8 @@ class ApiState:
         from services.api.images import ThumbnailCache
 
         self.thumbnails = ThumbnailCache()
+        self._explainer: Explainer | None = None
+        self._explainer_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -123,6 +136,31 @@ class ApiState:
         if not self.readiness.store:
             raise _not_ready(self.readiness, "store")
         return self.runtime.store
+
+    def explainer(self) -> Explainer:
+        """The Explainer of the model (built on first use, again if the model changed); 503 while the model loads."""
+        encoder = self.encoder()
+        with self._explainer_lock:
+            if self._explainer is None or self._explainer.base is not encoder.encoder:
+                from services.embedding.explain import Explainer
+
+                self._explainer = Explainer(encoder)
+            return self._explainer
+
+    def point(self, point_id: object) -> PointRecord:
+        """The stored point of this id in the default collection; PointNotFoundError (404) when there is none."""
+        records = self.store().retrieve(self.settings.collection, [str(point_id)])
+        if not records:
+            raise PointNotFoundError(f"no point {point_id} in collection {self.settings.collection!r}")
+        return records[0]
+
+    def point_pixels(self, record: PointRecord) -> np.ndarray:
+        """A stored point's decoded pixels, from its stored reference through this machine's ledger (opened once,
+        on the runtime); StoredImageError (409) when its file is unknown here, gone or broken."""
+        s = self.settings
+        return load_stored_pixels(
+            self.runtime.ledger, record.payload, record.id, max_pixels=s.max_pixels, min_side=s.min_side
+        )
 
     def close(self) -> None:
         self._stopping.set()

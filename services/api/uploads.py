@@ -9,7 +9,6 @@ file that claims a 100000 x 100000 image costs nothing (413).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from fastapi import HTTPException, UploadFile
@@ -29,15 +28,6 @@ class Upload:
     data: bytes
     kind: str  # "dicom" | "png" | "jpeg"
     sha256: str
-
-
-def upload_reader(settings: Settings) -> Callable[[UploadFile], Awaitable[bytes]]:
-    """`async (UploadFile) -> bytes` with the app's rules (the explain router takes it as app.state.read_upload)."""
-
-    async def read(file: UploadFile) -> bytes:
-        return (await read_upload(settings, file)).data
-
-    return read
 
 
 async def read_upload(settings: Settings, file: UploadFile) -> Upload:

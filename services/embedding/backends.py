@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,35 @@ def _torch_runner(module: nn.Module, *, bf16: bool) -> Runner:
     return run
 
 
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Silence what tracing a checkpoint always says and never means for us: TracerWarnings on shape checks that are
+    constant for a fixed image size, torch.jit.trace's deprecation (OpenVINO and the ONNX exporter call it), and
+    transformers' notes on attributes the tracer walks (gradient checkpointing, a loss the encoder never computes).
+    Any other warning still shows."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
+
+
 def _onnx_file(encoder: CxrEncoder, folder: Path) -> Path:
     """Export the encoder once to ONNX with a dynamic batch axis."""
     size = encoder.config.image_size
     path = folder / "encoder.onnx"
     example = torch.rand(2, 1, size, size)
     try:
-        with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - the exporter is chatty
+        with _quiet_tracing(), contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - chatty exporter
             torch.onnx.export(
                 encoder,
                 (example,),
@@ -81,7 +104,8 @@ def _openvino_model(encoder: CxrEncoder, cache: Path | None):  # noqa: ANN202 - 
     if xml is not None and xml.is_file():
         return ov.Core().read_model(str(xml))
     size = encoder.config.image_size
-    model = ov.convert_model(encoder, example_input=torch.rand(2, 1, size, size))
+    with _quiet_tracing():
+        model = ov.convert_model(encoder, example_input=torch.rand(2, 1, size, size))
     model.reshape({0: ov.PartialShape([-1, 1, size, size])})
     if xml is not None:
         cache.mkdir(parents=True, exist_ok=True)

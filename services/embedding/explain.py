@@ -15,40 +15,33 @@ explained by one batched forward and backward pass.
 window is filled with the image's mean grey and the drop in the pair's cosine is spread over the window's pixels.
 
 Explanations run on an "eager-attention twin" of the encoder that shares its weights (no copy) but has its own
-config, so normal inference keeps its SDPA attention, speed and numerics.
+config, so normal inference keeps its SDPA attention, speed and numerics. Drawing the maps over the images is
+services.embedding.overlay's job.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import math
 import threading
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlparse
-from urllib.request import url2pathname
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from services.errors import CxrError, DecodeError, ModelError
+from services.errors import ModelError
 
 from .batch import BatchEncoder
 from .model import CxrEncoder
-
-if TYPE_CHECKING:
-    from PIL import Image
+from .overlay import normalise_map
 
 Method = Literal["relevance", "occlusion"]
 METHODS: tuple[str, ...] = ("relevance", "occlusion")
 _PAIR_BATCH = 8  # pairs per relevance pass (16 images)
 _OCCLUSION_BATCH = 50
-DISPLAY_MAX_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -246,141 +239,5 @@ def sliding_masks(image_size: int, count: int = 100, patch_size: int = 16, windo
     return masks
 
 
-def normalise_map(heat: np.ndarray) -> np.ndarray:
-    """Scale a map to [0, 1] (min to max); a constant map becomes zeros."""
-    heat = np.asarray(heat, dtype=np.float32)
-    low, high = float(heat.min()), float(heat.max())
-    if not high > low:
-        return np.zeros_like(heat)
-    return (heat - low) / (high - low)
-
-
-def upsample_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A patch-grid map resized bilinearly to (height, width), e.g. the original image's size."""
-    t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-# A small perceptual colormap (matplotlib's "inferno" sampled at 9 points), so rendering needs no matplotlib.
-_INFERNO = np.array(
-    [
-        [0, 0, 4],
-        [31, 12, 72],
-        [85, 15, 109],
-        [136, 34, 106],
-        [186, 54, 85],
-        [227, 89, 51],
-        [249, 140, 10],
-        [249, 201, 50],
-        [252, 255, 164],
-    ],
-    dtype=np.float32,
-)
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> uint8 RGB (..., 3) by linear interpolation between the colormap's anchors."""
-    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0.0, 1.0) * (len(_INFERNO) - 1)
-    low = np.floor(v).astype(int).clip(0, len(_INFERNO) - 2)
-    frac = (v - low)[..., None]
-    rgb = _INFERNO[low] * (1 - frac) + _INFERNO[low + 1] * frac
-    return rgb.round().astype(np.uint8)
-
-
-def overlay_image(
-    pixels: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6, max_side: int = DISPLAY_MAX_SIDE
-) -> Image.Image:
-    """The grey image (float in [0, 1], any size) with the map over it, as an RGB PIL image.
-
-    The map is scaled to [0, 1] and blended with opacity alpha * value, so irrelevant regions show the film.
-    The image is shrunk to at most `max_side` pixels on its longer side for display.
-    """
-    from PIL import Image
-
-    grey = np.clip(np.nan_to_num(np.asarray(pixels, dtype=np.float32)), 0.0, 1.0)
-    if grey.ndim != 2:
-        raise ValueError(f"expected a 2-D grey image, got shape {grey.shape}")
-    h, w = grey.shape
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    shown = Image.fromarray((grey * 255).round().astype(np.uint8), mode="L").resize(size, Image.Resampling.BILINEAR)
-    base = np.repeat(np.asarray(shown, dtype=np.float32)[..., None], 3, axis=-1)
-    values = np.clip(upsample_map(normalise_map(heat), size[1], size[0]), 0.0, 1.0)
-    a = (alpha * values)[..., None]
-    rgb = base * (1 - a) + colormap(values).astype(np.float32) * a
-    return Image.fromarray(rgb.round().astype(np.uint8), mode="RGB")
-
-
-def overlay_png(pixels: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
-    """`overlay_image` encoded as PNG bytes."""
-    buf = io.BytesIO()
-    overlay_image(pixels, heat, alpha=alpha, max_side=max_side).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def pair_png(query: np.ndarray, result: np.ndarray, explanation: PairExplanation, *, gap: int = 8) -> bytes:
-    """The query (left) and the result (right), each with its own map, side by side on black, as PNG bytes."""
-    from PIL import Image
-
-    left = overlay_image(query, explanation.query_map)
-    right = overlay_image(result, explanation.result_map)
-    canvas = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)))
-    canvas.paste(left, (0, 0))
-    canvas.paste(right, (left.width + gap, 0))
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _rounded(heat: np.ndarray) -> list[list[float]]:
     return [[round(float(v), 4) for v in row] for row in heat]
-
-
-# ---- where an indexed point's image lives ------------------------------------------------------------------
-# The ONE place here that maps a stored payload to the file its pixels come from. Payloads carry an opaque
-# `source_ref` that only the ledger resolves (pass `services.pipeline.refs.ref_resolver(ledger)`); older payloads
-# carry a file:// `source_uri`, read as it is.
-
-
-class StoredImageError(CxrError):
-    """An indexed point whose image cannot be found or read any more."""
-
-    default_hint = "Re-index the image from where it lives now, or restore the file."
-
-
-def stored_image_path(payload: Mapping[str, Any], *, resolve_ref: Callable[[str], Path | None] | None = None) -> Path:
-    """The local file of an indexed point: `source_ref` through `resolve_ref` (e.g. `Ledger.resolve_ref`) when
-    given, else a file:// `source_uri`."""
-    ref = payload.get("source_ref")
-    if ref and resolve_ref is not None:
-        path = resolve_ref(str(ref))
-        if path is None:
-            raise StoredImageError(f"the point's source_ref {ref!r} resolves to no file")
-        return Path(path)
-    uri = payload.get("source_uri")
-    if isinstance(uri, str) and uri.startswith("file:"):
-        return Path(url2pathname(urlparse(uri).path))
-    what = f"source_ref {ref!r} and no resolver" if ref else f"source {uri!r}"
-    raise StoredImageError(f"the point's image has no local file ({what})")
-
-
-def load_point_pixels(
-    store: Any,
-    collection: str,
-    point_id: str,
-    *,
-    resolve_ref: Callable[[str], Path | None] | None = None,
-    max_pixels: int = 80_000_000,
-    min_side: int = 32,
-) -> np.ndarray:
-    """Decoded grey pixels in [0, 1] of an indexed point; LookupError when the id is not in the collection."""
-    from services.imaging import decode_image
-
-    records = store.retrieve(collection, [point_id])
-    if not records:
-        raise LookupError(f"no point {point_id} in collection {collection!r}")
-    path = stored_image_path(records[0].payload, resolve_ref=resolve_ref)
-    try:
-        return decode_image(path, max_pixels=max_pixels, min_side=min_side).pixels
-    except DecodeError as exc:
-        raise StoredImageError(f"point {point_id}: {exc.message}") from exc

@@ -18,18 +18,18 @@ from services.errors import DataError, StoreError
 from services.evaluation.types import EvalConfig, RetrievalSet
 from services.index import PointRecord, VectorStore
 from services.index.payload import patient_hash
+from services.index.store import COLLECTION_NAME_MAX
 from services.manifest import ManifestRow
 from services.pipeline import IngestItem, IngestOptions, Ingestor
-from services.pipeline.ingest import ensure_same_model
+from services.pipeline.stages import ensure_same_model
 
 Say = Callable[[str], None]
-_NAME_MAX = 64  # the store's collection-name limit
 
 
 def default_collection(model_id: str, tag: str) -> str:
     """eval-<model id>-<tag>: one gallery per model and split (tag: split sha) or manifest (tag: all<sha>)."""
     safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in model_id)
-    room = _NAME_MAX - len("eval--") - len(tag)
+    room = COLLECTION_NAME_MAX - len("eval--") - len(tag)
     return f"eval-{safe[-room:]}-{tag}"
 
 

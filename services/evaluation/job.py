@@ -27,10 +27,10 @@ from services.evaluation.gallery import default_collection, ensure_gallery, quer
 from services.evaluation.imagenet import IMAGENET, ImagenetBaseline
 from services.evaluation.leakage import find_leaks, leak_summary
 from services.evaluation.scoring import AUDIT_K, score_retrieval
-from services.evaluation.splits import Split, make_split, read_split, split_rows, write_split
 from services.evaluation.types import EvalConfig
 from services.index import open_store
 from services.manifest import ManifestRow, file_sha256, read_manifest
+from services.splits import Split, make_split, read_split, split_rows, write_split
 
 Say = Callable[[str], None]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from services.errors import ConfigError
-from services.evaluation.splits import merge_labels
+from services.splits import merge_labels
 
 GALLERIES = ("train", "all")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from services.errors import DecodeError
 from services.imaging.dicom import decode_dicom
 from services.imaging.files import read_regular_file
@@ -11,8 +12,6 @@ from services.imaging.raster import decode_raster
 from services.imaging.sniff import HEAD_BYTES, is_dicom
 from services.imaging.types import DecodedImage
 
-DEFAULT_MAX_PIXELS = 80_000_000
-DEFAULT_MIN_SIDE = 32
 # Bytes a file may hold per allowed pixel (32-bit samples, times two for slack) plus room for headers; larger
 # files are refused before they are read into memory.
 _BYTES_PER_PIXEL = 8

@@ -21,10 +21,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,56 +31,41 @@ import numpy as np
 import qdrant_edge as qe
 
 from services.errors import CollectionNotFoundError, StoreError, StoreLockedError
-from services.index.edge_params import edge_config, edge_optimizers, edge_search_params
-from services.index.lease import StoreLease
+from services.index.edge_params import edge_config, edge_optimizers
+from services.index.edge_shards import LeasedShards
+from services.index.grouping import collect_groups
 from services.index.store import (
     INDEXED_FIELDS,
     CollectionInfo,
     Hit,
     PointRecord,
     SearchFilter,
-    as_matrix,
     as_vector,
+    check_batch,
     check_dim,
-    check_filters,
     check_group_field,
     check_ids,
     check_k,
     check_name,
     check_points,
-    collect_groups,
+    check_same_dim,
     example_vectors,
     excluding,
     restore_ids,
 )
+from services.index.translate import engine_filter, engine_search_params, found_ids, hits, in_order, scroll_records
 from services.index.tuning import IndexTuning
 
 META_FILE = "cxr-collection.json"
 _SCHEMA = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer}
-_LOCKED_MARK = "WouldBlock"  # qdrant-edge: "failed to open WAL <dir>/wal: Can't init WAL: Kind(WouldBlock)"
 
 
 def _edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
     """SearchFilter -> qdrant-edge Filter (look-alike classes of qdrant-client's; they do not mix)."""
-    if flt is None or flt.is_empty:
-        return None
-
-    def cond(key: str, values: Sequence[str | int]) -> qe.FieldCondition:
-        match = qe.MatchValue(values[0]) if len(values) == 1 else qe.MatchAny(list(values))
-        return qe.FieldCondition(key=key, match=match)
-
-    must = [cond(k, v) for k, v in flt.must.items()]
-    must_not: list[Any] = [cond(k, v) for k, v in flt.must_not.items()]
-    if flt.exclude_ids:
-        must_not.append(qe.HasIdCondition(set(flt.exclude_ids)))
-    return qe.Filter(must=must or None, must_not=must_not or None)
+    return engine_filter(flt, qe, lambda ids: qe.HasIdCondition(set(ids)))
 
 
-def _vector(raw: Any) -> np.ndarray | None:
-    return None if raw is None else np.asarray(raw, dtype=np.float32)
-
-
-class QdrantEdgeStore:
+class QdrantEdgeStore(LeasedShards):
     """VectorStore on qdrant-edge shards under `root`. Shards open lazily; an upsert flushes unless told not to
     (`flush=False`, then `flush(name)` makes it durable; see the module docstring).
 
@@ -106,20 +89,13 @@ class QdrantEdgeStore:
         linger_s: float = 2.0,
         tuning: IndexTuning | None = None,
     ) -> None:
-        self.root = Path(root)
         self.tuning = tuning or IndexTuning()
         if indexing_threshold_kb is not None and self.tuning.threshold_points is not None:
             raise StoreError("give the embedded store an indexing threshold in KB or in points (tuning), not both")
+        super().__init__(root, wait_s=wait_s, linger_s=linger_s)
         self._threshold = indexing_threshold_kb
         self._pending: dict[str, int] = {}  # points upserted since this object's last optimize(), per collection
-        self._shards: dict[str, qe.EdgeShard] = {}
-        self._dirty: set[str] = set()  # collections written since their last flush (a flush costs 0.1-0.4 s)
         self._dims: dict[str, int] = {}
-        self._lock = threading.RLock()
-        self._lease = StoreLease(self.root, wait_s=wait_s)
-        self._linger = float(linger_s)
-        self._last_used = 0.0
-        self._janitor: threading.Thread | None = None
 
     def __enter__(self) -> QdrantEdgeStore:
         return self
@@ -134,13 +110,6 @@ class QdrantEdgeStore:
 
     def _config(self, dim: int | None, *, creating: bool = False) -> qe.EdgeConfig:
         return edge_config(self.tuning, dim, self._threshold, creating=creating)
-
-    def _engine_error(self, exc: Exception, path: Path, doing: str) -> StoreError:
-        if _LOCKED_MARK in str(exc):
-            return StoreLockedError(
-                f"the embedded store {path} is already open in another process (or by another store object in this one)"
-            )
-        return StoreError(f"cannot {doing} the embedded store {path}: {exc}")
 
     def _load(self, path: Path, dim: int | None) -> qe.EdgeShard:
         # With a threshold, reopen with it so it also applies to shards created before; the engine needs the
@@ -175,50 +144,6 @@ class QdrantEdgeStore:
                 shard = self._shards[name] = self._load(self._dir(name), dim)
             return shard
 
-    @contextmanager
-    def _using(self, name: str) -> Iterator[qe.EdgeShard]:
-        """The open shard for one call; afterwards hand the store over if another process waits."""
-        with self._lock:
-            try:
-                yield self._shard(name)
-            finally:
-                self._last_used = time.monotonic()
-                self._after_call()
-
-    def _after_call(self) -> None:
-        if self._linger <= 0 or self._lease.others_waiting():
-            self._hand_over()
-        elif self._janitor is None or not self._janitor.is_alive():
-            self._janitor = threading.Thread(target=self._watch, name="cxr-store-lease", daemon=True)
-            self._janitor.start()
-
-    def _watch(self) -> None:
-        """Close the shards once idle for `linger_s` or as soon as another process waits for them."""
-        while True:
-            time.sleep(0.05)
-            with self._lock:
-                if not self._lease.held:
-                    return
-                if self._lease.others_waiting() or time.monotonic() - self._last_used >= self._linger:
-                    self._hand_over()
-                    return
-
-    def _hand_over(self) -> None:
-        with self._lock:
-            errors = []
-            for name, shard in list(self._shards.items()):
-                try:
-                    if name in self._dirty:  # a clean shard has nothing to sync; close() alone costs enough
-                        shard.flush()
-                        self._dirty.discard(name)
-                    shard.close()
-                except Exception as exc:
-                    errors.append(f"{name}: {exc}")
-            self._shards.clear()
-            self._lease.release()
-        if errors:
-            raise StoreError(f"closing the embedded store {self.root} failed for {'; '.join(errors)}")
-
     def _call(self, name: str, doing: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
@@ -233,31 +158,31 @@ class QdrantEdgeStore:
         path, dim = self._dir(name), check_dim(dim)
         with self._lock:
             if self.has_collection(name):
-                have = self._dim(name)
-                if have != dim:
-                    raise StoreError(
-                        f"collection {name!r} exists with {have}-d vectors, not {dim}-d",
-                        "Use a new collection name for a model with another embedding size.",
-                    )
+                check_same_dim(name, self._dim(name), dim)
                 return
-            self._lease.acquire()
-            if path.exists():  # an interrupted create: never visible as a collection
-                self._clear_partial(path)
-            path.mkdir(parents=True)
-            try:
-                shard = qe.EdgeShard.create(str(path), self._config(dim, creating=True))
-                for key, kind in INDEXED_FIELDS.items():
-                    shard.update(qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]))
-                shard.flush()
-            except Exception as exc:
-                raise self._engine_error(exc, path, "create") from exc
-            record = {"dim": dim, "distance": "Cosine", "created_at": datetime.now(UTC).isoformat()}
-            tmp = path / (META_FILE + ".tmp")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, path / META_FILE)
+            with self._leased():  # a failed create gives the lease back
+                shard = self._create(path, dim)
             self._shards[name], self._dims[name] = shard, dim
             self._last_used = time.monotonic()
             self._after_call()
+
+    def _create(self, path: Path, dim: int) -> qe.EdgeShard:
+        """A new shard at `path` with the payload indexes; its collection record is written last."""
+        if path.exists():  # an interrupted create: never visible as a collection
+            self._clear_partial(path)
+        path.mkdir(parents=True)
+        try:
+            shard = qe.EdgeShard.create(str(path), self._config(dim, creating=True))
+            for key, kind in INDEXED_FIELDS.items():
+                shard.update(qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+            shard.flush()
+        except Exception as exc:
+            raise self._engine_error(exc, path, "create") from exc
+        record = {"dim": dim, "distance": "Cosine", "created_at": datetime.now(UTC).isoformat()}
+        tmp = path / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path / META_FILE)
+        return shard
 
     def _clear_partial(self, path: Path) -> None:
         try:  # take its lock first, so a create in progress elsewhere is not wiped
@@ -320,11 +245,8 @@ class QdrantEdgeStore:
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         canon = check_ids(ids)
-        found: set[str] = set()
         with self._using(name) as shard:
-            for i in range(0, len(canon), 1000):
-                recs = self._call(name, "retrieve", shard.retrieve, canon[i : i + 1000], False, False)
-                found.update(str(r.id) for r in recs)
+            found = found_ids(canon, lambda chunk: self._call(name, "retrieve", shard.retrieve, chunk, False, False))
         return restore_ids(ids, found)
 
     def _size(self, name: str, shard: Any, filters: Sequence[SearchFilter | None]) -> int | None:
@@ -336,11 +258,9 @@ class QdrantEdgeStore:
     def _query(
         self, query: Any, k: int, flt: SearchFilter | None, ef: int | None, points: int | None
     ) -> qe.QueryRequest:
-        """A request for `query`: exact where IndexTuning.exact says so, else the graph with the beam and ACORN."""
-        engine_filter = _edge_filter(flt)
-        exact = self.tuning.exact(flt, points)
-        params = edge_search_params(self.tuning, filtered=engine_filter is not None, hnsw_ef=ef, exact=exact)
-        return qe.QueryRequest(limit=k, query=query, filter=engine_filter, with_payload=True, params=params)
+        """A request for `query`, searched as IndexTuning.search_plan says (exact, or the beam and ACORN)."""
+        params = engine_search_params(self.tuning.search_plan(flt, points, ef), qe)
+        return qe.QueryRequest(limit=k, query=query, filter=_edge_filter(flt), with_payload=True, params=params)
 
     def search(
         self,
@@ -351,11 +271,7 @@ class QdrantEdgeStore:
         *,
         hnsw_ef: int | None = None,
     ) -> list[Hit]:
-        query, k = qe.Query.Nearest(as_vector(name, vector, self._dim(name))), check_k(k)
-        with self._using(name) as shard:
-            request = self._query(query, k, flt, hnsw_ef, self._size(name, shard, [flt]))
-            points = self._call(name, "search", shard.query, request)
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+        return self._page(name, qe.Query.Nearest(as_vector(name, vector, self._dim(name))), flt, check_k(k), hnsw_ef)
 
     def search_batch(
         self,
@@ -364,8 +280,7 @@ class QdrantEdgeStore:
         k: int,
         filters: Sequence[SearchFilter | None] | None = None,
     ) -> list[list[Hit]]:
-        matrix = as_matrix(name, vectors, self._dim(name))
-        k, flts = check_k(k), check_filters(filters, len(matrix))
+        matrix, k, flts = check_batch(name, vectors, self._dim(name), k, filters)
         if not len(matrix):
             return []
         with self._using(name) as shard:
@@ -373,13 +288,13 @@ class QdrantEdgeStore:
             requests = [self._query(qe.Query.Nearest(v), k, f, None, size) for v, f in zip(matrix, flts, strict=True)]
             batch = qe.QueryBatchRequest(requests)
             results = self._call(name, "search_batch", shard.query_batch, batch)
-        return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in pts] for pts in results]
+        return [hits(pts) for pts in results]
 
-    def _page(self, name: str, query: Any, flt: SearchFilter, n: int, ef: int | None = None) -> list[Hit]:
+    def _page(self, name: str, query: Any, flt: SearchFilter | None, n: int, ef: int | None = None) -> list[Hit]:
         with self._using(name) as shard:
             request = self._query(query, n, flt, ef, self._size(name, shard, [flt]))
             points = self._call(name, "search", shard.query, request)
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+        return hits(points)
 
     def search_groups(
         self,
@@ -418,30 +333,20 @@ class QdrantEdgeStore:
         canon = check_ids(ids)
         with self._using(name) as shard:
             recs = self._call(name, "retrieve", shard.retrieve, canon, True, with_vectors)
-        by_id = {str(r.id): r for r in recs}
-        return [
-            PointRecord(pid, _vector(by_id[pid].vector), dict(by_id[pid].payload or {}))
-            for pid in dict.fromkeys(canon)
-            if pid in by_id
-        ]
+        return in_order(canon, recs)
 
     def scroll(self, name: str, *, batch: int = 1000, with_vectors: bool = False) -> Iterator[PointRecord]:
         batch = check_k(batch)
         with self._using(name):  # fail here, not at the first next()
             pass
 
-        def pages() -> Iterator[PointRecord]:
-            offset: Any = None
-            while True:  # a page per call: the store may change hands between pages, and offsets stay valid
-                request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
-                with self._using(name) as shard:
-                    recs, offset = self._call(name, "scroll", shard.scroll, request)
-                for r in recs:
-                    yield PointRecord(str(r.id), _vector(r.vector), dict(r.payload or {}))
-                if offset is None:
-                    return
+        def page(offset: Any) -> tuple[Any, Any]:
+            # A page per call: the store may change hands between pages, and offsets stay valid.
+            request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
+            with self._using(name) as shard:
+                return self._call(name, "scroll", shard.scroll, request)
 
-        return pages()
+        return scroll_records(page)
 
     def count(self, name: str) -> int:
         with self._using(name) as shard:

@@ -1,4 +1,5 @@
-"""IndexTuning -> qdrant-edge's config and search parameters (the engine's own classes, KB-sized)."""
+"""IndexTuning -> qdrant-edge's shard config (the engine's own classes, KB-sized); search parameters come from
+IndexTuning.search_plan through services.index.translate, as for the server."""
 
 from __future__ import annotations
 
@@ -40,19 +41,3 @@ def edge_config(
     optimizers = None if dim is None else edge_optimizers(tuning, dim, threshold_kb)
     vectors = None if dim is None else qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
     return qe.EdgeConfig(vectors=vectors, optimizers=optimizers, hnsw_config=edge_hnsw(tuning) if creating else None)
-
-
-def edge_search_params(
-    tuning: IndexTuning, *, filtered: bool, hnsw_ef: int | None, exact: bool = False
-) -> qe.SearchParams | None:
-    """Search parameters: exact when asked (IndexTuning.exact), else the caller's beam or the tuning's, and ACORN
-    for filtered searches when enabled."""
-    if exact:
-        return qe.SearchParams(exact=True)
-    ef = hnsw_ef or tuning.search_hnsw_ef
-    acorn = tuning.acorn_max_selectivity if filtered else 0.0
-    if not ef and not acorn:
-        return None
-    return qe.SearchParams(
-        hnsw_ef=ef, acorn=qe.AcornSearchParams(enable=True, max_selectivity=acorn) if acorn else None
-    )

@@ -15,27 +15,29 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from services.errors import CollectionNotFoundError, ConfigError, StoreError, StoreUnavailableError
+from services.index.grouping import merge_groups
+from services.index.server_params import server_hnsw, server_optimizers
 from services.index.store import (
     INDEXED_FIELDS,
     CollectionInfo,
     Hit,
     PointRecord,
     SearchFilter,
-    as_matrix,
     as_vector,
+    check_batch,
     check_dim,
-    check_filters,
     check_group_field,
     check_ids,
     check_k,
     check_name,
     check_points,
+    check_same_dim,
     example_vectors,
     excluding,
-    merge_groups,
     restore_ids,
 )
-from services.index.tuning import IndexTuning, points_to_kb
+from services.index.translate import engine_filter, engine_search_params, found_ids, hits, in_order, scroll_records
+from services.index.tuning import IndexTuning
 
 T = TypeVar("T")
 _SCHEMA = {"keyword": qm.PayloadSchemaType.KEYWORD, "integer": qm.PayloadSchemaType.INTEGER}
@@ -43,27 +45,7 @@ _SCHEMA = {"keyword": qm.PayloadSchemaType.KEYWORD, "integer": qm.PayloadSchemaT
 
 def _server_filter(flt: SearchFilter | None) -> qm.Filter | None:
     """SearchFilter -> qdrant-client Filter."""
-    if flt is None or flt.is_empty:
-        return None
-
-    def cond(key: str, values: Sequence[str | int]) -> qm.FieldCondition:
-        match: qm.MatchValue | qm.MatchAny
-        match = qm.MatchValue(value=values[0]) if len(values) == 1 else qm.MatchAny(any=list(values))
-        return qm.FieldCondition(key=key, match=match)
-
-    must: list[Any] = [cond(k, v) for k, v in flt.must.items()]
-    must_not: list[Any] = [cond(k, v) for k, v in flt.must_not.items()]
-    if flt.exclude_ids:
-        must_not.append(qm.HasIdCondition(has_id=list(flt.exclude_ids)))
-    return qm.Filter(must=must or None, must_not=must_not or None)
-
-
-def _vector(raw: Any) -> np.ndarray | None:
-    return None if raw is None else np.asarray(raw, dtype=np.float32)
-
-
-def _hits(points: Sequence[qm.ScoredPoint]) -> list[Hit]:
-    return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+    return engine_filter(flt, qm, lambda ids: qm.HasIdCondition(has_id=list(ids)))
 
 
 class QdrantServerStore:
@@ -148,8 +130,8 @@ class QdrantServerStore:
                     self._client.create_collection,
                     name,
                     vectors_config=vectors,
-                    hnsw_config=self._hnsw_config(),
-                    optimizers_config=self._optimizers_config(dim),
+                    hnsw_config=server_hnsw(self.tuning),
+                    optimizers_config=server_optimizers(self.tuning, dim),
                 )
             except StoreError:
                 if not self.has_collection(name):  # else another process created it first: check its dim
@@ -159,33 +141,7 @@ class QdrantServerStore:
                     warnings.simplefilter("ignore", UserWarning)
                     for key, kind in INDEXED_FIELDS.items():
                         self._call(name, "index", self._client.create_payload_index, name, key, _SCHEMA[kind])
-        have = self._dim(name)
-        if have != dim:
-            raise StoreError(
-                f"collection {name!r} exists with {have}-d vectors, not {dim}-d",
-                "Use a new collection name for a model with another embedding size.",
-            )
-
-    def _hnsw_config(self) -> qm.HnswConfigDiff | None:
-        t = self.tuning
-        if not t.sets_graph:
-            return None
-        return qm.HnswConfigDiff(
-            m=t.hnsw_m,
-            ef_construct=t.hnsw_ef_construct,
-            payload_m=t.hnsw_payload_m,
-            max_indexing_threads=t.index_threads,
-        )
-
-    def _optimizers_config(self, dim: int) -> qm.OptimizersConfigDiff | None:
-        t = self.tuning
-        if not (t.threshold_points or t.segment_points or t.merge_segments is not None):
-            return None
-        return qm.OptimizersConfigDiff(
-            indexing_threshold=points_to_kb(t.threshold_points, dim) if t.threshold_points else None,
-            max_segment_size=points_to_kb(t.segment_points, dim) if t.segment_points else None,
-            default_segment_number=t.merge_segments,
-        )
+        check_same_dim(name, self._dim(name), dim)
 
     def _size(self, name: str, filters: Sequence[SearchFilter | None]) -> int | None:
         """The collection's (approximate) point count when the tuning needs it to choose exact search, else None:
@@ -197,19 +153,10 @@ class QdrantServerStore:
     def _search_params(
         self, flt: SearchFilter | None, hnsw_ef: int | None, points: int | None
     ) -> qm.SearchParams | None:
-        """Exact where IndexTuning.exact says so (as the embedded store), else the beam and ACORN."""
+        """As IndexTuning.search_plan says (as for the embedded store): exact, or the beam and ACORN."""
         if self._local:  # exact search only; it warns about parameters it ignores
             return None
-        if self.tuning.exact(flt, points):
-            return qm.SearchParams(exact=True)
-        filtered = flt is not None and not flt.is_empty
-        ef = hnsw_ef or self.tuning.search_hnsw_ef
-        acorn = self.tuning.acorn_max_selectivity if filtered else 0.0
-        if not ef and not acorn:
-            return None
-        return qm.SearchParams(
-            hnsw_ef=ef, acorn=qm.AcornSearchParams(enable=True, max_selectivity=acorn) if acorn else None
-        )
+        return engine_search_params(self.tuning.search_plan(flt, points, hnsw_ef), qm)
 
     def has_collection(self, name: str) -> bool:
         return bool(self._call(None, "check collection", self._client.collection_exists, check_name(name)))
@@ -251,10 +198,9 @@ class QdrantServerStore:
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         canon = check_ids(ids)
         self._dim(name)
-        found: set[str] = set()
-        for i in range(0, len(canon), 1000):
-            recs = self._call(name, "retrieve", self._client.retrieve, name, canon[i : i + 1000], with_payload=False)
-            found.update(str(r.id) for r in recs)
+        found = found_ids(
+            canon, lambda chunk: self._call(name, "retrieve", self._client.retrieve, name, chunk, with_payload=False)
+        )
         return restore_ids(ids, found)
 
     def search(
@@ -267,19 +213,31 @@ class QdrantServerStore:
         hnsw_ef: int | None = None,
     ) -> list[Hit]:
         query = as_vector(name, vector, self._dim(name))
+        return self._points(name, "search", query.tolist(), check_k(k), flt, hnsw_ef)
+
+    def _points(
+        self, name: str, doing: str, query: Any, k: int, flt: SearchFilter | None, hnsw_ef: int | None = None
+    ) -> list[Hit]:
+        """The `k` best points for `query` (a vector or a recommend query) that pass `flt`."""
         server_filter = _server_filter(flt)
+        params = self._search_params(flt, hnsw_ef, self._size(name, [flt]))
+        return self._query_points(name, doing, query, k, server_filter, params)
+
+    def _query_points(
+        self, name: str, doing: str, query: Any, k: int, server_filter: qm.Filter | None, params: Any
+    ) -> list[Hit]:
         response = self._call(
             name,
-            "search",
+            doing,
             self._client.query_points,
             name,
-            query=query.tolist(),
-            limit=check_k(k),
+            query=query,
+            limit=k,
             query_filter=server_filter,
             with_payload=True,
-            search_params=self._search_params(flt, hnsw_ef, self._size(name, [flt])),
+            search_params=params,
         )
-        return _hits(response.points)
+        return hits(response.points)
 
     def search_batch(
         self,
@@ -288,8 +246,7 @@ class QdrantServerStore:
         k: int,
         filters: Sequence[SearchFilter | None] | None = None,
     ) -> list[list[Hit]]:
-        matrix = as_matrix(name, vectors, self._dim(name))
-        k, flts = check_k(k), check_filters(filters, len(matrix))
+        matrix, k, flts = check_batch(name, vectors, self._dim(name), k, filters)
         if not len(matrix):
             return []
         requests = []
@@ -301,7 +258,7 @@ class QdrantServerStore:
                 qm.QueryRequest(query=v.tolist(), limit=k, filter=server_filter, with_payload=True, params=params)
             )
         responses = self._call(name, "search_batch", self._client.query_batch_points, name, requests=requests)
-        return [_hits(r.points) for r in responses]
+        return [hits(r.points) for r in responses]
 
     def _grouped(
         self, name: str, query: Any, k: int, flt: SearchFilter | None, group_by: str, hnsw_ef: int | None = None
@@ -322,22 +279,12 @@ class QdrantServerStore:
             with_payload=True,
             search_params=params,
         ).groups
-        leaders = [_hits(g.hits)[0] for g in groups if g.hits]
+        leaders = [hits(g.hits)[0] for g in groups if g.hits]
         no_field = qm.IsEmptyCondition(is_empty=qm.PayloadField(key=group_by))
         base = server_filter or qm.Filter()
         lone_filter = qm.Filter(must=[*(base.must or []), no_field], must_not=base.must_not)
-        lone = self._call(
-            name,
-            "search",
-            self._client.query_points,
-            name,
-            query=query,
-            limit=k,
-            query_filter=lone_filter,
-            with_payload=True,
-            search_params=params,
-        ).points
-        return merge_groups(leaders, _hits(lone), k)
+        lone = self._query_points(name, "search", query, k, lone_filter, params)
+        return merge_groups(leaders, lone, k)
 
     def search_groups(
         self,
@@ -375,19 +322,7 @@ class QdrantServerStore:
         base = excluding(flt, examples)
         if group_by is not None:
             return self._grouped(name, query, k, base, group_by)
-        server_filter = _server_filter(base)
-        response = self._call(
-            name,
-            "recommend",
-            self._client.query_points,
-            name,
-            query=query,
-            limit=k,
-            query_filter=server_filter,
-            with_payload=True,
-            search_params=self._search_params(base, None, self._size(name, [base])),
-        )
-        return _hits(response.points)
+        return self._points(name, "recommend", query, k, base)
 
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[PointRecord]:
         canon = check_ids(ids)
@@ -395,36 +330,25 @@ class QdrantServerStore:
         recs = self._call(
             name, "retrieve", self._client.retrieve, name, canon, with_payload=True, with_vectors=with_vectors
         )
-        by_id = {str(r.id): r for r in recs}
-        return [
-            PointRecord(pid, _vector(by_id[pid].vector), dict(by_id[pid].payload or {}))
-            for pid in dict.fromkeys(canon)
-            if pid in by_id
-        ]
+        return in_order(canon, recs)
 
     def scroll(self, name: str, *, batch: int = 1000, with_vectors: bool = False) -> Iterator[PointRecord]:
         batch = check_k(batch)
         self._dim(name)  # fail here, not at the first next()
 
-        def pages() -> Iterator[PointRecord]:
-            offset: Any = None
-            while True:
-                recs, offset = self._call(
-                    name,
-                    "scroll",
-                    self._client.scroll,
-                    name,
-                    limit=batch,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=with_vectors,
-                )
-                for r in recs:
-                    yield PointRecord(str(r.id), _vector(r.vector), dict(r.payload or {}))
-                if offset is None:
-                    return
+        def page(offset: Any) -> tuple[Any, Any]:
+            return self._call(
+                name,
+                "scroll",
+                self._client.scroll,
+                name,
+                limit=batch,
+                offset=offset,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
 
-        return pages()
+        return scroll_records(page)
 
     def count(self, name: str) -> int:
         self._dim(name)

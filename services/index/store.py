@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,7 +33,9 @@ INDEXED_FIELDS: dict[str, str] = {
     "age": "integer",
 }
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+COLLECTION_NAME_MAX = 64  # collection names are directory names in the embedded store; see check_name
+_NAME_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{COLLECTION_NAME_MAX}}}")
+_WRONG_MODEL = "Use the model the collection was built with, or index into a new collection."
 
 FilterValue = str | int
 
@@ -230,7 +232,7 @@ def check_name(name: str) -> str:
     """Collection names become directory names in the embedded store: allow [A-Za-z0-9_-]{1,64} only."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise StoreError(
-            f"invalid collection name {name!r}: use 1-64 characters from A-Z, a-z, 0-9, '_' and '-'",
+            f"invalid collection name {name!r}: use 1-{COLLECTION_NAME_MAX} characters from A-Z, a-z, 0-9, '_' and '-'",
             "Pick a plain name such as 'cxr' or 'cxr_vit-small'.",
         )
     return name
@@ -240,6 +242,15 @@ def check_dim(dim: int) -> int:
     if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
         raise StoreError(f"invalid vector size {dim!r}: it must be a positive integer")
     return int(dim)
+
+
+def check_same_dim(name: str, have: int, dim: int) -> None:
+    """create_collection of an existing collection: StoreError unless it holds `dim`-d vectors, as asked."""
+    if have != dim:
+        raise StoreError(
+            f"collection {name!r} exists with {have}-d vectors, not {dim}-d",
+            "Use a new collection name for a model with another embedding size.",
+        )
 
 
 def check_k(k: int) -> int:
@@ -267,8 +278,7 @@ def as_matrix(name: str, vectors: np.ndarray, dim: int) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != dim:
         got = arr.shape[-1] if arr.ndim >= 1 else 0
         raise StoreError(
-            f"collection {name!r} holds {dim}-d vectors, got {got}-d (shape {tuple(np.shape(vectors))})",
-            "Use the model the collection was built with, or index into a new collection.",
+            f"collection {name!r} holds {dim}-d vectors, got {got}-d (shape {tuple(np.shape(vectors))})", _WRONG_MODEL
         )
     if not np.isfinite(arr).all():
         raise StoreError(f"vectors for collection {name!r} contain NaN or infinity; check the encoder output")
@@ -295,8 +305,7 @@ def check_points(name: str, points: Sequence[PointRecord], dim: int) -> tuple[li
     for pid, row in zip(ids, rows, strict=True):
         if row.ndim != 1 or row.shape[0] != dim:
             raise StoreError(
-                f"collection {name!r} holds {dim}-d vectors, got shape {row.shape} for point {pid}",
-                "Use the model the collection was built with, or index into a new collection.",
+                f"collection {name!r} holds {dim}-d vectors, got shape {row.shape} for point {pid}", _WRONG_MODEL
             )
     if not rows:
         return ids, np.empty((0, dim), dtype=np.float32)
@@ -310,6 +319,14 @@ def check_filters(filters: Sequence[SearchFilter | None] | None, n: int) -> list
     if len(filters) != n:
         raise StoreError(f"search_batch got {n} vectors but {len(filters)} filters; pass one per vector")
     return filters
+
+
+def check_batch(
+    name: str, vectors: np.ndarray, dim: int, k: int, filters: Sequence[SearchFilter | None] | None
+) -> tuple[np.ndarray, int, list[SearchFilter | None]]:
+    """search_batch()'s checked inputs: the queries as an (n, dim) matrix, k, and one filter (or None) per query."""
+    matrix = as_matrix(name, vectors, dim)
+    return matrix, check_k(k), check_filters(filters, len(matrix))
 
 
 def check_group_field(group_by: str) -> str:
@@ -359,49 +376,6 @@ def excluding(
     return SearchFilter(
         must=base.must, must_not=must_not, exclude_ids=tuple(dict.fromkeys([*base.exclude_ids, *check_ids(ids)]))
     )
-
-
-PageFetch = Callable[[SearchFilter, int], list[Hit]]
-
-
-def collect_groups(fetch: PageFetch, flt: SearchFilter | None, k: int, group_by: str) -> list[Hit]:
-    """Group-by for an engine without it (qdrant-edge 0.9.0): fetch pages nearest first, each excluding the
-    groups already taken (must_not on `group_by`), and keep the first hit of every new group.
-
-    Exact: a group first seen at rank r of a page has that hit as its best among the points left, and a group
-    not seen scores below the whole page. Each page yields at least one new group until the collection runs
-    out, so it takes at most `k` engine calls (usually one or two).
-    """
-    chosen: list[Hit] = []
-    taken_values: list[FilterValue] = []
-    taken_ids: list[str] = []  # points without the field: groups of one
-    while len(chosen) < k:
-        want = min(max(2 * (k - len(chosen)), 16), 1000)
-        page_filter = excluding(flt, taken_ids, {group_by: taken_values} if taken_values else {})
-        hits = fetch(page_filter, want)
-        seen = set(taken_values)
-        for hit in hits:
-            value = hit.payload.get(group_by)
-            if value is None:
-                taken_ids.append(hit.id)
-            elif isinstance(value, str | int) and not isinstance(value, bool):
-                if value in seen:
-                    continue
-                seen.add(value)
-                taken_values.append(value)
-            else:
-                raise StoreError(f"point {hit.id} has a {type(value).__name__} in {group_by!r}; cannot group by it")
-            chosen.append(hit)
-            if len(chosen) == k:
-                break
-        if len(hits) < want:
-            break
-    return chosen
-
-
-def merge_groups(grouped: Sequence[Hit], ungrouped: Sequence[Hit], k: int) -> list[Hit]:
-    """The top `k` of the engine's group leaders and the points without the group field, by score."""
-    return sorted([*grouped, *ungrouped], key=lambda h: -h.score)[:k]
 
 
 def restore_ids(given: Sequence[str], found: set[str]) -> set[str]:

@@ -29,6 +29,16 @@ def points_to_kb(points: int, dim: int) -> int:
 
 
 @dataclass(frozen=True)
+class SearchPlan:
+    """How one search runs, in engine-neutral terms: `exact` scores every point that passes the filter; else the
+    graph is walked with beam `hnsw_ef` (None: the engine's) and ACORN up to `acorn_max_selectivity` (0: off)."""
+
+    exact: bool = False
+    hnsw_ef: int | None = None
+    acorn_max_selectivity: float = 0.0
+
+
+@dataclass(frozen=True)
 class IndexTuning:
     """Index build and search parameters; None leaves the engine's default.
 
@@ -101,6 +111,19 @@ class IndexTuning:
         """Whether a search with `flt` in a collection of `points` is exact (see `exact_filter_max_points`)."""
         limit = self.exact_filter_max_points
         return limit is not None and points is not None and flt is not None and flt.restricts and points <= limit
+
+    def search_plan(
+        self, flt: SearchFilter | None, points: int | None, hnsw_ef: int | None = None
+    ) -> SearchPlan | None:
+        """How to search with `flt` in a collection of `points`: exact where `exact` says so, else the caller's beam
+        or `search_hnsw_ef`, and ACORN for filtered searches when enabled. None leaves every engine default."""
+        if self.exact(flt, points):
+            return SearchPlan(exact=True)
+        ef = hnsw_ef or self.search_hnsw_ef
+        acorn = self.acorn_max_selectivity if flt is not None and not flt.is_empty else 0.0
+        if not ef and not acorn:
+            return None
+        return SearchPlan(hnsw_ef=ef, acorn_max_selectivity=acorn)
 
     @property
     def sets_graph(self) -> bool:

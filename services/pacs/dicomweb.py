@@ -23,7 +23,7 @@ from services.errors import PacsError
 from services.pacs.acceptance import OUT_OF_RESOURCES, series_refusal
 from services.pacs.http import PacsHttpError, make_session, redact, with_retries
 from services.pacs.intake import Intake
-from services.pacs.pull import Batch, PullOptions, PullReport
+from services.pacs.pull_batch import Batch, PullOptions, PullReport
 from services.pacs.trigger import Dispatch
 
 log = logging.getLogger("cxr.pacs")

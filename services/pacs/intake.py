@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset
 
 from services.pacs import acceptance as st
 from services.pacs.deid import BurnedInAnnotationError, Deidentifier
+from services.pacs.spool import Spool, SpoolFullError, valid_uid
 from services.pipeline.ledger import Ledger, sop_key
-from services.pipeline.spool import Spool, SpoolFullError, valid_uid
 
 log = logging.getLogger("cxr.pacs")
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from services.errors import PacsError
 from services.pacs.http import PacsHttpError, make_session, redact, with_retries
 from services.pacs.intake import Intake, read_header
-from services.pacs.pull import Batch, PullOptions, PullReport
+from services.pacs.pull_batch import Batch, PullOptions, PullReport
 from services.pacs.trigger import Dispatch
 
 log = logging.getLogger("cxr.pacs")

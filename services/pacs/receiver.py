@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from services.pacs.acceptance import ACCEPTED_SOP_CLASSES, SUCCESS
+from services.pacs.acceptance import ACCEPTED_SOP_CLASSES, CANNOT_UNDERSTAND, SUCCESS
 from services.pacs.intake import Intake, Outcome, reconcile_spool
 from services.pacs.trigger import Dispatch, DispatchTrigger
 
@@ -148,7 +148,7 @@ class Receiver:
         try:
             data = event.encoded_dataset()
         except Exception as exc:  # noqa: BLE001
-            outcome = Outcome(0xC000, None, f"cannot read the C-STORE data set ({type(exc).__name__})")
+            outcome = Outcome(CANNOT_UNDERSTAND, None, f"cannot read the C-STORE data set ({type(exc).__name__})")
         else:
             outcome = self.intake.accept(
                 data,

@@ -10,7 +10,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "FileError": "services.pipeline.ingest",
+    "FileError": "services.pipeline.stages",
     "IngestOptions": "services.pipeline.ingest",
     "IngestReport": "services.pipeline.ingest",
     "Ingestor": "services.pipeline.ingest",

@@ -1,7 +1,8 @@
 """The background queue's two jobs on ledger keys, built from the same ingest stages as `cxr index`.
 
 - `embed_keys`: claim the keys in the ledger (attempts counted, bounded), read/decode/payload each file, encode the
-  batch; bad files are marked failed with their stage and reason; the rest come back as PointBatches.
+  batch; bad files are marked failed with their stage and reason; the rest come back as PointBatches of
+  QueuedPoints.
 - `stage_points`: the single writer's job: upsert a PointBatch without flushing (halving it if the store refuses
   a point) and fail the refused items; returns the (key, point id) pairs to mark indexed once a flush made them
   durable (services.pipeline.index_writer batches those flushes).
@@ -25,23 +26,24 @@ import numpy as np
 from services.errors import StoreError
 from services.index import PointRecord, VectorStore
 from services.manifest import ManifestRow
-from services.pipeline.ingest import (
-    TRANSIENT_STORE_ERRORS,
-    FileError,
-    IngestOptions,
-    Prepared,
-    _reason,
-    encode_stage,
-    ensure_same_model,
-    prepare,
-    upsert_stage,
-)
 from services.pipeline.ledger import Item, Ledger
 from services.pipeline.refs import row_key, spool_ref
 from services.pipeline.sources import IngestItem
+from services.pipeline.stages import (
+    TRANSIENT_STORE_ERRORS,
+    FileError,
+    Prepared,
+    encode_stage,
+    ensure_same_model,
+    error_reason,
+    prepare,
+    split_existing,
+    upsert_stage,
+)
 
 if TYPE_CHECKING:
     from services.embedding import BatchEncoder
+    from services.pipeline.ingest import IngestOptions
 
 
 def vector_to_text(vector: np.ndarray) -> str:
@@ -58,6 +60,32 @@ def vector_from_text(text: str) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: identity, as comparing numpy vectors field by field is ambiguous
+class QueuedPoint:
+    """One encoded point on its way to the writer, with the ledger key of its item; `update`: rewrite the point
+    even if it is already stored."""
+
+    key: str
+    point_id: str
+    vector: np.ndarray
+    payload: dict[str, Any]
+    update: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The message form: {"key", "id", "payload", "update", "vector_b64"} (see `vector_to_text`)."""
+        fields = {"key": self.key, "id": self.point_id, "payload": self.payload, "update": self.update}
+        return fields | {"vector_b64": vector_to_text(self.vector)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QueuedPoint:
+        """The inverse of `to_json`; also reads a plain list of floats under `vector`, and no `update` as False."""
+        if "vector_b64" in data:
+            vector = vector_from_text(data["vector_b64"])
+        else:
+            vector = np.asarray(data["vector"], dtype=np.float32)
+        return cls(data["key"], data["id"], vector, data["payload"], bool(data.get("update")))
+
+
 @dataclass
 class PointBatch:
     """Encoded points of one collection on their way to the writer; JSON-able: in messages a vector travels as
@@ -66,24 +94,15 @@ class PointBatch:
     collection: str
     dim: int
     model_id: str | None
-    points: list[dict[str, Any]] = field(default_factory=list)  # {"key", "id", "vector", "payload", "update"}
+    points: list[QueuedPoint] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        points = []
-        for p in self.points:
-            vector = p.get("vector")
-            if isinstance(vector, np.ndarray):
-                p = {k: v for k, v in p.items() if k != "vector"} | {"vector_b64": vector_to_text(vector)}
-            points.append(p)
+        points = [p.to_json() for p in self.points]
         return {"collection": self.collection, "dim": self.dim, "model_id": self.model_id, "points": points}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PointBatch:
-        points = []
-        for p in data["points"]:
-            if "vector_b64" in p:
-                p = {k: v for k, v in p.items() if k != "vector_b64"} | {"vector": vector_from_text(p["vector_b64"])}
-            points.append(p)
+        points = [QueuedPoint.from_json(p) for p in data["points"]]
         return cls(data["collection"], int(data["dim"]), data.get("model_id"), points)
 
 
@@ -146,7 +165,7 @@ def embed_keys(
         for i, (row, fut) in enumerate(zip(todo, futures, strict=True)):
             res = fut.result()
             if isinstance(res, BaseException):
-                ledger.mark_failed(row.key, "decode", _reason(res), permanent=True)
+                ledger.mark_failed(row.key, "decode", error_reason(res), permanent=True)
                 out.failed += 1
             else:
                 key_of[id(res)] = row
@@ -173,9 +192,7 @@ def embed_keys(
     for p, vector in encoded:
         row = key_of[id(p)]
         batch = by_collection.setdefault(row.collection, PointBatch(row.collection, encoder.dim, encoder.model_id))
-        batch.points.append(
-            {"key": row.key, "id": p.point_id, "vector": vector, "payload": p.payload, "update": row.update}
-        )
+        batch.points.append(QueuedPoint(row.key, p.point_id, vector, p.payload, row.update))
     out.batches = list(by_collection.values())
     return out
 
@@ -196,22 +213,18 @@ def stage_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> tuple
         raise
     except StoreError as exc:  # another model's collection, a wrong size: permanent for these items
         for p in points:
-            ledger.mark_failed(p["key"], "upsert", _reason(exc), permanent=True)
+            ledger.mark_failed(p.key, "upsert", error_reason(exc), permanent=True)
         out.refused = len(points)
         return out, []
-    plain = [p["id"] for p in points if not p.get("update")]
-    present = store.existing_ids(batch.collection, plain) if plain else set()
-    skipped = [p for p in points if not p.get("update") and p["id"] in present]
-    records = [
-        (p, PointRecord(p["id"], np.asarray(p["vector"], dtype=np.float32), p["payload"]))
-        for p in points
-        if p.get("update") or p["id"] not in present
-    ]
+    todo, skipped = split_existing(
+        store, batch.collection, points, point_id=lambda p: p.point_id, update=lambda p: p.update
+    )
+    records = [(p, PointRecord(p.point_id, np.asarray(p.vector, dtype=np.float32), p.payload)) for p in todo]
     landed, refused = upsert_stage(store, batch.collection, records, flush=False)
     for p, why in refused:
-        ledger.mark_failed(p["key"], "upsert", why, permanent=True)
+        ledger.mark_failed(p.key, "upsert", why, permanent=True)
     out.indexed, out.skipped, out.refused = len(landed), len(skipped), len(refused)
-    return out, [(p["key"], p["id"]) for p in [*landed, *skipped]]
+    return out, [(p.key, p.point_id) for p in [*landed, *skipped]]
 
 
 def write_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> WriteOutcome:

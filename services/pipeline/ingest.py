@@ -1,4 +1,5 @@
-"""Ingestion as stages: find files, decode and preprocess, encode batches, upsert.
+"""Ingestion as stages: find files, decode and preprocess, encode batches, upsert; the inline runner (`cxr index`)
+of the stages in services.pipeline.stages.
 
 Decoding runs in a thread pool a bounded distance ahead of the encoder, so inference is the bottleneck. A file that
 fails at any stage becomes a FileError record (path, stage, reason); the rest of the batch goes on.
@@ -6,40 +7,34 @@ fails at any stage becomes a FileError record (path, stage, reason); the rest of
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from services.errors import CxrError, DecodeError, StoreError, StoreLockedError, StoreUnavailableError
-from services.imaging import decode_bytes, max_file_bytes, read_regular_file, to_model_input
+from services.errors import StoreError
 from services.index import PointRecord, VectorStore
-from services.index.payload import build_payload, point_id
-from services.index.store import as_matrix
 from services.pipeline.refs import RefRecorder, file_ref
 from services.pipeline.sources import IngestItem
+from services.pipeline.stages import (
+    FileError,
+    Prepared,
+    encode_stage,
+    ensure_same_model,
+    error_reason,
+    plan_existing,
+    prepare,
+    upsert_stage,
+)
 
 if TYPE_CHECKING:  # the encoder comes from the caller; importing it here would load torch
     from services.embedding import BatchEncoder
 
 Progress = Callable[[int], None]
-T = TypeVar("T")
 REF_CHUNK = 256  # files whose source refs are recorded in one ledger transaction
-
-
-@dataclass(frozen=True)
-class FileError:
-    """One file that did not land, and why."""
-
-    path: str
-    stage: str  # "find" | "decode" | "encode" | "upsert"
-    reason: str
 
 
 @dataclass
@@ -81,37 +76,6 @@ class IngestOptions:
     flush_s: float = 30.0
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A decoded, model-sized image with its point id and payload, ready for the encoder."""
-
-    item: IngestItem
-    pixels: np.ndarray
-    point_id: str
-    payload: dict
-    decode_s: float
-
-
-def prepare(item: IngestItem, *, image_size: int, model_id: str | None, salt: bytes, opts: IngestOptions) -> Prepared:
-    """Decode stage: read the file once, hash it, decode, resize, and build its payload."""
-    t0 = time.perf_counter()
-    data = read_regular_file(item.path, max_file_bytes(opts.max_pixels))  # never blocks on a FIFO
-    decoded = decode_bytes(data, str(item.path), max_pixels=opts.max_pixels, min_side=opts.min_side)
-    sha = hashlib.sha256(data).hexdigest()
-    payload = build_payload(
-        label=item.label,
-        source_ref=item.ref or file_ref(item.path, salt),  # never the path: folders are named after patients
-        model_id=model_id,
-        salt=salt,
-        meta=decoded.meta,
-        row=item.row,
-        content_sha256=sha,
-    )
-    pid = point_id(sop_uid=decoded.meta.sop_uid, content_sha256=sha)
-    pixels = to_model_input(decoded.pixels, image_size)
-    return Prepared(item, pixels, pid, payload, time.perf_counter() - t0)
-
-
 def _ahead(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int) -> Iterator[tuple[object, Future]]:
     """Map fn over items in the pool, keeping at most `depth` in flight, yielding in input order."""
     window: deque[tuple[object, Future]] = deque()
@@ -121,14 +85,6 @@ def _ahead(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int) 
             yield window.popleft()
     while window:
         yield window.popleft()
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, DecodeError):
-        return exc.reason
-    if isinstance(exc, CxrError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Ingestor:
@@ -176,7 +132,7 @@ class Ingestor:
                 try:
                     prepared = fut.result()
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a per-file record
-                    report.failed.append(FileError(str(item.path), "decode", _reason(exc)))
+                    report.failed.append(FileError(str(item.path), "decode", error_reason(exc)))
                     _tick(progress)
                     continue
                 report.stage_seconds["decode"] += prepared.decode_s
@@ -203,7 +159,7 @@ class Ingestor:
             else:
                 todo, reuse, skipped = list(batch), [], []
         except StoreError as exc:  # the store could not be read (locked past its wait, server down)
-            report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p in batch)
+            report.failed.extend(FileError(str(p.item.path), "upsert", error_reason(exc)) for p in batch)
             _tick(progress, len(batch))
             return
         report.skipped += len(skipped)
@@ -227,7 +183,7 @@ class Ingestor:
             self._unflushed.extend(landed)
             report.failed.extend(FileError(str(p.item.path), "upsert", why) for p, why in refused)
         except StoreError as exc:
-            report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p, _ in records)
+            report.failed.extend(FileError(str(p.item.path), "upsert", error_reason(exc)) for p, _ in records)
         finally:
             report.stage_seconds["upsert"] += time.perf_counter() - t1
 
@@ -242,7 +198,7 @@ class Ingestor:
             self.store.flush(self.opts.collection)
             report.indexed += len(done)
         except StoreError as exc:  # not known to be durable: a rerun writes them again (same ids)
-            report.failed.extend(FileError(str(p.item.path), "upsert", _reason(exc)) for p in done)
+            report.failed.extend(FileError(str(p.item.path), "upsert", error_reason(exc)) for p in done)
         finally:
             report.stage_seconds["upsert"] += time.perf_counter() - t1
 
@@ -271,115 +227,13 @@ class Ingestor:
         try:
             self.refs([(i.ref or file_ref(i.path, self.salt), str(Path(i.path).absolute())) for i in chunk])
         except Exception as exc:  # noqa: BLE001 - a locked or broken ledger fails these files, not the run
-            why = f"source reference not recorded ({_reason(exc)})"
+            why = f"source reference not recorded ({error_reason(exc)})"
             report.failed.extend(FileError(str(i.path), "upsert", why) for i in chunk)
             _tick(progress, len(chunk))
             return []
         return chunk
 
 
-# -- the stages shared by the inline run (Ingestor), the queue's embed task and its index writer
-
-# Errors after which nothing was refused, only delayed: the queue retries them; the inline run reports them.
-TRANSIENT_STORE_ERRORS: tuple[type[StoreError], ...] = (StoreLockedError, StoreUnavailableError)
-
-
-def plan_existing(
-    store: VectorStore, collection: str, batch: Sequence[Prepared], *, update: bool
-) -> tuple[list[Prepared], list[tuple[Prepared, np.ndarray]], list[Prepared]]:
-    """Split a batch by what the store already holds: (to encode, (prepared, stored vector) to rewrite with the
-    new payload, skipped). Without `update` a stored point is skipped; with it, its payload is rewritten and its
-    vector kept when the content hash is unchanged, re-encoded when the content changed."""
-    present = store.existing_ids(collection, [p.point_id for p in batch])
-    if not update:
-        return [p for p in batch if p.point_id not in present], [], [p for p in batch if p.point_id in present]
-    stored = {r.id: r for r in store.retrieve(collection, sorted(present), with_vectors=True)} if present else {}
-    todo: list[Prepared] = []
-    reuse: list[tuple[Prepared, np.ndarray]] = []
-    for p in batch:
-        old = stored.get(p.point_id)
-        same = old is not None and old.vector is not None
-        if same and old.payload.get("content_sha256") == p.payload.get("content_sha256"):
-            reuse.append((p, old.vector))
-        else:
-            todo.append(p)
-    return todo, reuse, []
-
-
-def encode_stage(
-    encoder: BatchEncoder, batch: Sequence[Prepared]
-) -> tuple[list[tuple[Prepared, np.ndarray]], list[tuple[Prepared, FileError]]]:
-    """Encode a batch in one model call: ((prepared, vector) pairs, (prepared, FileError) pairs). If the batch
-    call fails, each image is encoded alone, so only the image that breaks the encoder fails."""
-    if not batch:
-        return [], []
-    try:
-        vectors = encoder.encode(np.stack([p.pixels for p in batch]))
-        return list(zip(batch, vectors, strict=True)), []
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a per-file record
-        if len(batch) == 1:
-            return [], [(batch[0], FileError(str(batch[0].item.path), "encode", _reason(exc)))]
-    ok: list[tuple[Prepared, np.ndarray]] = []
-    bad: list[tuple[Prepared, FileError]] = []
-    for p in batch:
-        good, err = encode_stage(encoder, [p])
-        ok.extend(good)
-        bad.extend(err)
-    return ok, bad
-
-
-def upsert_stage(
-    store: VectorStore, collection: str, records: Sequence[tuple[T, PointRecord]], *, flush: bool = True
-) -> tuple[list[T], list[tuple[T, str]]]:
-    """Upsert (tag, point) pairs: (tags that landed, (tag, reason) refused). A vector the store would refuse (NaN,
-    infinity, all zeros) is refused alone before the call; if the store still refuses the batch, it is split in
-    halves until only the bad points fail. One flush at the end (none with `flush=False`: the caller flushes
-    later and counts the points durable only then). Transient errors (TRANSIENT_STORE_ERRORS) propagate: they
-    refuse nothing, the caller retries or reports them."""
-    good: list[tuple[T, PointRecord]] = []
-    refused: list[tuple[T, str]] = []
-    for tag, rec in records:
-        try:
-            if rec.vector is not None:  # the store's own check, on this vector alone
-                as_matrix(collection, np.asarray(rec.vector), int(np.size(rec.vector)))
-            good.append((tag, rec))
-        except StoreError as exc:
-            refused.append((tag, _reason(exc)))
-    landed, bad = _upsert_halving(store, collection, good)
-    if flush and landed:
-        store.flush(collection)
-    return landed, refused + bad
-
-
-def _upsert_halving(
-    store: VectorStore, collection: str, records: Sequence[tuple[T, PointRecord]]
-) -> tuple[list[T], list[tuple[T, str]]]:
-    if not records:
-        return [], []
-    try:
-        store.upsert(collection, [r for _, r in records], flush=False)
-        return [t for t, _ in records], []
-    except TRANSIENT_STORE_ERRORS:
-        raise
-    except StoreError as exc:
-        if len(records) == 1:
-            return [], [(records[0][0], _reason(exc))]
-    half = len(records) // 2
-    left, right = _upsert_halving(store, collection, records[:half]), _upsert_halving(store, collection, records[half:])
-    return left[0] + right[0], left[1] + right[1]
-
-
 def _tick(progress: Progress | None, n: int = 1) -> None:
     if progress is not None:
         progress(n)
-
-
-def ensure_same_model(store: VectorStore, collection: str, model_id: str | None) -> None:
-    """Refuse to mix vectors of two models in one collection: their similarities are meaningless together."""
-    first = next(iter(store.scroll(collection, batch=1)), None)
-    have = first.payload.get("model_id") if first else None
-    if have and model_id and have != model_id:
-        raise StoreError(
-            f"collection {collection!r} holds vectors of model {have}, not {model_id}",
-            "Index into a new --collection, or search with the model the collection was built with.",
-        )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from services.embedding import BatchEncoder
 from services.imaging import DecodedImage, ImageMeta, decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.index import Hit, VectorStore
@@ -23,8 +24,8 @@ class QueryOptions:
     exclude_self: bool = True
     patient_id: str | None = None  # overrides the DICOM PatientID (e.g. for a PNG query)
     group_by_patient: bool = False  # one hit per patient, grouped in the store (full pages)
-    max_pixels: int = 80_000_000
-    min_side: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
 
 
 @dataclass(frozen=True)

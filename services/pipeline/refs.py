@@ -9,7 +9,7 @@ holds a path. It holds `source_ref`, one of:
 Whoever indexes records `ref -> path` in this machine's ledger (`Ledger.put_refs`); `resolve_source` reads it back,
 falling back to the ledger row keyed by the same value (a queued file's key is its `file:` ref, an instance's
 key is `sop:<UID>`). A machine without that ledger (another host on a shared Qdrant server) sees the ref and
-nothing else.
+nothing else. `services.pipeline.stored_image` goes on from the path to the point's pixels.
 """
 
 from __future__ import annotations
@@ -73,9 +73,3 @@ def row_key(ref: str) -> str:
     """The ledger key of the item a ref was made for: `sop:<UID>` for `spool:<UID>`, the ref itself for a file
     (a queued file's key is its `file:` ref). Where the row resolves the ref, the refs table need not."""
     return sop_key(ref[len(SPOOL_PREFIX) :]) if ref.startswith(SPOOL_PREFIX) else ref
-
-
-def ref_resolver(where: Settings | Ledger) -> Callable[[str], Path | None]:
-    """`resolve_source` as a ref -> path function (for `stored_image_path(payload, resolve_ref=...)`)."""
-    ledger = where if isinstance(where, Ledger) else Ledger(where.ledger_path)
-    return lambda ref: resolve_source(ledger, {"source_ref": ref})

@@ -21,8 +21,8 @@ from torch import nn
 
 from services.embedding import bf16_supported, create_encoder, load_checkpoint, save_checkpoint
 from services.errors import ConfigError, DataError
-from services.evaluation.splits import load_or_make_split, split_rows
 from services.manifest import file_sha256, read_manifest
+from services.splits import load_or_make_split, split_rows
 from services.training.augment import augment
 from services.training.config import TrainConfig
 from services.training.data import ClassBalancedBatchSampler, ImageCache, load_image_cache

@@ -266,6 +266,33 @@ def test_thumbnail_of_an_image_gone_from_disk_is_409(indexed: Indexed, tmp_path:
         c.app.state.api.wait_ready(60)
         r = c.get(f"/v1/points/{point.id}/thumbnail")
         assert r.status_code == 409 and "cannot be read any more" in r.json()["detail"]
-        (settings.data_dir / "ledger.sqlite3").unlink()  # as on another host of a shared server: no ledger row
+        assert "ledger" in c.app.state.api.runtime.__dict__  # resolved through the runtime's one open ledger
+    for part in settings.data_dir.glob("ledger.sqlite3*"):
+        part.unlink()  # as on another host of a shared server: no ledger row
+    with make_client(settings, indexed.model) as c:
+        c.app.state.api.wait_ready(60)
         r = c.get(f"/v1/points/{point.id}/thumbnail", params={"size": 100})
         assert r.status_code == 409 and "not in this server's ledger" in r.json()["detail"]
+
+
+def test_explain_waits_for_the_model_like_search(indexed: Indexed, tmp_path: Path) -> None:
+    """During warm-up /v1/explain answers 503 with the reason and starts no model load of its own."""
+    from fastapi.testclient import TestClient
+
+    from services.api.app import create_app
+    from services.pipeline import Runtime
+
+    some = "00000000-0000-4000-8000-000000000000"
+    runtime = Runtime(indexed.settings, model_path=indexed.model)
+    warming = TestClient(create_app(indexed.settings, runtime=runtime))  # not started: the warm-up has not ended
+    for r in (
+        warming.get("/v1/explain", params={"query": some, "result": some}),
+        warming.post("/v1/explain", params={"result": some}, files=_upload(indexed.dicom[0])),
+    ):
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+        assert r.json()["detail"] == "the model is still loading"
+    assert "encoder" not in runtime.__dict__  # no second model load beside the warm-up's
+    with make_client(indexed.settings, tmp_path / "no-model") as c:
+        c.app.state.api.wait_ready(30)
+        r = c.get("/v1/explain", params={"query": some, "result": some})
+        assert r.status_code == 503 and "model is not ready: no checkpoint" in r.json()["detail"]

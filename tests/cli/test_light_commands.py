@@ -88,7 +88,7 @@ def test_cpu_bf16_probe_agrees_with_torch() -> None:
 
 def test_ledger_and_pipeline_package_import_light() -> None:
     code = (
-        "import sys, services.pipeline, services.pipeline.ledger, services.pipeline.spool, services.index; "
+        "import sys, services.pipeline, services.pipeline.ledger, services.pacs.spool, services.index; "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

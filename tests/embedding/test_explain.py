@@ -25,14 +25,8 @@ from services.embedding import (
     load_checkpoint,
     save_checkpoint,
 )
-from services.embedding.explain import (
-    Explainer,
-    PairExplanation,
-    normalise_map,
-    overlay_png,
-    pair_png,
-    sliding_masks,
-)
+from services.embedding.explain import Explainer, PairExplanation, sliding_masks
+from services.embedding.overlay import normalise_map, overlay_png, pair_png
 
 CLASSES = ("covid19", "normal", "pneumonia_bacterial", "pneumonia_viral")
 FRACTIONS = (0.05, 0.1, 0.2)  # share of the patch grid deleted, per point of the deletion curve
@@ -93,8 +87,8 @@ class Pairs:
 
 @pytest.fixture(scope="module")
 def pairs(trained_run: Path, cxr_public: Path) -> Pairs:
-    from services.evaluation.splits import read_split, split_rows
     from services.manifest import read_manifest
+    from services.splits import read_split, split_rows
     from services.training.data import load_image_cache
 
     encoder = load_checkpoint(trained_run)  # from disk, as the API and the CLI load it
@@ -329,15 +323,14 @@ def indexed(data_dir: Path, tiny_checkpoint: Path, public_sample: Path):
 
 @pytest.fixture()
 def client(indexed):
-    from fastapi import FastAPI
+    """The real app over the indexed runtime, started and ready."""
     from fastapi.testclient import TestClient
 
-    from services.api.explain_routes import router
+    from services.api.app import create_app
 
-    app = FastAPI()
-    app.state.runtime = indexed[0]
-    app.include_router(router)
-    with TestClient(app) as c:
+    rt = indexed[0]
+    with TestClient(create_app(rt.settings, runtime=rt)) as c:
+        assert c.app.state.api.wait_ready(60).ready
         yield c
 
 
@@ -386,13 +379,11 @@ def test_get_explain_errors(client, indexed, tmp_path: Path, public_sample: Path
     res = client.get("/v1/explain", params={"query": known, "result": gone_id})
     assert res.status_code == 409 and "file not found" in res.json()["detail"]
 
-    from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from services.api.explain_routes import router
+    from services.api.app import create_app
 
-    starting = FastAPI()  # no app.state.runtime yet
-    starting.include_router(router)
+    starting = create_app(rt.settings, runtime=rt)  # not started (no lifespan): the model is not ready yet
     assert TestClient(starting).get("/v1/explain", params={"query": known, "result": known}).status_code == 503
 
 

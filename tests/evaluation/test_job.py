@@ -15,10 +15,10 @@ from PIL import Image
 from services.config import Settings
 from services.embedding import BatchEncoder, create_encoder, save_checkpoint
 from services.evaluation.job import EvalConfig, run_eval
-from services.evaluation.splits import read_split, split_rows
 from services.imaging import decode_image, to_model_input
 from services.index import open_store
 from services.manifest import read_manifest
+from services.splits import read_split, split_rows
 
 PER_CLASS = 15
 MAIN_CLASSES = ("covid19", "normal", "pneumonia_bacterial", "pneumonia_viral")

@@ -21,9 +21,9 @@ from services.config import Settings
 from services.embedding import create_encoder, save_checkpoint
 from services.errors import ConfigError
 from services.evaluation.job import run_eval
-from services.evaluation.splits import read_split
 from services.evaluation.types import EvalConfig
 from services.manifest import read_manifest
+from services.splits import read_split
 from tests.evaluation.test_job import MAIN_CLASSES, _sub_manifest
 
 FIELDS = ["path", "label", "patient_id", "view", "sex", "age", "source", "origin_dataset"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.errors import DataError
-from services.evaluation.splits import (
+from services.manifest import ManifestRow, file_sha256, read_manifest
+from services.splits import (
     Split,
     load_or_make_split,
     make_split,
@@ -19,7 +20,6 @@ from services.evaluation.splits import (
     split_rows,
     write_split,
 )
-from services.manifest import ManifestRow, file_sha256, read_manifest
 
 TARGET = {"train": 0.7, "val": 0.1, "test": 0.2}
 

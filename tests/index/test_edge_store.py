@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 
 from services.errors import StoreError, StoreLockedError
 from services.index import INDEXED_FIELDS, PointRecord, QdrantEdgeStore
 from services.index.edge import META_FILE
+from services.index.lease import StoreLease
 from tests.index.conftest import clustered
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,3 +143,42 @@ def test_unreadable_collection_record(tmp_path: Path) -> None:
     (tmp_path / "cxr" / META_FILE).write_text("{not json")
     with pytest.raises(StoreError, match="unreadable collection record"):
         QdrantEdgeStore(tmp_path).count("cxr")
+
+
+def _root_near_path_max(tmp_path: Path, room: int = 40) -> Path:
+    """A directory whose path leaves about `room` characters of Linux's PATH_MAX (4096): enough for the lease files
+    and a collection directory, too few for the files the engine creates below that."""
+    root, target = tmp_path, 4096 - room
+    while len(str(root)) + 201 <= target:
+        root = root / ("d" * 200)
+    root = root / ("d" * max(1, target - len(str(root)) - 1))
+    root.mkdir(parents=True)
+    return root
+
+
+def test_a_create_the_engine_fails_gives_the_lease_back(tmp_path: Path) -> None:
+    root = _root_near_path_max(tmp_path)
+    store = QdrantEdgeStore(root, wait_s=0.3)
+    with pytest.raises(StoreError, match="cannot create the embedded store"):
+        store.create_collection("cxr", 8)  # the engine's own files would pass PATH_MAX
+    assert not store.has_collection("cxr") and not store._lease.held
+    other = StoreLease(root, wait_s=0.3)
+    other.acquire()  # another opener gets the store without waiting for the failed one's close()
+    other.close()
+    store.close()
+
+
+def test_a_create_refused_by_an_occupied_directory_gives_the_lease_back(tmp_path: Path) -> None:
+    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=8, distance=qe.Distance.Cosine))
+    squatter = qe.EdgeShard.create(str(tmp_path / "cxr"), config)  # open outside the lease, no collection record
+    store = QdrantEdgeStore(tmp_path, wait_s=0.3)
+    try:
+        with pytest.raises(StoreLockedError):
+            store.create_collection("cxr", 8)  # its partial directory cannot be cleared while the shard is open
+        with QdrantEdgeStore(tmp_path, wait_s=0.3) as other:
+            other.create_collection("other", 8)  # takes the lease the failed create gave back
+    finally:
+        squatter.close()
+    store.create_collection("cxr", 8)  # once the shard is closed, the partial directory is cleared
+    assert store.count("cxr") == 0
+    store.close()

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from services.pacs.http import PacsAuth, PacsUnreachableError
 from services.pacs.intake import Intake
-from services.pacs.pull import PullOptions, pull
+from services.pacs.pull import pull
+from services.pacs.pull_batch import PullOptions
+from services.pacs.spool import Spool
 from services.pipeline.ledger import Ledger, sop_key
-from services.pipeline.spool import Spool
 from tests.pacs.conftest import dx_files, index_inline, ledger_keys, stored_payloads
 from tests.pacs.dicom_factory import PHI_ID_PREFIX, PHI_NAME_PREFIX, send
 from tests.services import OrthancServer, free_port

@@ -19,8 +19,8 @@ from services.pacs.acceptance import (
 from services.pacs.deid import Deidentifier
 from services.pacs.intake import Intake
 from services.pacs.receiver import Receiver, ReceiverConfig
+from services.pacs.spool import Spool
 from services.pipeline.ledger import Ledger, sop_key
-from services.pipeline.spool import Spool
 from tests.pacs.conftest import (
     ReceiverProcess,
     dx_files,

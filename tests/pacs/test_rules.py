@@ -21,8 +21,8 @@ from services.pacs.acceptance import (
 )
 from services.pacs.deid import Deidentifier
 from services.pacs.intake import reconcile_spool
+from services.pacs.spool import Spool
 from services.pipeline.ledger import Ledger, sop_key
-from services.pipeline.spool import Spool
 from tests.pacs.conftest import dx_files
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from services.index import QdrantEdgeStore
-from services.pipeline.batch_jobs import PointBatch
+from services.pipeline.batch_jobs import PointBatch, QueuedPoint
 from services.pipeline.index_writer import DeferredWriter
 from services.pipeline.ledger import Ledger
 from tests.services import wait_for
@@ -25,7 +25,7 @@ DIM = 16
 def _batch(keys: list[str], seed: int) -> PointBatch:
     vectors = np.random.default_rng(seed).normal(size=(len(keys), DIM)).astype(np.float32)
     points = [
-        {"key": k, "id": str(uuid.uuid5(uuid.NAMESPACE_URL, k)), "vector": v, "payload": {"label": "x"}}
+        QueuedPoint(k, str(uuid.uuid5(uuid.NAMESPACE_URL, k)), v, {"label": "x"})
         for k, v in zip(keys, vectors, strict=True)
     ]
     return PointBatch.from_json(PointBatch("c", DIM, None, points).to_json())  # as it travels: base64 vectors
@@ -122,7 +122,7 @@ def test_flush_is_free_when_nothing_was_written_and_a_hand_over_flushes_what_was
         batch = _batch(["p0", "p1"], 7)
         from services.index import PointRecord
 
-        records = [PointRecord(p["id"], p["vector"], p["payload"]) for p in batch.points]
+        records = [PointRecord(p.point_id, p.vector, p.payload) for p in batch.points]
         store.upsert("c", records, flush=False)  # the hand-over after this call flushed and closed the shard
         assert not store._shards and "c" not in store._dirty  # noqa: SLF001 - the state this test is about
         store.flush("c")  # nothing left to sync: does not even reopen the shard

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from services.pacs.spool import Spool, SpoolFullError, valid_uid
 from services.pipeline.ledger import Ledger, file_key, sop_key
-from services.pipeline.spool import Spool, SpoolFullError, valid_uid
 
 
 def test_record_is_idempotent_and_a_resend_does_not_rearm(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from services.config import Settings
 from services.index import QdrantEdgeStore
 from services.pipeline.batch_jobs import ingest_item
 from services.pipeline.ledger import Ledger, file_key, sop_key
-from services.pipeline.refs import file_ref, ref_resolver, resolve_source, spool_ref
+from services.pipeline.refs import file_ref, resolve_source, spool_ref
 
 REPO = Path(__file__).resolve().parents[2]
 PATIENT_FOLDER = "DOE^JOHN_19600101_MRN12345"
@@ -119,7 +119,7 @@ def test_resolving_spool_refs_legacy_uris_and_unknown_refs(tmp_path: Path) -> No
     # A spool ref with no refs row falls back to the instance's ledger row.
     assert resolve_source(ledger, {"source_ref": spool_ref("1.2.840.99.1")}) == spooled
     ledger.put_refs([(file_ref(tmp_path / "x.png", b"s"), str(tmp_path / "x.png"))])
-    assert ref_resolver(ledger)(file_ref(tmp_path / "x.png", b"s")) == tmp_path / "x.png"
+    assert resolve_source(ledger, {"source_ref": file_ref(tmp_path / "x.png", b"s")}) == tmp_path / "x.png"
     assert resolve_source(ledger, {"source_ref": "file:" + "0" * 32}) is None  # another machine's ref
     assert resolve_source(ledger, {"source_ref": "spool:1.2.3"}) is None
     assert resolve_source(ledger, {"label": "normal"}) is None
@@ -135,6 +135,30 @@ def test_resolving_spool_refs_legacy_uris_and_unknown_refs(tmp_path: Path) -> No
     assert (
         key == file_ref(tmp_path / "y.png", b"s") and resolve_source(ledger, {"source_ref": key}) == tmp_path / "y.png"
     )
+
+
+def test_a_stored_points_pixels_come_from_its_ref_or_say_why_not(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from services.errors import StoredImageError
+    from services.pipeline.stored_image import load_stored_pixels
+
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    film = tmp_path / "film.png"
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1)), mode="L").save(film)
+    ledger.put_refs([(file_ref(film, b"s"), str(film))])
+    pixels = load_stored_pixels(ledger, {"source_ref": file_ref(film, b"s")}, "p1")
+    assert pixels.shape == (48, 64) and pixels.dtype == np.float32 and 0 <= pixels.min() < pixels.max() <= 1
+    with pytest.raises(StoredImageError, match="too small"):  # the pixel guard applies
+        load_stored_pixels(ledger, {"source_ref": file_ref(film, b"s")}, "p1", min_side=64)
+    with pytest.raises(StoredImageError, match="not in this server's ledger"):  # another machine's ref
+        load_stored_pixels(ledger, {"source_ref": "file:" + "0" * 32}, "p2")
+    with pytest.raises(StoredImageError, match="it has no source"):
+        load_stored_pixels(ledger, {"label": "normal"}, "p3")
+    film.unlink()
+    with pytest.raises(StoredImageError, match="point p1 cannot be read any more: file not found"):
+        load_stored_pixels(ledger, {"source_ref": file_ref(film, b"s")}, "p1")
 
 
 def test_a_ledger_that_cannot_record_fails_those_files_and_writes_nothing(
@@ -172,9 +196,9 @@ def test_a_spooled_instance_indexed_by_the_queue_jobs_carries_its_spool_ref(
     import pydicom
 
     from services.embedding import BatchEncoder
+    from services.pacs.spool import Spool
     from services.pipeline.batch_jobs import embed_keys, write_points
     from services.pipeline.ingest import IngestOptions
-    from services.pipeline.spool import Spool
 
     settings = Settings()
     data = (dicom_dir / "RG1_UNCR.dcm").read_bytes()

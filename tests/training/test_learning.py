@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from services.embedding import bf16_supported, create_encoder, load_checkpoint
-from services.evaluation.splits import read_split, split_rows
 from services.manifest import read_manifest
+from services.splits import read_split, split_rows
 from services.training.config import TrainConfig
 from services.training.data import load_image_cache
 from services.training.loop import Trainer

@@ -10,7 +10,7 @@ import pytest
 
 from services.embedding import load_checkpoint
 from services.errors import ConfigError
-from services.evaluation.splits import read_split
+from services.splits import read_split
 from services.training.config import TrainConfig
 from services.training.loop import Trainer, lr_at
 from services.training.losses import LossConfig

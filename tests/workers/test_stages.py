@@ -15,10 +15,10 @@ from services.config import Settings
 from services.imaging import decode_image, to_model_input
 from services.index import PointRecord
 from services.pipeline import IngestItem, IngestOptions, Ingestor, Runtime
-from services.pipeline.batch_jobs import PointBatch, embed_keys, write_points
-from services.pipeline.ingest import upsert_stage
+from services.pipeline.batch_jobs import PointBatch, QueuedPoint, embed_keys, write_points
 from services.pipeline.ledger import Ledger, file_key
 from services.pipeline.sources import build_items
+from services.pipeline.stages import upsert_stage
 from tests.workers.conftest import real_images
 
 
@@ -89,7 +89,8 @@ def test_index_writer_fails_only_the_nan_point(runtime: Runtime, tmp_path: Path)
         points.append(
             {"key": key, "id": str(uuid.uuid4()), "vector": vector.tolist(), "payload": {"label": "x"}, "update": False}
         )
-    out = write_points(runtime.store, ledger, PointBatch.from_json(PointBatch("w", 4, None, points).to_json()))
+    message = {"collection": "w", "dim": 4, "model_id": None, "points": points}  # plain `vector` lists, as sent
+    out = write_points(runtime.store, ledger, PointBatch.from_json(message))
     assert (out.indexed, out.refused) == (3, 1)
     failed = ledger.get("file:/x/1.png")
     assert failed.state == "failed" and failed.stage == "upsert" and "NaN" in failed.reason
@@ -185,7 +186,7 @@ def test_the_writer_refreshes_the_index_once_enough_points_are_unindexed(data_di
             points = []
             for i, v in enumerate(vectors[start : start + (60 if start == 0 else 90)], start):
                 ledger.record(f"file:/x/{i}", f"/x/{i}", origin="file", collection="r")
-                points.append({"key": f"file:/x/{i}", "id": str(uuid.uuid4()), "vector": v.tolist(), "payload": {}})
+                points.append(QueuedPoint(f"file:/x/{i}", str(uuid.uuid4()), v, {}))
             write_points(store, ledger, PointBatch("r", 16, None, points))
             refreshed = refresh_if_due(store, "r", settings.index_threshold_points)
             assert refreshed == (start == 60)
