@@ -134,7 +134,8 @@ def queue(
 ) -> float:
     from services.config import Settings
     from services.pipeline.sources import build_items
-    from workers.dispatch import submit
+    from services.pipeline.submission import submit
+    from workers.dispatch import make_publish
 
     tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / f"queue-{concurrency}"
@@ -146,10 +147,12 @@ def queue(
     cmd = [sys.executable, "-m", "cli.main", "worker", "-c", str(concurrency), "--loglevel", "WARNING"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        submit(settings, build_items(warm)[0])  # load the model in the worker's processes
+        submit(
+            settings, build_items(warm)[0], publish=make_publish(settings)
+        )  # load the model in the worker's processes
         _wait_indexed(settings.ledger_path, len(warm), 300)
         t0 = time.perf_counter()
-        submit(settings, build_items(files)[0])
+        submit(settings, build_items(files)[0], publish=make_publish(settings))
         _wait_indexed(settings.ledger_path, len(warm) + len(files), 600)
         return len(files) / (time.perf_counter() - t0)
     finally:

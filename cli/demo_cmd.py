@@ -35,7 +35,7 @@ def demo(
     from services.errors import DataError
     from services.manifest import read_manifest
     from services.pipeline import IngestItem, IngestOptions, Ingestor, QueryOptions, Runtime, search_file
-    from services.pipeline.refs import resolve_source
+    from services.pipeline.stored_image import resolve_source
     from services.splits import read_split, split_rows
     from services.training.config import TrainConfig
     from services.training.loop import Trainer

@@ -85,9 +85,11 @@ def index(
 
 def _enqueue(settings, items, unfound, *, update: bool, as_json: bool) -> None:  # noqa: ANN001
     """`--queue`: the ledger records every file (durable before this returns), then a best-effort dispatch."""
-    from workers.dispatch import submit
+    from services.pipeline.submission import submit
+    from workers.dispatch import make_publish
 
-    done = submit(settings, items, collection=settings.collection, update=update, unfound=unfound)
+    publish = make_publish(settings)
+    done = submit(settings, items, publish=publish, collection=settings.collection, update=update, unfound=unfound)
     report = {
         "collection": settings.collection,
         "recorded": done.recorded,

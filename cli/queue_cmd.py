@@ -135,10 +135,10 @@ def retry(
     missing = sorted(set(keys or ()) - set(armed))
     for key in missing:
         stderr.print(f"not a failed item: {key}", markup=False)
-    from workers.app import make_app
-    from workers.dispatch import dispatch_due
+    from services.pipeline.submission import dispatch_due
+    from workers.dispatch import make_publish
 
-    sent = dispatch_due(settings, ledger, make_app(settings)) if armed else 0
+    sent = dispatch_due(settings, ledger, make_publish(settings)) if armed else 0
     later = "" if sent or not armed else " (the sweep sends them once Redis answers)"
     typer.echo(f"re-armed {len(armed)} item(s); sent {sent} to the queue now{later}")
     if missing:
@@ -186,7 +186,8 @@ def worker(
 
     Example: cxr worker --concurrency 2
     """
-    from workers.dispatch import Sweep
+    from services.pipeline.submission import Sweep
+    from workers.dispatch import make_publish
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
@@ -194,7 +195,7 @@ def worker(
         raise typer.BadParameter(f"unknown queue(s) {unknown}; use {' and/or '.join(QUEUES)}", param_hint="--queues")
     settings = load_settings()
     procs = {q: _celery_worker(q, concurrency if q == EMBED_QUEUE else 1, loglevel) for q in QUEUES if q in wanted}
-    sweeper = Sweep(settings) if sweep else None
+    sweeper = Sweep(settings, lambda: make_publish(settings)) if sweep else None
     if sweeper:
         sweeper.start()
     stopping = {"sig": 0}

@@ -53,7 +53,7 @@ def search(
     """
     from services.pipeline import QueryOptions, Runtime, hits_to_json
     from services.pipeline.query import read_query, search_decoded
-    from services.pipeline.refs import resolve_source
+    from services.pipeline.stored_image import resolve_source
 
     settings = load_settings(collection=collection, model=model)
     opts = QueryOptions(

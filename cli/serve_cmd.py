@@ -22,17 +22,20 @@ def is_loopback(host: str) -> bool:
 
 
 def make_submitter(settings: Any) -> Any:
-    """POST /v1/index -> the ledger and the background queue (workers.dispatch.submit), as the API's Submitter."""
+    """POST /v1/index -> the ledger and the background queue (services.pipeline.submission), as the API's Submitter."""
     from dataclasses import asdict, replace
 
     from services.pipeline.sources import build_items
-    from workers.dispatch import submit
+    from services.pipeline.submission import submit
+    from workers.dispatch import make_publish
+
+    publish = make_publish(settings)
 
     def submitter(paths: Any, *, label: str | None, origin: str, collection: str) -> dict[str, Any]:
         items, unfound = build_items(list(paths), label_from="none")
         if label is not None:
             items = [replace(item, label=label) for item in items]
-        done = submit(settings, items, collection=collection, origin=origin)
+        done = submit(settings, items, publish=publish, collection=collection, origin=origin)
         return {
             "recorded": done.recorded,
             "already": done.already,

@@ -6,8 +6,8 @@ reserves one task at a time (`worker_prefetch_multiplier=1`). A whole worker tha
 unacknowledged in Redis, which any live worker restores after `visibility_timeout` (looked for every
 `unacked_restore_interval`); a live worker renews the lease of what it holds (workers.lease), so a task longer than
 the visibility timeout is never handed out a second time. A task that crashes its worker every time is stopped by
-the ledger's attempt counter, not by Celery. Short broker timeouts make publishing fail fast while Redis is down (celery#6046: `delay()` can hang
-there); the item then stays 'received' in the ledger and the sweep sends it later.
+the ledger's attempt counter, not by Celery. Short broker timeouts make publishing fail fast while Redis is down
+(celery#6046: `delay()` can hang there); the item then stays 'received' in the ledger and the sweep sends it later.
 
 `celery -A workers.app:app worker` finds `app` here; it is built on first access, not at import.
 """

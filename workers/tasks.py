@@ -85,7 +85,9 @@ def _backoff(task: Task, settings: Settings) -> float:
     return min(MAX_BACKOFF_S, settings.retry_backoff_s * 2**task.request.retries)
 
 
-def _retry_or_release(task: Task, ctx: WorkerContext, keys: list[str], stage: str, exc: Exception) -> None:
+def _retry_or_release(
+    task: Task, ctx: WorkerContext, keys: list[str], stage: str, exc: Exception, *, collection: str | None
+) -> None:
     """Retry a transient failure with backoff; past `task_retries`, hand the items back to the sweep (state
     'received', reason kept), where the ledger's attempt counter bounds them."""
     if task.request.retries < ctx.settings.task_retries:
@@ -93,7 +95,7 @@ def _retry_or_release(task: Task, ctx: WorkerContext, keys: list[str], stage: st
         raise task.retry(exc=exc, countdown=_backoff(task, ctx.settings), max_retries=ctx.settings.task_retries)
     log.warning("transient %s error on %d item(s), retries used up; back to the sweep: %s", stage, len(keys), exc)
     for key in keys:
-        ctx.ledger.mark_failed(key, stage, f"{type(exc).__name__}: {exc}", permanent=False)
+        ctx.ledger.mark_failed(key, stage, f"{type(exc).__name__}: {exc}", permanent=False, collection=collection)
 
 
 def _opts(settings: Settings) -> Any:
@@ -108,8 +110,9 @@ def _opts(settings: Settings) -> Any:
     )
 
 
-def embed(task: Task, keys: list[str]) -> dict[str, int]:
-    """Embed one batch of ledger keys; see the module docstring."""
+def embed(task: Task, keys: list[str], collection: str | None = None) -> dict[str, int]:
+    """Embed one batch of ledger keys of `collection` (None in messages sent before items were per collection);
+    see the module docstring."""
     from services.errors import CxrError
     from services.pipeline.batch_jobs import embed_keys, write_points
     from services.pipeline.stages import TRANSIENT_STORE_ERRORS
@@ -121,25 +124,32 @@ def embed(task: Task, keys: list[str]) -> dict[str, int]:
         encoder = ctx.runtime.encoder
     except CxrError as exc:  # no checkpoint, or an unreadable one: nothing to do but report and let the sweep retry
         log.error("cannot load the model: %s", exc)
-        _retry_or_release(task, ctx, keys, "encode", exc)
+        _retry_or_release(task, ctx, keys, "encode", exc, collection=collection)
         return {"indexed": 0}
     out = embed_keys(
-        ctx.ledger, encoder, keys, opts=_opts(settings), salt=settings.salt, max_attempts=settings.max_attempts
+        ctx.ledger,
+        encoder,
+        keys,
+        opts=_opts(settings),
+        salt=settings.salt,
+        max_attempts=settings.max_attempts,
+        collection=collection,
     )
     stats = {"embedded": sum(len(b.points) for b in out.batches), "failed": out.failed, "gave_up": out.gave_up}
     for batch in out.batches:
         if settings.qdrant_url:  # a server takes writes from every worker
             try:
                 write_points(ctx.runtime.store, ctx.ledger, batch)
-            except TRANSIENT_STORE_ERRORS as exc:
-                _retry_or_release(task, ctx, [p.key for p in batch.points], "upsert", exc)
+            except (*TRANSIENT_STORE_ERRORS, sqlite3.OperationalError) as exc:  # store or ledger busy past its wait
+                _retry_or_release(task, ctx, [p.key for p in batch.points], "upsert", exc, collection=batch.collection)
         else:
             try:
                 task.app.send_task(INDEX_TASK, args=[batch.to_json()], queue=INDEX_QUEUE)
             except broker_errors() as exc:  # Redis went away mid-task: the sweep sends these again once it is back
                 log.warning("cannot hand %d point(s) to the index writer: %s", len(batch.points), exc)
                 for p in batch.points:
-                    ctx.ledger.mark_failed(p.key, "upsert", f"broker unavailable: {exc}", permanent=False)
+                    why = f"broker unavailable: {exc}"
+                    ctx.ledger.mark_failed(p.key, "upsert", why, permanent=False, collection=batch.collection)
     return stats
 
 
@@ -155,7 +165,7 @@ def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
     try:
         out = ctx.writer.write(points)
     except (*TRANSIENT_STORE_ERRORS, sqlite3.OperationalError) as exc:  # store or ledger busy past its wait
-        _retry_or_release(task, ctx, [p.key for p in points.points], "upsert", exc)
+        _retry_or_release(task, ctx, [p.key for p in points.points], "upsert", exc, collection=points.collection)
         return {"indexed": 0}
     try:
         refresh_if_due(store, points.collection, getattr(ctx.settings, "index_threshold_points", None))

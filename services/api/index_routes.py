@@ -1,7 +1,8 @@
 """`POST /v1/index`: hand uploaded files, or files already on the server, to the background queue.
 
-The queue is injected: `create_app(..., submitter=...)`, which `cxr serve` wires to workers.dispatch.submit when
-a Redis broker is configured. Without one this answers 503 and says so; it never indexes in the request.
+The queue is injected: `create_app(..., submitter=...)`, which `cxr serve` wires to
+services.pipeline.submission.submit when a Redis broker is configured. Without one this answers 503 and says so;
+it never indexes in the request.
 
 - Uploads (form fields `file`, repeatable) are sniffed (415) and decoded once (422/413) so a bad file is refused
   at once, then kept under DATA_DIR/uploads/<sha256>.<kind> (written to a temp file, fsynced, renamed) for the

@@ -30,8 +30,8 @@ STORE_RETRY_S = 5.0
 
 
 class Submitter(Protocol):
-    """Hands files to the background queue (workers.dispatch.submit, wired by `cxr serve`) and says what it did
-    as JSON-able data. `origin` is "upload" or "file"."""
+    """Hands files to the background queue (services.pipeline.submission.submit, wired by `cxr serve`) and says
+    what it did as JSON-able data. `origin` is "upload" or "file"."""
 
     def __call__(self, paths: Sequence[Path], *, label: str | None, origin: str, collection: str) -> dict[str, Any]: ...
 

@@ -69,7 +69,7 @@ class QdrantEdgeStore(LeasedShards):
     """VectorStore on qdrant-edge shards under `root`. Shards open lazily; an upsert flushes unless told not to
     (`flush=False`, then `flush(name)` makes it durable; see the module docstring).
 
-    Several processes share one store by taking turns (services.index.lease): a store object holds the store
+    Several processes share one store by taking turns (services.index.lease, .edge_shards): a store object holds it
     while it works, keeps its shards open for `linger_s` after its last call unless another process is waiting,
     then closes them. A process that waits longer than `wait_s` gets StoreLockedError. `linger_s=0` closes
     after every call.

@@ -68,9 +68,10 @@ class Intake:
         return self.deid.uid(uid) if self.deid is not None else uid.strip()
 
     def known(self, uid: str) -> bool:
-        """True when the ledger already holds this instance (so a re-pull need not fetch it again). A pull's own
-        earlier failure ('pull' stage) does not count: the next pull fetches it again."""
-        item = self.ledger.get(sop_key(self.stored_uid(uid)))
+        """True when the ledger already holds this instance for this intake's collection (so a re-pull need not
+        fetch it again; one received into another collection is fetched, or taken from the spool, for this one).
+        A pull's own earlier failure ('pull' stage) does not count: the next pull fetches it again."""
+        item = self.ledger.get(sop_key(self.stored_uid(uid)), self.collection)
         return item is not None and not (item.state == "failed" and item.stage == "pull")
 
     def accept(
@@ -118,11 +119,11 @@ class Intake:
         """Keep a permanent per-instance pull failure in the ledger (so `cxr failures` lists it and the cursor may
         move past it). `where` is a PHI-free source locator; an instance already recorded is left as it is."""
         key = sop_key(self.stored_uid(uid)) if uid and valid_uid(uid) else "pull:" + ref
-        existing = self.ledger.get(key)
+        existing = self.ledger.get(key, self.collection)
         if existing is not None and existing.state != "failed":
             return
         self.ledger.record(key, where, origin="pull", collection=self.collection)
-        self.ledger.mark_failed(key, stage, reason, permanent=True)
+        self.ledger.mark_failed(key, stage, reason, permanent=True, collection=self.collection)
 
     def _deidentify(self, data: bytes) -> tuple[bytes, str]:
         assert self.deid is not None
@@ -140,7 +141,7 @@ def reconcile_spool(spool: Spool, ledger: Ledger, *, collection: str) -> int:
     added = 0
     for path in spool.instances():
         uid = path.name[: -len(".dcm")]
-        if valid_uid(uid) and ledger.get(sop_key(uid)) is None:
+        if valid_uid(uid) and ledger.get(sop_key(uid), collection) is None:
             added += ledger.record(sop_key(uid), path, origin="spool", collection=collection)
     if added:
         log.info("spool reconciliation: %d instance(s) recorded", added)

@@ -25,9 +25,8 @@ import numpy as np
 
 from services.errors import StoreError
 from services.index import PointRecord, VectorStore
-from services.manifest import ManifestRow
 from services.pipeline.ledger import Item, Ledger
-from services.pipeline.refs import row_key, spool_ref
+from services.pipeline.refs import row_key
 from services.pipeline.sources import IngestItem
 from services.pipeline.stages import (
     TRANSIENT_STORE_ERRORS,
@@ -40,6 +39,7 @@ from services.pipeline.stages import (
     split_existing,
     upsert_stage,
 )
+from services.pipeline.submission import ingest_item
 
 if TYPE_CHECKING:
     from services.embedding import BatchEncoder
@@ -120,17 +120,6 @@ class WriteOutcome:
     refused: int = 0
 
 
-def ingest_item(item: Item) -> IngestItem:
-    """The ingest item of a ledger row: its file, and the label and manifest fields `submit` put in `extra`."""
-    row = None
-    if item.extra.get("row"):
-        fields = dict(item.extra["row"])
-        fields["path"] = Path(fields["path"])
-        row = ManifestRow(**fields)
-    uid = item.key[len("sop:") :] if item.key.startswith("sop:") else None  # a spooled instance
-    return IngestItem(Path(item.path), item.extra.get("label"), row, ref=spool_ref(uid) if uid else None)
-
-
 def embed_keys(
     ledger: Ledger,
     encoder: BatchEncoder,
@@ -139,9 +128,11 @@ def embed_keys(
     opts: IngestOptions,
     salt: bytes,
     max_attempts: int,
+    collection: str | None,
 ) -> EmbedOutcome:
-    """Claim `keys`, decode and encode them; permanent per-file errors go to the ledger as failed."""
-    todo, gave_up = ledger.claim(list(keys), max_attempts=max_attempts)
+    """Claim `keys` of `collection` (None: a message from before collections had their own items: the key's
+    items in any collection), decode and encode them; permanent per-file errors go to the ledger as failed."""
+    todo, gave_up = ledger.claim(list(keys), max_attempts=max_attempts, collection=collection)
     out = EmbedOutcome([], gave_up=len(gave_up))
     if not todo:
         return out
@@ -165,7 +156,7 @@ def embed_keys(
         for i, (row, fut) in enumerate(zip(todo, futures, strict=True)):
             res = fut.result()
             if isinstance(res, BaseException):
-                ledger.mark_failed(row.key, "decode", error_reason(res), permanent=True)
+                ledger.mark_failed(row.key, "decode", error_reason(res), permanent=True, collection=row.collection)
                 out.failed += 1
             else:
                 key_of[id(res)] = row
@@ -177,7 +168,8 @@ def embed_keys(
                 bad.extend(failed)
                 ready = []
     for p, err in bad:
-        ledger.mark_failed(key_of[id(p)].key, "encode", err.reason, permanent=True)
+        row = key_of[id(p)]
+        ledger.mark_failed(row.key, "encode", err.reason, permanent=True, collection=row.collection)
         out.failed += 1
     # the payloads carry opaque refs; this machine keeps where they point (before any point is written). Most
     # resolve through their own ledger row (key == ref, or sop:<UID> for spool:<UID>): no write needed for those.
@@ -213,7 +205,7 @@ def stage_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> tuple
         raise
     except StoreError as exc:  # another model's collection, a wrong size: permanent for these items
         for p in points:
-            ledger.mark_failed(p.key, "upsert", error_reason(exc), permanent=True)
+            ledger.mark_failed(p.key, "upsert", error_reason(exc), permanent=True, collection=batch.collection)
         out.refused = len(points)
         return out, []
     todo, skipped = split_existing(
@@ -222,7 +214,7 @@ def stage_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> tuple
     records = [(p, PointRecord(p.point_id, np.asarray(p.vector, dtype=np.float32), p.payload)) for p in todo]
     landed, refused = upsert_stage(store, batch.collection, records, flush=False)
     for p, why in refused:
-        ledger.mark_failed(p.key, "upsert", why, permanent=True)
+        ledger.mark_failed(p.key, "upsert", why, permanent=True, collection=batch.collection)
     out.indexed, out.skipped, out.refused = len(landed), len(skipped), len(refused)
     return out, [(p.key, p.point_id) for p in [*landed, *skipped]]
 
@@ -233,7 +225,7 @@ def write_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> Write
     out, done = stage_points(store, ledger, batch)
     if done:
         store.flush(batch.collection)
-        ledger.mark_indexed(done)
+        ledger.mark_indexed(done, collection=batch.collection)
     return out
 
 

@@ -53,8 +53,8 @@ class DeferredWriter:
         self.idle_s = max(0.0, float(idle_s))
         self._last_write = time.monotonic()
         self._lock = threading.RLock()
-        self._pending: list[tuple[str, str]] = []  # (ledger key, point id): upserted, not yet known durable
-        self._collections: set[str] = set()
+        # per collection, (ledger key, point id) pairs upserted and not yet known durable
+        self._pending: dict[str, list[tuple[str, str]]] = {}
         self._oldest: float | None = None
         self._retry_at = 0.0  # after a failed flush, the timer waits this long before trying again
         self._stop = threading.Event()
@@ -65,7 +65,7 @@ class DeferredWriter:
     @property
     def pending(self) -> int:
         """Points upserted and not yet flushed (their items are still 'processing' in the ledger)."""
-        return len(self._pending)
+        return sum(len(done) for done in self._pending.values())
 
     def write(self, batch: PointBatch) -> WriteOutcome:
         """Upsert `batch` (refused points fail at once) and flush if due. Transient store errors from the upsert
@@ -74,8 +74,7 @@ class DeferredWriter:
             out, done = stage_points(self.store, self.ledger, batch)
             self._last_write = time.monotonic()
             if done:
-                self._pending.extend(done)
-                self._collections.add(batch.collection)
+                self._pending.setdefault(batch.collection, []).extend(done)
                 self._oldest = self._oldest or time.monotonic()
             if self._pending and self._due_now():
                 self._try_flush()
@@ -88,11 +87,12 @@ class DeferredWriter:
         with self._lock:
             if not self._pending:
                 return 0
-            for name in sorted(self._collections):
+            for name in sorted(self._pending):
                 self.store.flush(name)
-            self.ledger.mark_indexed(self._pending)
-            marked = len(self._pending)
-            self._pending, self._collections, self._oldest = [], set(), None
+            for name, done in self._pending.items():
+                self.ledger.mark_indexed(done, collection=name)
+            marked = self.pending
+            self._pending, self._oldest = {}, None
             self.flushes += 1
             return marked
 
@@ -108,18 +108,18 @@ class DeferredWriter:
     # -- when to flush
 
     def _due_now(self) -> bool:
-        if len(self._pending) >= self.max_points:
+        if self.pending >= self.max_points:
             return True
         if self._oldest is not None and time.monotonic() - self._oldest >= self.max_delay_s:
             return True
-        return self.ledger.in_flight(limit=len(self._pending) + 1) <= len(self._pending)
+        return self.ledger.in_flight(limit=self.pending + 1) <= self.pending
 
     def _try_flush(self) -> None:
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - kept pending (store or ledger busy); the ledger still has them
             self._retry_at = time.monotonic() + max(self.max_delay_s, 0.5)
-            log.warning("flush of %d point(s) postponed: %s", len(self._pending), exc)
+            log.warning("flush of %d point(s) postponed: %s", self.pending, exc)
 
     def _start_timer(self) -> None:
         if not self._use_timer or self._stop.is_set():

@@ -23,33 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.pipeline.ledger_schema import ensure_schema
+from services.pipeline.refs import file_ref, sop_key
+
+__all__ = ["STATES", "TERMINAL", "Item", "Ledger", "file_key", "sop_key"]
+
 STATES = ("received", "queued", "processing", "indexed", "failed")
 TERMINAL = ("indexed", "failed")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    key          TEXT PRIMARY KEY,      -- 'sop:<SOPInstanceUID>' or 'file:<32 hex>' (HMAC of the path)
-    path         TEXT NOT NULL,         -- where the bytes are (spool file, or the user's file); never leaves here
-    origin       TEXT NOT NULL,         -- 'receiver' | 'pull' | 'file' | 'upload'
-    collection   TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    stage        TEXT,                  -- where it failed: find | decode | encode | upsert | refused | gave-up
-    reason       TEXT,
-    permanent    INTEGER NOT NULL DEFAULT 0,
-    update_mode  INTEGER NOT NULL DEFAULT 0,  -- rewrite payload (and vector) even if the point exists
-    extra        TEXT,                  -- JSON: label and manifest fields for this item (local only)
-    point_id     TEXT,
-    received_at  REAL NOT NULL,
-    queued_at    REAL,
-    updated_at   REAL NOT NULL,
-    indexed_at   REAL
-);
-CREATE INDEX IF NOT EXISTS items_state ON items(state, updated_at);
-CREATE INDEX IF NOT EXISTS items_indexed ON items(indexed_at);
-CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS refs (ref TEXT PRIMARY KEY, path TEXT NOT NULL, created_at REAL NOT NULL);
-"""
 
 
 @dataclass(frozen=True)
@@ -80,17 +60,10 @@ class Item:
 LEGACY_FILE_PREFIX = "file:/"  # keys of ledgers written before file keys were opaque: 'file:<absolute path>'
 
 
-def sop_key(sop_uid: str) -> str:
-    """The key of a received or pulled instance: 'sop:<SOP Instance UID>'."""
-    return "sop:" + sop_uid.strip()
-
-
 def file_key(path: str | Path, salt: bytes) -> str:
     """The key of a submitted file: 'file:<32 hex>', the salted HMAC of its absolute path, the same value as the
     payload's `source_ref` (services.pipeline.refs.file_ref). Keys travel in broker messages (Redis) and hospital
     exports name folders after patients, so a key never holds the path; the path stays in the row."""
-    from services.pipeline.refs import file_ref  # refs imports this module
-
     return file_ref(path, salt)
 
 
@@ -126,7 +99,7 @@ def _record(
     update: bool,
 ) -> bool:
     blob = json.dumps(extra or {}, sort_keys=True)
-    rec = db.execute("SELECT state FROM items WHERE key=?", (key,)).fetchone()
+    rec = db.execute("SELECT state FROM items WHERE collection=? AND key=?", (collection, key)).fetchone()
     if rec is None:
         db.execute(
             "INSERT INTO items(key, path, origin, collection, state, update_mode, extra, received_at,"
@@ -136,23 +109,30 @@ def _record(
         return True
     if update or rec["state"] == "failed":
         db.execute(
-            "UPDATE items SET path=?, origin=?, collection=?, state='received', attempts=0, stage=NULL,"
-            " reason=NULL, permanent=0, update_mode=?, extra=?, queued_at=NULL, updated_at=? WHERE key=?",
-            (str(path), origin, collection, int(update), blob, now, key),
+            "UPDATE items SET path=?, origin=?, state='received', attempts=0, stage=NULL, reason=NULL,"
+            " permanent=0, update_mode=?, extra=?, queued_at=NULL, updated_at=? WHERE collection=? AND key=?",
+            (str(path), origin, int(update), blob, now, collection, key),
         )
         return True
     return False
 
 
+def _where(collection: str | None) -> tuple[str, tuple[str, ...]]:
+    """The row filter of a key in `collection`, or in every collection when None (a message from before
+    collections had their own rows, or a tool acting on a key wherever it is)."""
+    return (" AND collection=?", (collection,)) if collection is not None else ("", ())
+
+
 class Ledger:
-    """The ledger file at `path`; safe to use from several threads and processes at once."""
+    """The ledger file at `path`; safe to use from several threads and processes at once. An item is one key (an
+    instance or a file) in one collection: indexing the same instance into two collections makes two items."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = busy_timeout_s
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
+        ensure_schema(self._conn())  # creates the tables, or migrates an older ledger in place
 
     # -- connections: one per thread (sqlite3 connections must not cross threads)
 
@@ -220,100 +200,118 @@ class Ledger:
         file). Returns how many rows changed. Cheap when there are none: one range scan of the primary key."""
         found = (
             self._conn()
-            .execute("SELECT key, path FROM items WHERE key >= ? AND key < ?", (LEGACY_FILE_PREFIX, "file:0"))
+            .execute("SELECT collection, key FROM items WHERE key >= ? AND key < ?", (LEGACY_FILE_PREFIX, "file:0"))
             .fetchall()
         )
         if not found:
             return 0
         with self._tx() as db:
             for rec in found:
-                new = file_key(rec["key"][len("file:") :], salt)
-                db.execute("UPDATE OR IGNORE items SET key=? WHERE key=?", (new, rec["key"]))
-                db.execute("DELETE FROM items WHERE key=?", (rec["key"],))
+                new, old = file_key(rec["key"][len("file:") :], salt), (rec["collection"], rec["key"])
+                db.execute("UPDATE OR IGNORE items SET key=? WHERE collection=? AND key=?", (new, *old))
+                db.execute("DELETE FROM items WHERE collection=? AND key=?", old)
         return len(found)
 
-    def mark_queued(self, keys: Sequence[str]) -> None:
+    def mark_queued(self, keys: Sequence[str], *, collection: str | None) -> None:
         now = time.time()
+        where, args = _where(collection)
         with self._tx() as db:
             db.executemany(
-                "UPDATE items SET state='queued', queued_at=?, updated_at=? WHERE key=? AND state IN"
+                "UPDATE items SET state='queued', queued_at=?, updated_at=? WHERE key=?" + where + " AND state IN"
                 " ('received','queued','processing')",
-                [(now, now, k) for k in keys],
+                [(now, now, k, *args) for k in keys],
             )
 
-    def claim(self, keys: Sequence[str], *, max_attempts: int) -> tuple[list[Item], list[Item]]:
-        """Start work on `keys`: returns (to_do, given_up). Items already indexed (and not in update mode) or
-        failed are left out; each claimed item's `attempts` goes up by one, and one that has already been
-        started `max_attempts` times is marked failed ('gave-up') instead of being run again."""
+    def claim(self, keys: Sequence[str], *, max_attempts: int, collection: str | None) -> tuple[list[Item], list[Item]]:
+        """Start work on `keys` of `collection`: returns (to_do, given_up). Items already indexed (and not in
+        update mode) or failed are left out; each claimed item's `attempts` goes up by one, and one that has
+        already been started `max_attempts` times is marked failed ('gave-up') instead of being run again."""
         now = time.time()
         todo: list[Item] = []
         gave_up: list[Item] = []
+        where, args = _where(collection)
         with self._tx() as db:
             for key in keys:
-                rec = db.execute("SELECT * FROM items WHERE key=?", (key,)).fetchone()
-                if rec is None or rec["state"] in TERMINAL:
-                    continue
-                if rec["attempts"] >= max_attempts:
-                    reason = f"gave up after {rec['attempts']} attempt(s); last error: {rec['reason'] or 'worker lost'}"
+                for rec in db.execute("SELECT * FROM items WHERE key=?" + where, (key, *args)).fetchall():
+                    row = (rec["collection"], key)
+                    if rec["state"] in TERMINAL:
+                        continue
+                    if rec["attempts"] >= max_attempts:
+                        last = rec["reason"] or "worker lost"
+                        db.execute(
+                            "UPDATE items SET state='failed', stage='gave-up', reason=?, updated_at=?"
+                            " WHERE collection=? AND key=?",
+                            (f"gave up after {rec['attempts']} attempt(s); last error: {last}", now, *row),
+                        )
+                        gave_up.append(self._one(db, *row))
+                        continue
                     db.execute(
-                        "UPDATE items SET state='failed', stage='gave-up', reason=?, updated_at=? WHERE key=?",
-                        (reason, now, key),
+                        "UPDATE items SET state='processing', attempts=attempts+1, updated_at=?"
+                        " WHERE collection=? AND key=?",
+                        (now, *row),
                     )
-                    gave_up.append(_row(db.execute("SELECT * FROM items WHERE key=?", (key,)).fetchone()))
-                    continue
-                db.execute(
-                    "UPDATE items SET state='processing', attempts=attempts+1, updated_at=? WHERE key=?", (now, key)
-                )
-                todo.append(_row(db.execute("SELECT * FROM items WHERE key=?", (key,)).fetchone()))
+                    todo.append(self._one(db, *row))
         return todo, gave_up
 
-    def mark_indexed(self, done: Iterable[tuple[str, str]]) -> None:
-        """(key, point_id) pairs that are now searchable."""
+    @staticmethod
+    def _one(db: sqlite3.Connection, collection: str, key: str) -> Item:
+        return _row(db.execute("SELECT * FROM items WHERE collection=? AND key=?", (collection, key)).fetchone())
+
+    def mark_indexed(self, done: Iterable[tuple[str, str]], *, collection: str | None) -> None:
+        """(key, point_id) pairs of `collection` that are now searchable."""
         now = time.time()
+        where, args = _where(collection)
         with self._tx() as db:
             db.executemany(
                 "UPDATE items SET state='indexed', point_id=?, stage=NULL, reason=NULL, update_mode=0,"
-                " indexed_at=?, updated_at=? WHERE key=?",
-                [(pid, now, now, key) for key, pid in done],
+                " indexed_at=?, updated_at=? WHERE key=?" + where,
+                [(pid, now, now, key, *args) for key, pid in done],
             )
 
-    def mark_failed(self, key: str, stage: str, reason: str, *, permanent: bool = True) -> None:
+    def mark_failed(self, key: str, stage: str, reason: str, *, permanent: bool = True, collection: str | None) -> None:
         """A permanent failure (bad file) ends the item; a transient one only records the reason, leaving it
         to be retried (its attempts are already counted)."""
         now = time.time()
         state = "failed" if permanent else "received"
+        where, args = _where(collection)
         with self._tx() as db:
             db.execute(
-                "UPDATE items SET state=?, stage=?, reason=?, permanent=?, updated_at=? WHERE key=?",
-                (state, stage, reason[:2000], int(permanent), now, key),
+                "UPDATE items SET state=?, stage=?, reason=?, permanent=?, updated_at=? WHERE key=?" + where,
+                (state, stage, reason[:2000], int(permanent), now, key, *args),
             )
 
-    def retry(self, keys: Sequence[str] | None = None) -> list[str]:
-        """Re-arm failed items (all of them when `keys` is None): attempts back to 0, state received."""
+    def retry(self, keys: Sequence[str] | None = None, *, collection: str | None = None) -> list[str]:
+        """Re-arm failed items (all of them when `keys` is None; in every collection unless `collection`):
+        attempts back to 0, state received. Returns the keys re-armed."""
         now = time.time()
+        where, args = _where(collection)
         with self._tx() as db:
-            if keys is None:
-                found = [r["key"] for r in db.execute("SELECT key FROM items WHERE state='failed'")]
-            else:
-                found = [
-                    k for k in keys if db.execute("SELECT 1 FROM items WHERE key=? AND state='failed'", (k,)).fetchone()
-                ]
+            rows = db.execute("SELECT collection, key FROM items WHERE state='failed'" + where, args).fetchall()
+            found = [(r["collection"], r["key"]) for r in rows if keys is None or r["key"] in set(keys)]
             db.executemany(
                 "UPDATE items SET state='received', attempts=0, stage=NULL, reason=NULL, permanent=0,"
-                " queued_at=NULL, updated_at=? WHERE key=?",
-                [(now, k) for k in found],
+                " queued_at=NULL, updated_at=? WHERE collection=? AND key=?",
+                [(now, *row) for row in found],
             )
-        return found
+        return list(dict.fromkeys(key for _, key in found))
 
     # -- reading
 
-    def get(self, key: str) -> Item | None:
-        rec = self._conn().execute("SELECT * FROM items WHERE key=?", (key,)).fetchone()
+    def get(self, key: str, collection: str | None = None) -> Item | None:
+        """The item of `key` in `collection` (None: in any collection, the first received)."""
+        where, args = _where(collection)
+        rec = (
+            self._conn()
+            .execute("SELECT * FROM items WHERE key=?" + where + " ORDER BY received_at LIMIT 1", (key, *args))
+            .fetchone()
+        )
         return _row(rec) if rec else None
 
-    def items(self, keys: Sequence[str]) -> list[Item]:
-        out = [self.get(k) for k in keys]
-        return [i for i in out if i is not None]
+    def items(self, keys: Sequence[str], collection: str | None = None) -> list[Item]:
+        """The items of `keys` (in `collection`, or every item of each key), in the order of `keys`."""
+        where, args = _where(collection)
+        db = self._conn()
+        return [_row(r) for k in keys for r in db.execute("SELECT * FROM items WHERE key=?" + where, (k, *args))]
 
     def due(self, *, requeue_after_s: float, limit: int = 10_000) -> list[Item]:
         """Items to (re-)send: received ones, and queued or processing ones untouched for `requeue_after_s`

@@ -6,7 +6,8 @@ holds a path. It holds `source_ref`, one of:
 - `file:<32 hex>`: HMAC-SHA256, under the store's salt, of the file's absolute path (an indexed local file);
 - `spool:<SOP Instance UID>`: an instance received or pulled into the spool.
 
-Whoever indexes records `ref -> path` in this machine's ledger (`Ledger.put_refs`); `resolve_source` reads it back,
+Whoever indexes records `ref -> path` in this machine's ledger (`Ledger.put_refs`);
+`services.pipeline.stored_image.resolve_source` reads it back,
 falling back to the ledger row keyed by the same value (a queued file's key is its `file:` ref, an instance's
 key is `sop:<UID>`). A machine without that ledger (another host on a shared Qdrant server) sees the ref and
 nothing else. `services.pipeline.stored_image` goes on from the path to the point's pixels.
@@ -17,15 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
-from services.config import Settings
 from services.errors import ConfigError
-from services.pipeline.ledger import Ledger, sop_key
 
 FILE_PREFIX = "file:"
 SPOOL_PREFIX = "spool:"
@@ -42,31 +38,14 @@ def file_ref(path: str | Path, salt: bytes) -> str:
     return FILE_PREFIX + digest.hexdigest()[:32]
 
 
+def sop_key(sop_uid: str) -> str:
+    """The ledger key of a received or pulled instance: 'sop:<SOP Instance UID>'."""
+    return "sop:" + sop_uid.strip()
+
+
 def spool_ref(sop_uid: str) -> str:
     """`spool:<SOP Instance UID>` for an instance kept in the spool."""
     return SPOOL_PREFIX + sop_uid.strip()
-
-
-def resolve_source(where: Settings | Ledger, payload: Mapping[str, Any]) -> Path | None:
-    """The local file a stored payload's image came from, or None when this machine does not know it.
-
-    `where` is a Ledger (reuse one when resolving many) or the Settings (opens `settings.ledger_path`). The path is
-    the one recorded at indexing time: the file may have moved since, so read it with `read_regular_file`. A
-    `spool:` ref unknown to the refs table falls back to the ledger row of that instance. Payloads written before
-    source_ref existed carry a file:// `source_uri`, which is read as it is.
-    """
-    ref = payload.get("source_ref")
-    if not ref:
-        uri = payload.get("source_uri")
-        if isinstance(uri, str) and uri.startswith("file:"):
-            return Path(url2pathname(urlparse(uri).path))
-        return None
-    ledger = where if isinstance(where, Ledger) else Ledger(where.ledger_path)
-    path = ledger.resolve_ref(str(ref))
-    if path is None:
-        item = ledger.get(row_key(str(ref)))
-        path = Path(item.path) if item is not None and item.path else None
-    return path
 
 
 def row_key(ref: str) -> str:

@@ -1,7 +1,7 @@
 """An indexed point's pixels: the ONE path from a stored payload to its image.
 
 A payload holds no path, only an opaque `source_ref` (or, when older, a file:// `source_uri`); this machine's
-ledger resolves it (`services.pipeline.refs.resolve_source`) and the file is decoded behind the usual pixel guard.
+ledger resolves it (`resolve_source`) and the file is decoded behind the usual pixel guard.
 Thumbnails, explanations (`/v1/explain`, `cxr search --explain`) all read a stored point's image through here.
 """
 
@@ -10,14 +10,38 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 
-from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Settings
 from services.errors import DecodeError, StoredImageError
 from services.imaging import decode_image
 from services.pipeline.ledger import Ledger
-from services.pipeline.refs import resolve_source
+from services.pipeline.refs import row_key
+
+
+def resolve_source(where: Settings | Ledger, payload: Mapping[str, Any]) -> Path | None:
+    """The local file a stored payload's image came from, or None when this machine does not know it.
+
+    `where` is a Ledger (reuse one when resolving many) or the Settings (opens `settings.ledger_path`). The path is
+    the one recorded at indexing time: the file may have moved since, so read it with `read_regular_file`. A
+    `spool:` ref unknown to the refs table falls back to the ledger row of that instance. Payloads written before
+    source_ref existed carry a file:// `source_uri`, which is read as it is.
+    """
+    ref = payload.get("source_ref")
+    if not ref:
+        uri = payload.get("source_uri")
+        if isinstance(uri, str) and uri.startswith("file:"):
+            return Path(url2pathname(urlparse(uri).path))
+        return None
+    ledger = where if isinstance(where, Ledger) else Ledger(where.ledger_path)
+    path = ledger.resolve_ref(str(ref))
+    if path is None:
+        item = ledger.get(row_key(str(ref)))
+        path = Path(item.path) if item is not None and item.path else None
+    return path
 
 
 def stored_image_path(ledger: Ledger, payload: Mapping[str, Any]) -> Path:

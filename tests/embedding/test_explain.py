@@ -310,7 +310,7 @@ def indexed(data_dir: Path, tiny_checkpoint: Path, public_sample: Path):
     from services.config import Settings
     from services.manifest import read_manifest
     from services.pipeline import IngestOptions, Ingestor, Runtime, build_items
-    from services.pipeline.refs import resolve_source
+    from services.pipeline.stored_image import resolve_source
 
     rt = Runtime(Settings(), model_path=tiny_checkpoint)
     items, _ = build_items([], manifest=read_manifest(public_sample / "manifest.csv"))
@@ -358,7 +358,7 @@ def test_get_explain_json_and_png_for_two_indexed_points(client, indexed):
 
 def test_get_explain_errors(client, indexed, tmp_path: Path, public_sample: Path):
     from services.pipeline import IngestOptions, Ingestor, build_items
-    from services.pipeline.refs import resolve_source
+    from services.pipeline.stored_image import resolve_source
 
     rt, ids = indexed
     known = next(iter(ids.values()))

@@ -92,15 +92,17 @@ def index_inline(settings) -> dict[str, int]:  # noqa: ANN001
     from services.pipeline.batch_jobs import embed_keys, write_points
     from services.pipeline.ingest import IngestOptions
     from services.pipeline.ledger import Ledger
+    from services.pipeline.submission import due_batches
 
     ledger = Ledger(settings.ledger_path)
-    keys = [i.key for i in ledger.due(requeue_after_s=0.0)]
     encoder = BatchEncoder.from_checkpoint(settings.model_path, batch_size=16, bf16=False)
     opts = IngestOptions(collection=settings.collection, batch_size=16, decode_workers=1)
     store = open_store(settings)
     try:
-        for start in range(0, len(keys), 16):
-            out = embed_keys(ledger, encoder, keys[start : start + 16], opts=opts, salt=settings.salt, max_attempts=5)
+        for collection, keys in due_batches(ledger.due(requeue_after_s=0.0), 16):
+            out = embed_keys(
+                ledger, encoder, keys, opts=opts, salt=settings.salt, max_attempts=5, collection=collection
+            )
             for batch in out.batches:
                 write_points(store, ledger, batch)
     finally:

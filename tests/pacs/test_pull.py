@@ -127,3 +127,24 @@ def test_credentials_are_required_by_this_orthanc(pacs_settings, clean_orthanc):
 
     with pytest.raises(PacsHttpError, match="401"):
         pull(intake, PullOptions(url=clean_orthanc.url, mode="orthanc-changes", retries=0))
+
+
+def test_a_pull_into_a_second_collection_lands_there(pacs_settings, loaded, orthanc):
+    """Instances already pulled (and indexed) into one collection are pulled into another: the ledger keeps an item
+    per collection, the spool one file per instance."""
+    chest = loaded["chest"]
+    first = _pull_cli(orthanc, "--modality", "CR,DX")
+    assert first["stored"] == len(chest)
+    assert index_inline(pacs_settings)["indexed"] == len(chest)
+    spooled = sorted(Spool(pacs_settings.spool_path).instances())
+
+    second = _pull_cli(orthanc, "--modality", "CR,DX", "--since", "2000-01-01", "--collection", "pacs")
+    assert second["stored"] == len(chest) and second["already"] == 0 and second["failed"] == []
+    assert sorted(Spool(pacs_settings.spool_path).instances()) == spooled  # the same files serve both
+    again = _pull_cli(orthanc, "--modality", "CR,DX", "--since", "2000-01-01", "--collection", "pacs")
+    assert again["stored"] == 0 and again["already"] == len(chest)  # idempotent within the collection
+    counts = index_inline(pacs_settings)
+    assert counts["indexed"] == 2 * len(chest) and counts["failed"] == 0
+    pacs = pacs_settings.model_copy(update={"collection": "pacs"})
+    assert sorted(p["sop_uid"] for p in stored_payloads(pacs)) == sorted(chest)
+    assert sorted(p["sop_uid"] for p in stored_payloads(pacs_settings)) == sorted(chest)  # the first is untouched

@@ -34,7 +34,7 @@ def _batch(keys: list[str], seed: int) -> PointBatch:
 def _claimed(ledger: Ledger, keys: list[str]) -> None:
     for k in keys:
         ledger.record(k, f"/x/{k}", origin="file", collection="c")
-    ledger.claim(keys, max_attempts=5)
+    ledger.claim(keys, max_attempts=5, collection="c")
 
 
 _KILLED_WRITER = """
@@ -78,8 +78,8 @@ def test_a_writer_killed_between_upsert_and_flush_marks_nothing_it_did_not_make_
         assert store.count("c") == 50
         # The sweep sends b again (and 'elsewhere' turned out bad): re-claimed, re-embedded, re-written; the
         # points are found stored, marked after a flush, and nothing is duplicated.
-        ledger.mark_failed("elsewhere", "decode", "not an image", permanent=True)
-        assert len(ledger.claim(b, max_attempts=5)[0]) == 30
+        ledger.mark_failed("elsewhere", "decode", "not an image", permanent=True, collection="c")
+        assert len(ledger.claim(b, max_attempts=5, collection="c")[0]) == 30
         writer = DeferredWriter(store, ledger, max_points=10**6, max_delay_s=3600, timer=False)
         out = writer.write(_batch(b, 2))
         assert (out.indexed, out.skipped) == (0, 30) and writer.pending == 0  # nothing else in flight: flushed

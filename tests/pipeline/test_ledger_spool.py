@@ -18,12 +18,12 @@ def test_record_is_idempotent_and_a_resend_does_not_rearm(tmp_path: Path) -> Non
     key = sop_key("1.2.3")
     assert led.record(key, "/spool/1.2.3.dcm", origin="receiver", collection="cxr")
     assert not led.record(key, "/spool/1.2.3.dcm", origin="receiver", collection="cxr")
-    (todo, gave_up) = led.claim([key], max_attempts=3)
+    (todo, gave_up) = led.claim([key], max_attempts=3, collection="cxr")
     assert [i.key for i in todo] == [key] and not gave_up
-    led.mark_indexed([(key, "pid-1")])
+    led.mark_indexed([(key, "pid-1")], collection="cxr")
     assert not led.record(key, "/spool/1.2.3.dcm", origin="receiver", collection="cxr")  # resent after indexing
     assert led.get(key).state == "indexed" and led.get(key).point_id == "pid-1"
-    assert led.claim([key], max_attempts=3) == ([], [])  # a redelivered task does nothing
+    assert led.claim([key], max_attempts=3, collection="cxr") == ([], [])  # a redelivered task does nothing
     assert led.record(key, "/spool/1.2.3.dcm", origin="receiver", collection="cxr", update=True)
     assert led.get(key).state == "received" and led.get(key).update
 
@@ -33,9 +33,9 @@ def test_attempts_are_bounded_then_dead_letter_then_retry(tmp_path: Path) -> Non
     key = file_key(tmp_path / "a.png", b"test-salt")
     led.record(key, tmp_path / "a.png", origin="file", collection="cxr", extra={"label": "normal"})
     for _ in range(2):  # two starts that crashed their worker (nothing marked afterwards)
-        todo, _ = led.claim([key], max_attempts=2)
+        todo, _ = led.claim([key], max_attempts=2, collection="cxr")
         assert len(todo) == 1
-    todo, gave_up = led.claim([key], max_attempts=2)
+    todo, gave_up = led.claim([key], max_attempts=2, collection="cxr")
     assert not todo and gave_up[0].stage == "gave-up" and "2 attempt" in gave_up[0].reason
     assert [i.key for i in led.failures()] == [key] and led.counts()["failed"] == 1
     assert led.retry() == [key]
@@ -47,11 +47,11 @@ def test_transient_failure_leaves_the_item_due_permanent_ends_it(tmp_path: Path)
     led = Ledger(tmp_path / "l.sqlite3")
     for uid in ("1.1", "1.2"):
         led.record(sop_key(uid), f"/s/{uid}.dcm", origin="receiver", collection="cxr")
-    led.mark_queued([sop_key("1.1"), sop_key("1.2")])
+    led.mark_queued([sop_key("1.1"), sop_key("1.2")], collection="cxr")
     assert led.due(requeue_after_s=3600) == []  # queued recently: not due
     assert {i.key for i in led.due(requeue_after_s=1e-9)} == {sop_key("1.1"), sop_key("1.2")}  # lost messages
-    led.mark_failed(sop_key("1.1"), "upsert", "store locked", permanent=False)
-    led.mark_failed(sop_key("1.2"), "decode", "truncated", permanent=True)
+    led.mark_failed(sop_key("1.1"), "upsert", "store locked", permanent=False, collection="cxr")
+    led.mark_failed(sop_key("1.2"), "decode", "truncated", permanent=True, collection="cxr")
     assert [i.key for i in led.due(requeue_after_s=3600)] == [sop_key("1.1")]
     assert led.get(sop_key("1.2")).reason == "truncated"
 

@@ -18,9 +18,10 @@ import pytest
 
 from services.config import Settings
 from services.index import QdrantEdgeStore
-from services.pipeline.batch_jobs import ingest_item
 from services.pipeline.ledger import Ledger, file_key, sop_key
-from services.pipeline.refs import file_ref, resolve_source, spool_ref
+from services.pipeline.refs import file_ref, spool_ref
+from services.pipeline.stored_image import resolve_source
+from services.pipeline.submission import ingest_item
 
 REPO = Path(__file__).resolve().parents[2]
 PATIENT_FOLDER = "DOE^JOHN_19600101_MRN12345"
@@ -208,7 +209,13 @@ def test_a_spooled_instance_indexed_by_the_queue_jobs_carries_its_spool_ref(
     ledger.record(sop_key(uid), path, origin="dicom", collection="spooled")
     encoder = BatchEncoder.from_checkpoint(tiny_checkpoint, batch_size=4, bf16=False)
     out = embed_keys(
-        ledger, encoder, [sop_key(uid)], opts=IngestOptions(collection="spooled"), salt=settings.salt, max_attempts=3
+        ledger,
+        encoder,
+        [sop_key(uid)],
+        opts=IngestOptions(collection="spooled"),
+        salt=settings.salt,
+        max_attempts=3,
+        collection="spooled",
     )
     store = QdrantEdgeStore(settings.store_path)
     try:

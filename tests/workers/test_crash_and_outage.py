@@ -13,9 +13,9 @@ from services.index import QdrantEdgeStore
 from services.index.payload import point_id
 from services.pipeline.ledger import Ledger, file_key
 from services.pipeline.sources import build_items
+from services.pipeline.submission import submit
 from tests.services import RedisServer
 from tests.workers.conftest import WorkerProcess, cxr, queue_env, real_images, settings_of, wait_ledger
-from workers.dispatch import submit
 
 
 def _expected_ids(paths: list[Path]) -> set[str]:
@@ -35,7 +35,7 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     paths = real_images(cxr_public, 200)
     items, _ = build_items(paths)
     t0 = time.monotonic()
-    assert submit(settings, items, dispatch=False).recorded == 200
+    assert submit(settings, items, publish=None).recorded == 200
     first = WorkerProcess(env, tmp_path / "worker1.log")
     workers.append(first)
     # Items turn 'indexed' only at the writer's deferred flush, so kill once work has started, mid-run.

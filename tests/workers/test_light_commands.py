@@ -16,10 +16,11 @@ import redis
 from services.index import PointRecord, QdrantEdgeStore
 from services.pipeline.ledger import Ledger
 from services.pipeline.sources import build_items
+from services.pipeline.submission import dispatch_due, submit
 from tests.services import free_port
 from tests.workers.conftest import REPO, queue_env, real_images, settings_of
 from workers.app import make_app
-from workers.dispatch import dispatch_due, submit
+from workers.dispatch import celery_publish, make_publish
 
 PROBE = """
 import json, sys, time
@@ -51,7 +52,7 @@ def test_light_commands_do_not_import_torch_and_answer_fast(tmp_path: Path, tiny
         store.upsert("cxr", [PointRecord(str(uuid.uuid4()), np.ones(8, np.float32), {"label": "x"})])
     ledger = Ledger(settings.ledger_path)
     ledger.record("file:/x/a.png", "/x/a.png", origin="file", collection="cxr")
-    ledger.mark_failed("file:/x/a.png", "decode", "truncated JPEG")
+    ledger.mark_failed("file:/x/a.png", "decode", "truncated JPEG", collection="cxr")
     timings = {}
     for args, expect in (
         (["status"], "failed 1"),
@@ -75,14 +76,14 @@ def test_dispatch_batches_marks_queued_and_fails_fast_while_redis_is_down(
     items, _ = build_items(real_images(cxr_public, 10))
     down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     t0 = time.monotonic()
-    done = submit(down, items, ledger=ledger)
+    done = submit(down, items, publish=make_publish(down), ledger=ledger)
     assert (done.recorded, done.sent) == (10, 0) and time.monotonic() - t0 < 5
     assert ledger.counts()["received"] == 10
-    assert submit(down, items, ledger=ledger, dispatch=False).already == 10  # idempotent
-    sent = dispatch_due(settings, ledger, make_app(settings))
+    assert submit(down, items, publish=None, ledger=ledger).already == 10  # idempotent
+    sent = dispatch_due(settings, ledger, celery_publish(make_app(settings)))
     assert sent == 10 and ledger.counts()["queued"] == 10
     client = redis.Redis.from_url(redis_db_url)
     messages = [json.loads(m) for m in client.lrange("embed", 0, -1)]
     assert len(messages) == 3  # batches of 4, 4, 2
     assert messages[0]["headers"]["task"] == "cxr.embed" and messages[0]["content-type"] == "application/json"
-    assert dispatch_due(settings, ledger, make_app(settings)) == 0  # queued and fresh: not due again
+    assert dispatch_due(settings, ledger, celery_publish(make_app(settings))) == 0  # queued and fresh: not due again

@@ -13,8 +13,9 @@ from PIL import Image
 from services.index import QdrantEdgeStore
 from services.pipeline.ledger import Ledger, file_key
 from services.pipeline.sources import build_items
+from services.pipeline.submission import submit
 from tests.workers.conftest import REPO, WorkerProcess, cxr, queue_env, real_images, settings_of, wait_ledger
-from workers.dispatch import submit
+from workers.dispatch import make_publish
 
 HOLD = """
 import sys
@@ -52,7 +53,7 @@ def test_store_held_by_another_process_work_is_retried_then_lands_or_is_reported
     # A: held for a while -> retried (attempts counted, reason kept), nothing lost, then it lands
     holder = _hold_store(settings.store_path)
     try:
-        submit(settings, first)
+        submit(settings, first, publish=make_publish(settings))
         keys = [file_key(p, settings.salt) for p in paths[:8]]
         wait_ledger(
             settings,
@@ -70,7 +71,7 @@ def test_store_held_by_another_process_work_is_retried_then_lands_or_is_reported
     # B: held for good -> after max_attempts the items are failed (dead letter) and listed, never dropped
     holder = _hold_store(settings.store_path)
     try:
-        submit(settings, second)
+        submit(settings, second, publish=make_publish(settings))
         wait_ledger(settings, lambda c: c["failed"] == 8, timeout=90, what="the items giving up")
         listed = json.loads(cxr(env, "failures", "--json").stdout)
         assert {f["key"] for f in listed} == {file_key(p, settings.salt) for p in paths[8:]}

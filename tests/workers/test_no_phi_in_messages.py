@@ -13,9 +13,10 @@ import redis
 from services.pipeline.ledger import Ledger, file_key
 from services.pipeline.refs import file_ref
 from services.pipeline.sources import build_items
+from services.pipeline.submission import submit
 from tests.services import wait_for
 from tests.workers.conftest import WorkerProcess, queue_env, real_images, settings_of
-from workers.dispatch import submit
+from workers.dispatch import make_publish
 
 PATIENT_PARTS = ("DOE", "JOHN", "MRN12345", "19600101")
 
@@ -47,7 +48,9 @@ def test_a_folder_named_after_a_patient_never_reaches_redis(
     for i, src in enumerate(real_images(cxr_public, 6)):
         shutil.copy(src, folder / f"DOE^JOHN_{i}{src.suffix}")
     items, _ = build_items([tmp_path / "export"])
-    assert submit(settings, items).sent == 6  # no worker runs: the messages wait in Redis
+    assert (
+        submit(settings, items, publish=make_publish(settings)).sent == 6
+    )  # no worker runs: the messages wait in Redis
 
     ledger = Ledger(settings.ledger_path)
     rows = ledger.items([file_key(i.path, settings.salt) for i in items])

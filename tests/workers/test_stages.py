@@ -158,7 +158,13 @@ def test_queued_update_rewrites_the_payload(runtime: Runtime, cxr_public: Path, 
             file_key(path, settings.salt), path, origin="file", collection="cxr", extra={"label": label}, update=update
         )
         out = embed_keys(
-            ledger, runtime.encoder, [file_key(path, settings.salt)], opts=opts, salt=settings.salt, max_attempts=3
+            ledger,
+            runtime.encoder,
+            [file_key(path, settings.salt)],
+            opts=opts,
+            salt=settings.salt,
+            max_attempts=3,
+            collection="cxr",
         )
         for batch in out.batches:
             write_points(runtime.store, ledger, PointBatch.from_json(batch.to_json()))

@@ -19,8 +19,9 @@ from kombu import Connection, Queue
 
 from services.pipeline.ledger import Ledger, file_key
 from services.pipeline.sources import build_items
+from services.pipeline.submission import submit
 from tests.workers.conftest import WorkerProcess, queue_env, real_images, settings_of, wait_ledger
-from workers.dispatch import submit
+from workers.dispatch import make_publish
 from workers.lease import LeaseRenewer, renew_interval_s, unacked_index_key
 
 VISIBILITY_S = 1.0
@@ -81,7 +82,7 @@ def test_a_task_longer_than_the_visibility_timeout_runs_once_in_every_worker_lay
     settings = settings_of(env)
     paths = real_images(cxr_public, 24)
     items, _ = build_items(paths)
-    assert submit(settings, items).sent == 24  # queued while no worker runs
+    assert submit(settings, items, publish=make_publish(settings)).sent == 24  # queued while no worker runs
     for i, args in enumerate(LAYOUTS[layout]):
         workers.append(WorkerProcess(env, tmp_path / f"worker{i}.log", "--loglevel", "INFO", *args))
     counts = wait_ledger(settings, lambda c: c["indexed"] == 24, timeout=180, what="all 24 files indexed")
