@@ -58,14 +58,7 @@ def index(
     if queue:
         _enqueue(settings, items, unfound, update=update, as_json=as_json)
         return
-    opts = IngestOptions(
-        collection=settings.collection,
-        batch_size=settings.batch_size,
-        decode_workers=settings.decode_workers,
-        max_pixels=settings.max_pixels,
-        min_side=settings.min_side,
-        update=update,
-    )
+    opts = IngestOptions.from_settings(settings, update=update)
     with Runtime(settings) as rt:
         ingestor = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt, refs=rt.ledger.put_refs)
         with progress_bar() as bar:

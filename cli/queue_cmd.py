@@ -19,7 +19,7 @@ from rich.table import Table
 
 from cli.errors import stderr
 from cli.options import JsonOpt, load_settings
-from workers.app import EMBED_QUEUE, INDEX_QUEUE, QUEUES
+from workers.queues import EMBED_QUEUE, INDEX_QUEUE, QUEUES
 
 # kombu keeps a queue's messages in the list named after it, plus one list per priority step (sep \x06\x16).
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")

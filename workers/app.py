@@ -17,15 +17,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
+from workers.queues import EMBED_QUEUE, EMBED_TASK, INDEX_QUEUE, INDEX_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
 
-EMBED_QUEUE = "embed"
-INDEX_QUEUE = "index"
-QUEUES = (EMBED_QUEUE, INDEX_QUEUE)  # what `cxr worker` runs and `cxr status` counts
-EMBED_TASK = "cxr.embed"
-INDEX_TASK = "cxr.index"
 
 # Publishing: at most this many quick attempts, then the caller gets the error (the ledger keeps the item).
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3}

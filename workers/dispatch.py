@@ -15,26 +15,14 @@ from typing import TYPE_CHECKING, Any
 from services.config import Settings
 from services.pipeline.ledger import Ledger
 from services.pipeline.submission import BrokerUnavailable, Publish, dispatch_due
+from workers.queues import EMBED_QUEUE, EMBED_TASK, broker_errors
 
 if TYPE_CHECKING:
     from celery import Celery
 
-# Broker errors that mean "not now": the item stays in the ledger and is sent later.
-_BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
-
-
-def broker_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning "the broker is not there now" (publish failed, nothing was sent)."""
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import RedisError
-
-    return (OperationalError, RedisError, *_BROKER_ERRORS)
-
 
 def celery_publish(app: Celery) -> Publish:
     """Publish a (collection, keys) batch as one `cxr.embed` task on the embed queue."""
-    from workers.app import EMBED_QUEUE, EMBED_TASK
-
     errors = broker_errors()
 
     def publish(collection: str, keys: list[str]) -> None:

@@ -24,7 +24,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
-from workers.app import EMBED_TASK, INDEX_QUEUE, INDEX_TASK
+from workers.queues import EMBED_TASK, INDEX_QUEUE, INDEX_TASK
 
 if TYPE_CHECKING:
     from celery import Celery, Task
@@ -101,13 +101,7 @@ def _retry_or_release(
 def _opts(settings: Settings) -> Any:
     from services.pipeline.ingest import IngestOptions
 
-    return IngestOptions(
-        collection=settings.collection,
-        batch_size=settings.batch_size,
-        decode_workers=settings.decode_workers,
-        max_pixels=settings.max_pixels,
-        min_side=settings.min_side,
-    )
+    return IngestOptions.from_settings(settings)
 
 
 def embed(task: Task, keys: list[str], collection: str | None = None) -> dict[str, int]:
@@ -116,7 +110,7 @@ def embed(task: Task, keys: list[str], collection: str | None = None) -> dict[st
     from services.errors import CxrError
     from services.pipeline.batch_jobs import embed_keys, write_points
     from services.pipeline.stages import TRANSIENT_STORE_ERRORS
-    from workers.dispatch import broker_errors
+    from workers.queues import broker_errors
 
     ctx = context(task.app)
     settings = ctx.settings

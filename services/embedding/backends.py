@@ -51,6 +51,9 @@ def _quiet_tracing() -> Iterator[None]:
             "ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=DeprecationWarning
         )
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        # torch.onnx's TorchScript exporter (chosen on purpose: dynamo=False) announces its own deprecation
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message="The feature will be removed", module=r"torch\.onnx")
         hf_logging.set_verbosity_error()
         try:
             yield

@@ -82,13 +82,7 @@ def ensure_gallery(
         say(f"reusing gallery collection {collection!r} ({len(present)} images)")
         return info
     say(f"indexing {len(missing)} gallery images into {collection!r}")
-    opts = IngestOptions(
-        collection=collection,
-        batch_size=cfg.batch_size,
-        decode_workers=settings.decode_workers,
-        max_pixels=settings.max_pixels,
-        min_side=settings.min_side,
-    )
+    opts = IngestOptions.from_settings(settings, collection=collection, batch_size=cfg.batch_size)
     items = [IngestItem(r.path, r.label, r) for r in missing.values()]
     ingest = Ingestor(encoder, store, opts, salt=settings.salt).run(items)
     for err in ingest.failed:

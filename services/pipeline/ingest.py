@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Settings
 from services.errors import StoreError
 from services.index import PointRecord, VectorStore
 from services.pipeline.refs import RefRecorder, file_ref
@@ -64,8 +65,8 @@ class IngestOptions:
     collection: str
     batch_size: int = 32
     decode_workers: int = 2
-    max_pixels: int = 80_000_000
-    min_side: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
     skip_existing: bool = True
     update: bool = False  # rewrite the payload of points already stored (and the vector if the content changed)
     # Each encoder batch is upserted at once without a flush (searchable, and kept by the store's write-ahead log
@@ -74,6 +75,19 @@ class IngestOptions:
     # rerun indexes (it skips what landed). `indexed` counts only points a flush made durable.
     flush_points: int = 4096
     flush_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> IngestOptions:
+        """The options `settings` gives (collection, batch size, decode workers, pixel guard), then `overrides`
+        (dataclass fields only: a misspelt one is a TypeError)."""
+        base = {
+            "collection": settings.collection,
+            "batch_size": settings.batch_size,
+            "decode_workers": settings.decode_workers,
+            "max_pixels": settings.max_pixels,
+            "min_side": settings.min_side,
+        }
+        return cls(**(base | overrides))
 
 
 def _ahead(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int) -> Iterator[tuple[object, Future]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pydicom
@@ -32,7 +33,9 @@ def _ds(sop_class: str, modality: str | None, body_part: str | None) -> Dataset:
     if modality is not None:
         ds.Modality = modality
     if body_part is not None:
-        ds.BodyPartExamined = body_part
+        with warnings.catch_warnings():  # a lowercase code string, as some modalities send: pydicom notes it
+            warnings.filterwarnings("ignore", message="Invalid value for VR CS", category=UserWarning)
+            ds.BodyPartExamined = body_part
     return ds
 
 

@@ -1,0 +1,24 @@
+"""The queue vocabulary every worker module shares: queue and task names, and what counts as a broker outage.
+
+Kept apart from workers.app so that the app (which registers the tasks), the tasks and the publisher import it
+and not each other.
+"""
+
+from __future__ import annotations
+
+EMBED_QUEUE = "embed"
+INDEX_QUEUE = "index"
+QUEUES = (EMBED_QUEUE, INDEX_QUEUE)  # what `cxr worker` runs and `cxr status` counts
+EMBED_TASK = "cxr.embed"
+INDEX_TASK = "cxr.index"
+
+# Broker errors that mean "not now": the item stays in the ledger and is sent later.
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+
+
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "the broker is not there now" (publish failed, nothing was sent)."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    return (OperationalError, RedisError, *_BROKER_ERRORS)
