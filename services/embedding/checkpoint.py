@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from services.durable import write_atomically
 from services.errors import ModelError
 
 from .checkpoint_meta import (
@@ -66,8 +67,8 @@ def save_checkpoint(encoder: CxrEncoder, out_dir: str | Path, *, recipe: dict[st
     if out_dir.exists() and not out_dir.is_dir():
         raise ModelError(f"{out_dir}: exists and is not a folder", "Choose another output path.")
     if out_dir.is_dir():
-        _write_atomic(out_dir / WEIGHTS_FILE, weights)
-        _write_atomic(out_dir / CONFIG_FILE, config_bytes)
+        write_atomically(out_dir / WEIGHTS_FILE, weights)
+        write_atomically(out_dir / CONFIG_FILE, config_bytes)
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -120,21 +121,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` in one rename, so a reader sees the old file or the new one, never half of either."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -12,11 +12,11 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from services.durable import write_atomically
 from services.errors import CxrError
 
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -80,15 +80,9 @@ class Spool:
         """Durably store one instance under its SOP Instance UID; returns the final path."""
         final = self.path_for(sop_uid)
         self.check_room(len(data))
-        fd, tmp = tempfile.mkstemp(dir=self.incoming, prefix=sop_uid + ".", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            write_atomically(final, data, tmp_dir=self.incoming, tmp_prefix=sop_uid + ".")
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise SpoolFullError(f"cannot write to the spool {self.root}: {exc.strerror or exc}") from exc
         _fsync_dir(self.root)
         return final

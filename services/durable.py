@@ -1,0 +1,25 @@
+"""Writing a file so that it is either wholly there or not at all, and survives a crash once written."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomically(path: Path, data: bytes, *, tmp_dir: Path | None = None, tmp_prefix: str | None = None) -> None:
+    """Write `data` to a temporary file in `tmp_dir` (default: beside `path`; it must be on the same file system),
+    fsync it, and rename it over `path` in one step: a reader sees the old file or the new one, never half of
+    either. The temporary file (`tmp_prefix`...`.tmp`) is removed on any failure, which propagates."""
+    fd, tmp = tempfile.mkstemp(
+        prefix=tmp_prefix if tmp_prefix is not None else f".{path.name}.", suffix=".tmp", dir=tmp_dir or path.parent
+    )
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
