@@ -49,7 +49,18 @@ def test_torch_is_the_projects_pin_from_the_cpu_index(instructions: list[tuple[s
     assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")
     runs = " ".join(rest for word, rest in instructions if word == "RUN")
     assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in runs
-    assert runs.index("torch==${TORCH_VERSION}") < runs.index("pip install ."), "torch before the project"
+    assert runs.index("torch==${TORCH_VERSION}") < runs.index("pip install -c"), "torch before the project"
+
+
+def test_the_image_installs_the_tested_versions(instructions: list[tuple[str, str]]) -> None:
+    runs = " ".join(rest for word, rest in instructions if word == "RUN")
+    assert "pip install -c requirements.lock ." in runs  # the lock constrains every runtime dependency
+    lock = (REPO / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", lock, re.M))
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:  # every runtime dependency has a pin in the lock the image reads
+        name = re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in {k.lower().replace("_", "-") for k in pins}, f"{name} is not pinned in requirements.lock"
 
 
 def test_every_copy_source_exists(instructions: list[tuple[str, str]]) -> None:
