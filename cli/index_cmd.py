@@ -88,15 +88,22 @@ def _enqueue(settings, items, unfound, *, update: bool, as_json: bool) -> None: 
         "recorded": done.recorded,
         "already_known": done.already,
         "sent_now": done.sent,
+        "sent_by_another_dispatcher": done.sent_elsewhere,
+        "waiting_for_broker": done.waiting,
         "failed": [{"path": u.path, "stage": "find", "reason": u.reason} for u in unfound],
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        later = "" if done.sent >= done.recorded else "; the rest is sent by `cxr worker`'s sweep (is Redis up?)"
+        elsewhere = f", already sent by another dispatcher {done.sent_elsewhere}" if done.sent_elsewhere else ""
+        later = (
+            f"; {done.waiting} wait for the broker and `cxr worker`'s sweep sends them (is Redis up?)"
+            if done.waiting
+            else ""
+        )
         typer.echo(
             f"collection {settings.collection}: recorded {done.recorded}, already known {done.already}, "
-            f"sent to the queue now {done.sent}{later}; watch with `cxr status`"
+            f"sent to the queue now {done.sent}{elsewhere}{later}; watch with `cxr status`"
         )
         for u in unfound:
             typer.echo(f"  failed [find] {u.path}: {u.reason}")

@@ -48,7 +48,14 @@ def _intake(settings):  # noqa: ANN001, ANN202 - Settings -> Intake
 
     spool = Spool(settings.spool_path, min_free_mb=settings.spool_min_free_mb)
     deid = Deidentifier(settings.salt) if settings.spool_deidentify else None
-    return Intake(spool, Ledger(settings.ledger_path), collection=settings.collection, deidentifier=deid)
+    return Intake(
+        spool,
+        Ledger(settings.ledger_path),
+        collection=settings.collection,
+        deidentifier=deid,
+        salt=settings.salt,
+        quarantine_conflicts=settings.spool_quarantine_conflicts,
+    )
 
 
 def dicom_listen(
@@ -61,7 +68,11 @@ def dicom_listen(
     ] = None,
     allow_aet: Annotated[
         list[str] | None,
-        typer.Option("--allow-aet", help="A calling AE title to accept (repeatable; adds to $CXR_DICOM_ALLOW_AETS)."),
+        typer.Option(
+            "--allow-aet",
+            help="A calling AE title to accept, optionally only from a host or network: TITLE, TITLE@10.0.0.5,"
+            " TITLE@10.1.2.0/24 (repeatable; adds to $CXR_DICOM_ALLOW_AETS).",
+        ),
     ] = None,
     allow_any_aet: Annotated[
         bool, typer.Option("--allow-any-aet", help="Accept every calling AE title (not for a hospital network).")
@@ -104,7 +115,13 @@ def dicom_listen(
         allow_aets=parse_aets([settings.dicom_allow_aets, *(allow_aet or [])]),
         allow_any_aet=allow_any_aet,
         max_associations=settings.dicom_max_associations,
+        max_connections=settings.dicom_max_connections,
+        max_pdu=settings.dicom_max_pdu,
+        max_instance_bytes=settings.dicom_max_instance_mb * 2**20,
         dispatch_interval_s=settings.receiver_dispatch_interval_s,
+        acse_timeout_s=settings.dicom_acse_timeout_s,
+        network_timeout_s=settings.dicom_network_timeout_s,
+        dimse_timeout_s=settings.dicom_dimse_timeout_s,
     )
     receiver = Receiver(_intake(settings), cfg, dispatch=_dispatcher(settings, dispatch))
     stop = threading.Event()
@@ -115,7 +132,12 @@ def dicom_listen(
     stop.wait()
     receiver.stop()
     s = receiver.stats
-    typer.echo(f"stopped: stored {s.stored} (resent {s.duplicates}), refused {sum(s.failed.values())}", err=True)
+    typer.echo(
+        f"stopped: stored {s.stored} (resent {s.duplicates}), refused {sum(s.failed.values())}"
+        f" (UID conflicts {s.conflicts}, over the size cap {s.oversized}), associations refused"
+        f" {s.rejected_associations}",
+        err=True,
+    )
 
 
 def _parse_since(value: str | None) -> date | None:

@@ -6,11 +6,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from typing import Annotated, Any
 
 import typer
@@ -145,30 +141,6 @@ def retry(
         raise typer.Exit(1)
 
 
-def _celery_worker(queue: str, concurrency: int, loglevel: str) -> subprocess.Popen:
-    # Tasks run in forked pool processes (a crash there requeues the task at once); the index writer has one.
-    pool = ["-P", "prefork", "-c", str(concurrency)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app:app",
-        "worker",
-        "-Q",
-        queue,
-        *pool,
-        "-n",
-        f"{queue}-{os.getpid()}@%h",
-        "-l",
-        loglevel,
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    return subprocess.Popen(cmd)
-
-
 QueuesOpt = Annotated[str, typer.Option("--queues", "-Q", help=f"Comma-separated: {', '.join(QUEUES)}.")]
 EVERY_QUEUE = ",".join(QUEUES)
 
@@ -188,13 +160,16 @@ def worker(
     """
     from services.pipeline.submission import Sweep
     from workers.dispatch import make_publish
+    from workers.supervisor import Supervisor
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
     if unknown or not wanted:
         raise typer.BadParameter(f"unknown queue(s) {unknown}; use {' and/or '.join(QUEUES)}", param_hint="--queues")
     settings = load_settings()
-    procs = {q: _celery_worker(q, concurrency if q == EMBED_QUEUE else 1, loglevel) for q in QUEUES if q in wanted}
+    supervisor = Supervisor(
+        settings, [q for q in QUEUES if q in wanted], concurrency, loglevel, lambda m: stderr.print(m, markup=False)
+    )
     sweeper = Sweep(settings, lambda: make_publish(settings)) if sweep else None
     if sweeper:
         sweeper.start()
@@ -205,24 +180,9 @@ def worker(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sizes = {q: concurrency if q == EMBED_QUEUE else 1 for q in procs}
-    stderr.print("cxr worker: " + ", ".join(f"{q} x{n}" for q, n in sizes.items()))
-    code = 0
-    while not stopping["sig"]:
-        dead = {q: p.returncode for q, p in procs.items() if p.poll() is not None}
-        if dead:
-            stderr.print(f"worker process(es) exited: {dead}; stopping the others")
-            code = 1
-            break
-        time.sleep(0.2)
+    stderr.print("cxr worker: " + ", ".join(f"{q} x{n}" for q, n in supervisor.sizes.items()))
+    # A celery child that exits is restarted (workers.supervisor); only a signal stops this worker.
+    supervisor.run(lambda: bool(stopping["sig"]))
     if sweeper:
         sweeper.stop()
-    for p in procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)  # warm shutdown: finish the running task
-    for p in procs.values():
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    raise typer.Exit(code)
+    supervisor.stop()

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Any
 
 import typer
 
 from cli.errors import stderr
 from cli.options import CollectionOpt, ModelOpt, load_settings
+from services.api.same_origin import is_loopback_host
 
 
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and localhost: the only hosts an API without a token may listen on."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def make_submitter(settings: Any) -> Any:
@@ -86,7 +81,8 @@ def serve(
     import uvicorn
 
     from services.api.app import create_app
+    from services.api.server import server_config
 
     app = create_app(settings, submitter=submitter)
     stderr.print(f"viewer: http://{host}:{port}/viewer/  API docs: http://{host}:{port}/docs", markup=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    uvicorn.Server(server_config(app, settings, host=host, port=port, log_level=log_level)).run()

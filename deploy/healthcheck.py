@@ -3,7 +3,9 @@
     python deploy/healthcheck.py http URL            2xx from URL (sends CXR_API_TOKEN as a bearer token if set)
     python deploy/healthcheck.py tcp HOST PORT       something accepts a TCP connection
     python deploy/healthcheck.py dicom HOST PORT     a DICOM Storage SCP answers an association (C-ECHO)
-    python deploy/healthcheck.py worker [--queue Q]  a worker process for Q runs here and its broker answers
+    python deploy/healthcheck.py worker [--queue Q]  a worker process for Q runs here and its broker answers;
+                                                     with CXR_DATA_DIR (or --data-dir): its consumer is not
+                                                     stalled and the ledger's queue moves
 
 Exit 0 when healthy, 1 when not, with one line saying why (Docker keeps it in the container's health log).
 Every probe is bounded by --timeout, so a broker or peer that hangs makes the check fail, never stall.
@@ -114,6 +116,72 @@ def probe_worker(broker: str, queue: str | None, timeout: float) -> tuple[bool, 
     return True, f"worker pid {workers[0][0]} runs and broker {_redact(broker)} answers"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def probe_consumers(data_dir: Path, queue: str | None, now: float) -> tuple[bool, str]:
+    """Read the status files workers/watchdog.py writes (DATA_DIR/workers/<pid>.json): unhealthy when a live
+    worker's consumer has been idle while its queue held messages for its stall bound, or stopped checking."""
+    import json
+
+    for path in sorted((data_dir / "workers").glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(int(doc.get("pid", 0))) or (queue is not None and queue not in doc.get("queues", [])):
+            continue
+        pid, stall_s = doc["pid"], float(doc.get("stall_s", 120))
+        if doc.get("stalled_since") and now - float(doc["stalled_since"]) >= stall_s:
+            return False, f"worker pid {pid} has no live consumer: messages wait and it takes none"
+        if now - float(doc.get("checked_at", 0)) > 3 * float(doc.get("interval_s", 10)) + 30:
+            return False, f"worker pid {pid} stopped checking its consumer (hung?)"
+    return True, ""
+
+
+def probe_ledger(ledger: Path, max_wait_s: float, now: float) -> tuple[bool, str]:
+    """Unhealthy when an item has been queued longer than `max_wait_s` and nothing started or was indexed in that
+    time: the queue does not move (a long backlog that moves stays healthy)."""
+    import sqlite3
+
+    if not ledger.exists():
+        return True, ""
+    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=2)
+    try:
+        oldest = db.execute("SELECT MIN(queued_at) FROM items WHERE state='queued'").fetchone()[0]
+        if oldest is None or now - oldest <= max_wait_s:
+            return True, ""
+        moved = db.execute(
+            "SELECT COUNT(*) FROM items WHERE state IN ('processing','indexed','failed') AND updated_at >= ?",
+            (now - max_wait_s,),
+        ).fetchone()[0]
+    except sqlite3.Error:
+        return True, ""  # no items table yet, or busy: the worker checks above decide
+    finally:
+        db.close()
+    if moved:
+        return True, ""
+    return False, f"an item has waited {now - oldest:.0f} s in the queue and nothing moved for {max_wait_s:.0f} s"
+
+
+def probe_worker_state(data_dir: Path, queue: str | None, max_wait_s: float) -> tuple[bool, str]:
+    """The worker's own view (consumer status files) and the ledger's (is the queue moving)."""
+    import time
+
+    now = time.time()
+    ok, why = probe_consumers(data_dir, queue, now)
+    if ok:
+        ok, why = probe_ledger(data_dir / "ledger.sqlite3", max_wait_s, now)
+    return ok, why
+
+
 def _redact(url: str) -> str:
     """Drop a password from a broker URL before printing it."""
     scheme, sep, rest = url.partition("://")
@@ -142,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker")
     worker.add_argument("--queue", default=None, help="the queue the worker must consume (default any)")
     worker.add_argument("--broker", default=None, help="broker URL (default CXR_REDIS_URL)")
+    worker.add_argument("--data-dir", default=None, help="cxr data directory (default CXR_DATA_DIR; unset: skip)")
+    worker.add_argument(
+        "--max-queue-wait",
+        type=float,
+        default=float(os.environ.get("CXR_HEALTH_MAX_QUEUE_WAIT_S", "900")),
+        help="seconds an item may wait queued while nothing moves (default CXR_HEALTH_MAX_QUEUE_WAIT_S, 900)",
+    )
     args = parser.parse_args(argv)
 
     if args.probe == "http":
@@ -153,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         broker = args.broker or os.environ.get("CXR_REDIS_URL", "redis://127.0.0.1:6379/0")
         ok, why = probe_worker(broker, args.queue, args.timeout)
+        data_dir = args.data_dir or os.environ.get("CXR_DATA_DIR")
+        if ok and data_dir:
+            state_ok, state_why = probe_worker_state(Path(data_dir), args.queue, args.max_queue_wait)
+            ok, why = state_ok, (why if state_ok else state_why)
     print(("healthy: " if ok else "unhealthy: ") + why)
     return 0 if ok else 1
 

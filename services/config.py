@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import stat
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,9 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.errors import ConfigError
+
+log = logging.getLogger("cxr.config")
+_WARNED_SALT_FILES: set[Path] = set()  # each loose salt file is reported once per process
 
 # The decoder's image-size guard, used wherever no Settings is at hand (the decoder's own defaults, option objects).
 DEFAULT_MAX_PIXELS = 80_000_000  # more pixels than this is refused before decoding (bomb guard)
@@ -131,6 +136,24 @@ class Settings(BaseSettings):
     task_retries: int = Field(
         4, ge=0, description="Celery retries of a task hit by a transient error (then the sweep)."
     )
+    watchdog_stall_s: float = Field(
+        120.0,
+        gt=0,
+        description="A celery worker idle this long while its queue holds messages has lost its consumer: it exits"
+        " and `cxr worker` restarts it.",
+    )
+    worker_heartbeat_s: float = Field(
+        5.0,
+        gt=0,
+        description="`cxr worker` records a heartbeat this often; one silent for 6 beats is dead and the sweep"
+        " re-sends the 'processing' items it may have held at once.",
+    )
+    health_max_queue_wait_s: float = Field(
+        900.0,
+        gt=0,
+        description="deploy/healthcheck.py worker fails when an item has been queued this long and nothing started"
+        " or was indexed meanwhile.",
+    )
     retry_backoff_s: float = Field(2.0, gt=0, description="First retry delay of a transient error; doubles, max 60 s.")
     api_token: SecretStr | None = Field(
         None, description="Bearer token the REST API requires; unset = no token, and `cxr serve` binds loopback only."
@@ -139,13 +162,70 @@ class Settings(BaseSettings):
     api_import_dir: Path | None = Field(
         None, description="POST /v1/index may name server-side files only under this folder; unset = uploads only."
     )
+    api_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names the REST API answers to besides loopback and its own address "
+        "(421 for others; without CXR_API_TOKEN always checked, with one only when set); '*' = any.",
+    )
+    api_header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection must send a whole request head within this many seconds, or is closed."
+    )
+    api_keep_alive_s: int = Field(5, ge=1, description="An idle keep-alive connection is closed after this many s.")
+    api_body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait (s) for the next part of a request body (408 and closed beyond)."
+    )
+    api_max_connections: int = Field(
+        200, ge=2, description="Open connections the REST API serves at once; a request beyond is answered 503."
+    )
+    api_max_header_kb: int = Field(16, ge=1, description="Largest request head (KiB: request line and headers).")
+    api_decode_memory_mb: int = Field(
+        6144,
+        ge=16,
+        description="Memory (MiB) all of the API's concurrent decodes may take, estimated from each upload's header "
+        "(about 30-45 B per pixel); a decode that finds it taken waits, then gets 503.",
+    )
+    api_decode_wait_s: float = Field(
+        5.0, ge=0, description="How long an upload waits for room in the decode memory budget before a 503."
+    )
     dicom_aet: str = Field("CXR", min_length=1, max_length=16, description="The receiver's AE title (called AE).")
     dicom_host: str = Field("0.0.0.0", description="Address `cxr dicom-listen` binds (all interfaces by default).")
+    dicom_bind: str = Field(
+        "127.0.0.1",
+        description="docker-compose.yml only: the host address the receiver's port 11112 is published on (loopback"
+        " unless set; inside the container the receiver listens on CXR_DICOM_HOST).",
+    )
     dicom_port: int = Field(11112, ge=1, le=65535, description="Port `cxr dicom-listen` listens on.")
     dicom_allow_aets: str = Field(
-        "", description="Comma-separated calling AE titles the receiver accepts; others are rejected at association."
+        "",
+        description="Comma-separated calling AE titles the receiver accepts, each optionally bound to a host or"
+        " network (ORTHANC@10.0.0.5, CR_ROOM1@10.1.2.0/24); others are rejected at association.",
     )
     dicom_max_associations: int = Field(64, ge=1, description="Concurrent associations the receiver accepts.")
+    dicom_max_connections: int = Field(
+        256,
+        ge=1,
+        description="TCP connections the receiver holds at once, idle ones (no association asked yet) included.",
+    )
+    dicom_acse_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that asks for no association (or release) within this long is closed."
+    )
+    dicom_network_timeout_s: float = Field(
+        60.0, gt=0, description="An association silent this long (s) is aborted, its slot freed."
+    )
+    dicom_dimse_timeout_s: float = Field(
+        60.0, gt=0, description="Longest wait (s) for the rest of a DIMSE message once it has begun."
+    )
+    dicom_max_pdu: int = Field(
+        262_144, ge=4096, le=2**32 - 1, description="Largest PDU (bytes) the receiver tells senders it accepts."
+    )
+    dicom_max_instance_mb: int = Field(
+        128, ge=1, description="Largest instance (MiB) the receiver takes; beyond it C-STORE answers 0xA700."
+    )
+    spool_quarantine_conflicts: bool = Field(
+        False,
+        description="Keep an instance whose SOP Instance UID is taken by different content in spool/.conflicts"
+        " (recorded, never indexed) and answer success, instead of refusing it with 0xC003.",
+    )
     spool_deidentify: bool = Field(
         False, description="Keep only PS3.15 Annex E de-identified copies in the spool (hashed UIDs, pseudonym id)."
     )
@@ -212,10 +292,31 @@ class Settings(BaseSettings):
         if not path.exists():
             import secrets
 
+            from services.durable import create_atomically
+
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:  # exclusive create: two first-time callers agree on one salt
-                with path.open("x") as fh:
-                    fh.write(secrets.token_hex(32))
-            except FileExistsError:
-                pass
+            # 0600, complete before it is visible, and exclusive: two first-time callers agree on one salt
+            create_atomically(path, secrets.token_hex(32).encode(), mode=0o600)
+        else:
+            _warn_if_readable_by_others(path)
         return path.read_text().strip().encode()
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    """Log once per process and file when the salt file is readable by its group or by others: with the salt,
+    anyone who can guess patient ids can recognise them in the stored hashes."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not mode & (stat.S_IRGRP | stat.S_IROTH) or path in _WARNED_SALT_FILES:
+        return
+    _WARNED_SALT_FILES.add(path)
+    readers = " and ".join(who for bit, who in ((stat.S_IRGRP, "its group"), (stat.S_IROTH, "others")) if mode & bit)
+    log.warning(
+        "the patient-hash salt %s is readable by %s (mode %s); restrict it: chmod 600 %s",
+        path,
+        readers,
+        oct(stat.S_IMODE(mode)),
+        path,
+    )

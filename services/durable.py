@@ -23,3 +23,23 @@ def write_atomically(path: Path, data: bytes, *, tmp_dir: Path | None = None, tm
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def create_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
+    """Create `path` holding `data` with permissions `mode`, only if it does not exist yet: written and fsynced
+    under a temporary name, then hard-linked into place, so a reader never sees it empty or half written and two
+    first-time creators agree on one file. True when this call created it, False when it was already there."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600 whatever the umask
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # fails if `path` exists, unlike a rename
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -24,14 +24,24 @@ class ConfigError(CxrError):
 
 
 class DecodeError(CxrError):
-    """A file that cannot be turned into a grey image; names the file and the reason."""
+    """A file that cannot be turned into a grey image; names the file and the reason.
+
+    `code` is a stable reason code (services.imaging.reasons.DecodeReason) that an API client can switch on;
+    `reason` is a sentence for people, free of Python internals; `detail` is the decoder's own exception text,
+    for logs only.
+    """
 
     default_hint = "Skip the file or convert it to an uncompressed single-frame greyscale DICOM or PNG."
+    default_code = "corrupt"
 
-    def __init__(self, path: object, reason: str, hint: str | None = None) -> None:
+    def __init__(
+        self, path: object, reason: str, hint: str | None = None, *, code: str | None = None, detail: str | None = None
+    ) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}", hint)
+        self.code = code or self.default_code
+        self.detail = detail
+        super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""), hint)
 
 
 class ModelError(CxrError):
@@ -83,6 +93,18 @@ class ImageTooLargeError(DecodeError):
     """An image whose declared size is over the pixel limit (refused before its pixels are decoded)."""
 
     default_hint = "Raise CXR_MAX_PIXELS if the image is genuine."
+    default_code = "too_large"
+
+
+class DecodeBusyError(CxrError):
+    """The decode memory budget is taken by other decodes: worth retrying in `retry_after_s` seconds."""
+
+    default_hint = "Retry in a few seconds; the server is decoding other large images."
+    code = "busy"
+
+    def __init__(self, message: str, retry_after_s: int, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.retry_after_s = retry_after_s
 
 
 class DataError(CxrError):

@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.ages import top_code
 from services.errors import DataError
 
 REQUIRED_COLUMNS = ("path", "label")
@@ -15,7 +16,8 @@ KNOWN_COLUMNS = ("path", "label", "patient_id", "view", "sex", "age", "source", 
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One labelled image. `path` is absolute; `patient_id` is raw PHI and must only ever be hashed."""
+    """One labelled image. `path` is absolute; `patient_id` is raw PHI and must only ever be hashed; `age` is
+    top-coded on reading (90 = 90 or over, services.ages)."""
 
     path: Path
     label: str
@@ -38,9 +40,10 @@ def _age(value: str | None, where: str) -> int | None:
     if value is None:
         return None
     try:
-        return int(float(value))
-    except ValueError:
+        years = int(float(value))
+    except (ValueError, OverflowError):
         raise DataError(f"{where}: age {value!r} is not a number") from None
+    return top_code(years)  # 90 and over are one band; an implausible age (negative, over 130) is dropped
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:

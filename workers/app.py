@@ -77,9 +77,11 @@ def make_app(settings: Settings) -> Celery:
     app.cxr_settings = settings  # type: ignore[attr-defined]
     from workers import tasks
     from workers.lease import lease_step
+    from workers.watchdog import watchdog_step
 
     tasks.register(app)
     app.steps["consumer"].add(lease_step())  # a live worker keeps its messages' visibility leases
+    app.steps["consumer"].add(watchdog_step())  # a worker whose consumer is lost exits, to be restarted
     return app
 
 

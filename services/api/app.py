@@ -8,6 +8,7 @@ files and the OpenAPI schema, which hold no patient data):
   POST /v1/search, POST /v1/search/similar, GET /v1/points/{id}, GET /v1/points/{id}/thumbnail,
   POST /v1/render, GET /v1/collections, POST /v1/index, GET|POST /v1/explain, GET /livez, GET /readyz,
   GET /viewer/ (the viewer), GET /openapi.json and /docs.
+Every request first passes the Host and cross-site checks (services.api.same_origin), then the body limits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.api import explain_routes, health, index_routes, point_routes, search_routes
+from services.api.same_origin import SameOriginGuard, parse_allowed_hosts
 from services.api.security import BodyLimitMiddleware, bearer_check, install_error_handlers
 from services.api.state import ApiState, RuntimeLike, Submitter
 from services.config import Settings
@@ -57,7 +59,16 @@ def create_app(
     app = FastAPI(title="cxr", version=version, description=DESCRIPTION, lifespan=lifespan)
     app.state.api = state
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_upload_mb * 2**20 + 64 * 1024)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.api_max_upload_mb * 2**20 + 64 * 1024,
+        read_timeout_s=settings.api_body_timeout_s,
+    )
+    allowed_hosts = parse_allowed_hosts(settings.api_allowed_hosts)
+    # added last, so it runs first: a request for a foreign Host or from another site reads no body
+    app.add_middleware(
+        SameOriginGuard, check_host=settings.api_token is None or bool(allowed_hosts), allowed_hosts=allowed_hosts
+    )
     install_error_handlers(app)
     guarded = [Depends(bearer_check(settings))]
     app.include_router(health.router)

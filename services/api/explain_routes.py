@@ -15,7 +15,8 @@ Like the other routers it works through the app's ApiState: the model behind the
 (503 with the reason until it is loaded, so a request never starts a second load), the point's pixels from its
 stored reference (as its thumbnail), uploads under the app's rules. Domain errors go through the app's error map.
 Status codes: 404 unknown point or collection, 409 an indexed point whose image is gone, 413, 415, 422 a file that
-does not decode (or a malformed id), 503 the model is not ready.
+does not decode (with its `reason` code), several `file` parts, or a malformed id, 503 the model is not ready or the
+decode memory budget is taken.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ import uuid
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.api.state import ApiState, get_state
-from services.api.uploads import decode_upload, read_upload
+from services.api.uploads import decoded_upload, read_upload, single_file_part
 from services.embedding.overlay import overlay_png, pair_png
-from services.errors import DecodeError
 
 if TYPE_CHECKING:
     from services.embedding.explain import PairExplanation
@@ -67,7 +67,11 @@ def explain_points(
     return _respond(explanation, q_pixels, r_pixels, str(query), str(result), fmt, image)
 
 
-@router.post("/explain", summary="Heat maps of why an indexed image is similar to an uploaded query")
+@router.post(
+    "/explain",
+    summary="Heat maps of why an indexed image is similar to an uploaded query",
+    dependencies=[Depends(single_file_part)],
+)
 async def explain_upload(
     result: ResultId,
     file: Annotated[UploadFile, File(description="The query image: DICOM, PNG or JPEG.")],
@@ -81,13 +85,10 @@ async def explain_upload(
 
     def work() -> Response:  # decoding and the model passes are blocking: off the event loop
         explainer = state.explainer()
-        try:
-            decoded = decode_upload(upload, state.settings)
-        except DecodeError as exc:
-            raise HTTPException(422, f"the query cannot be read: {exc.reason}") from exc
         r_pixels = state.point_pixels(state.point(result))
-        explanation = explainer.explain(decoded.pixels, r_pixels, method=method)
-        return _respond(explanation, decoded.pixels, r_pixels, None, str(result), fmt, image)
+        with decoded_upload(upload, state.settings, state.decode_budget) as decoded:
+            explanation = explainer.explain(decoded.pixels, r_pixels, method=method)
+            return _respond(explanation, decoded.pixels, r_pixels, None, str(result), fmt, image)
 
     return await run_in_threadpool(work)
 

@@ -8,26 +8,31 @@ it never indexes in the request.
   at once, then kept under DATA_DIR/uploads/<sha256>.<kind> (written to a temp file, fsynced, renamed) for the
   workers. Their names on the client are never used.
 - Server-side files (form fields `path`, repeatable) are accepted only inside CXR_API_IMPORT_DIR (403
-  otherwise): a request can never point the workers at any other file.
+  otherwise; 404 for a path that is not there): a request can never point the workers at any other file. Every
+  file is resolved, a named one and each found walking a named folder, and one whose symlink leads out of the
+  folder is refused by name while the rest goes on. Replies name files as the client did, never by server path.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from services.api.schemas import IndexOut
 from services.api.state import ApiState, get_state
-from services.api.uploads import Upload, decode_upload, read_upload
+from services.api.uploads import Upload, decoded_upload, read_upload
 from services.config import Settings
 from services.errors import DecodeError
+from services.pipeline.sources import Unfound, walk_files
 
 router = APIRouter(prefix="/v1", tags=["index"])
+log = logging.getLogger("cxr.api")
 
 MAX_FILES = 100
 _EXT = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
@@ -74,7 +79,50 @@ def import_path(settings: Settings, raw: str) -> Path:
         raise HTTPException(422, f"not a usable path: {raw!r}") from None
     if not resolved.is_relative_to(base):
         raise HTTPException(403, f"{raw!r} is outside the import folder (CXR_API_IMPORT_DIR)")
+    if not resolved.exists():
+        raise HTTPException(404, f"{raw!r} does not exist in the import folder (CXR_API_IMPORT_DIR)")
     return resolved
+
+
+def import_files(settings: Settings, raw: str, named: Path) -> tuple[list[tuple[Path, str]], list[dict[str, str]]]:
+    """The files a named path stands for (itself, or each file walked under it) as (real path, the name the
+    client knows it by), and the refused ones with their reason: a file whose real path leaves the import folder
+    (a symlink pointing out), a broken link, a FIFO or device. The client's names only: no server path."""
+    base = Path(settings.api_import_dir or "").resolve()
+    files: list[tuple[Path, str]] = []
+    refused: list[dict[str, str]] = []
+    for entry in walk_files([named]):
+        where = Path(entry.path if isinstance(entry, Unfound) else entry)
+        try:
+            shown = raw if where == named else f"{raw.rstrip('/')}/{where.relative_to(named).as_posix()}"
+        except ValueError:
+            shown = f"{raw.rstrip('/')}/.../{where.name}"
+        if isinstance(entry, Unfound):
+            refused.append({"file": shown, "reason": entry.reason})
+            continue
+        try:
+            real = entry.resolve(strict=True)
+        except (OSError, RuntimeError):
+            refused.append({"file": shown, "reason": "broken symlink"})
+            continue
+        if not real.is_relative_to(base):
+            refused.append({"file": shown, "reason": "a symlink leading out of the import folder (CXR_API_IMPORT_DIR)"})
+            continue
+        files.append((real, shown))
+    return files, refused
+
+
+def _client_names(result: Any, names: dict[str, str]) -> Any:
+    """The submitter's answer with each unfound file named as the client knows it, never by its server path."""
+    if isinstance(result, dict) and isinstance(result.get("unfound"), list):
+        result = {**result, "unfound": [_renamed(u, names) for u in result["unfound"]]}
+    return result
+
+
+def _renamed(unfound: Any, names: dict[str, str]) -> Any:
+    if isinstance(unfound, dict) and "path" in unfound:
+        return {**unfound, "path": names.get(str(unfound["path"]), Path(str(unfound["path"])).name)}
+    return unfound
 
 
 @router.post("/index", response_model=IndexOut, status_code=202, summary="Queue images for indexing")
@@ -96,7 +144,7 @@ async def index(
     if len(file) + len(path) > MAX_FILES:
         raise HTTPException(413, f"at most {MAX_FILES} files or paths per request")
     settings = state.settings
-    server_paths = [import_path(settings, p) for p in path]
+    named = [(raw, import_path(settings, raw)) for raw in path]  # 403/404/422 for the request, before any work
     uploads: list[tuple[int, Upload]] = []
     refused: list[dict[str, str]] = []
     for i, f in enumerate(file, start=1):
@@ -108,23 +156,35 @@ async def index(
             refused.append({"file": f"#{i}", "reason": str(exc.detail)})
 
     def work() -> IndexOut:
+        names: dict[str, str] = {}  # server path -> the client's name for it
+        server_paths: list[Path] = []
+        for raw, resolved in named:
+            files, refused_here = import_files(settings, raw, resolved)
+            refused.extend(refused_here)
+            for real, shown in files:
+                if str(real) not in names:
+                    names[str(real)] = shown
+                    server_paths.append(real)
         kept: list[Path] = []
         for i, upload in uploads:
             try:
-                decode_upload(upload, settings)
+                with decoded_upload(upload, settings, state.decode_budget):
+                    pass  # decoded once, so a bad file is refused now rather than by a worker
             except DecodeError as exc:
-                refused.append({"file": f"#{i}", "reason": exc.reason})
+                log.info("upload #%d refused (%s): %s", i, exc.code, exc.detail or exc.reason)
+                refused.append({"file": f"#{i}", "reason": exc.reason, "code": exc.code})
                 continue
             kept.append(keep_upload(uploads_dir(settings), upload))
+            names[str(kept[-1])] = f"#{i}"
         if not kept and not server_paths:
             raise HTTPException(422, {"message": "no file could be queued", "refused": refused})
         submitted: dict = {}
         if kept:
-            submitted["uploads"] = state.submitter(kept, label=label, origin="upload", collection=settings.collection)
+            done = state.submitter(kept, label=label, origin="upload", collection=settings.collection)
+            submitted["uploads"] = _client_names(done, names)
         if server_paths:
-            submitted["paths"] = state.submitter(
-                server_paths, label=label, origin="file", collection=settings.collection
-            )
+            done = state.submitter(server_paths, label=label, origin="file", collection=settings.collection)
+            submitted["paths"] = _client_names(done, names)
         return IndexOut(accepted=len(kept) + len(server_paths), refused=refused, submitted=submitted)
 
     return await run_in_threadpool(work)

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from services.api.images import THUMBNAIL_SIZES, etag, etag_matches, to_png
 from services.api.schemas import CollectionOut, CollectionsOut, PointOut, public_payload, thumbnail_url
 from services.api.state import ApiState, get_state
-from services.api.uploads import decode_upload, read_upload
+from services.api.uploads import decoded_upload, read_upload, single_file_part
 
 router = APIRouter(prefix="/v1", tags=["points"])
 
@@ -63,7 +63,13 @@ def get_thumbnail(
     return Response(png, media_type="image/png", headers=headers)
 
 
-@router.post("/render", response_class=Response, responses=PNG, summary="An uploaded image rendered for display")
+@router.post(
+    "/render",
+    response_class=Response,
+    responses=PNG,
+    summary="An uploaded image rendered for display",
+    dependencies=[Depends(single_file_part)],
+)
 async def render_upload(
     file: Annotated[UploadFile, File(description="DICOM, PNG or JPEG.")],
     state: Annotated[ApiState, Depends(get_state)],
@@ -74,13 +80,14 @@ async def render_upload(
     upload = await read_upload(state.settings, file)
 
     def work() -> Response:
-        decoded = decode_upload(upload, state.settings)
+        with decoded_upload(upload, state.settings, state.decode_budget) as decoded:
+            png = to_png(decoded.pixels, size)
         headers = {
             "Cache-Control": "private, no-store",
             "X-Image-Width": str(decoded.meta.width),
             "X-Image-Height": str(decoded.meta.height),
         }
-        return Response(to_png(decoded.pixels, size), media_type="image/png", headers=headers)
+        return Response(png, media_type="image/png", headers=headers)
 
     return await run_in_threadpool(work)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from services.ages import public_age_fields
 from services.index import Hit
 
 # Payload keys the API never sends: `source_uri` is a server-side path (folder names can carry names).
@@ -20,7 +21,10 @@ class HitOut(BaseModel):
     rank: int = Field(description="1 = most similar.")
     id: str = Field(description="Point id (UUID).")
     score: float = Field(description="Cosine similarity, or the recommend score for a more-like-these search.")
-    payload: dict[str, Any] = Field(description="PHI-free stored fields: label, view, sex, age, source, UIDs, ...")
+    payload: dict[str, Any] = Field(
+        description="PHI-free stored fields: label, view, sex, age (90 = 90 or over, with age_band '90+'), source, "
+        "UIDs, ..."
+    )
     thumbnail_url: str
 
 
@@ -76,7 +80,8 @@ class IndexOut(BaseModel):
 
 
 def public_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in payload.items() if k not in HIDDEN_PAYLOAD_KEYS}
+    """A stored payload as the API sends it: no hidden keys, and ages top-coded even on points indexed before."""
+    return public_age_fields({k: v for k, v in payload.items() if k not in HIDDEN_PAYLOAD_KEYS})
 
 
 def thumbnail_url(root_path: str, point_id: str) -> str:

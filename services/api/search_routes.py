@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.api.schemas import QueryInfo, SearchOut, SimilarIn, hits_out, label_tally
 from services.api.state import ApiState, get_state
-from services.api.uploads import apply_crop, crop_box, decode_upload, parse_crop, read_upload
+from services.api.uploads import apply_crop, crop_box, decoded_upload, parse_crop, read_upload, single_file_part
 from services.errors import CxrError, PointNotFoundError
 from services.index import SearchFilter
 from services.index.store import excluding
@@ -48,7 +48,12 @@ def _filter(expressions: list[str], **kwargs: object) -> SearchFilter | None:
         raise FilterSyntaxError(exc.message) from exc
 
 
-@router.post("/search", response_model=SearchOut, summary="The indexed X-rays most similar to an uploaded one")
+@router.post(
+    "/search",
+    response_model=SearchOut,
+    summary="The indexed X-rays most similar to an uploaded one",
+    dependencies=[Depends(single_file_part)],
+)
 async def search(
     request: Request,
     file: Annotated[UploadFile, File(description="The query image: DICOM, PNG or JPEG (sniffed by its bytes).")],
@@ -68,9 +73,6 @@ async def search(
 
     def work() -> SearchOut:
         encoder, store = state.encoder(), state.store()
-        decoded = decode_upload(upload, settings)
-        if box is not None:
-            decoded = apply_crop(decoded, box, settings.min_side)
         opts = QueryOptions(
             collection=settings.collection,
             k=k,
@@ -81,7 +83,10 @@ async def search(
             max_pixels=settings.max_pixels,
             min_side=settings.min_side,
         )
-        result = search_decoded(decoded, upload.sha256, encoder=encoder, store=store, opts=opts, salt=settings.salt)
+        with decoded_upload(upload, settings, state.decode_budget) as decoded:
+            if box is not None:
+                decoded = apply_crop(decoded, box, settings.min_side)
+            result = search_decoded(decoded, upload.sha256, encoder=encoder, store=store, opts=opts, salt=settings.salt)
         region = None if box is None else list(crop_box(box, result.meta.height, result.meta.width))
         return SearchOut(
             hits=hits_out(result.hits, request.scope.get("root_path", "")),

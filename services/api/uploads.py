@@ -3,18 +3,24 @@ optionally cropped to a query region.
 
 Nothing here trusts the client: not its Content-Type, not its file name (never used), not its declared length.
 The decoder checks the declared width x height against CXR_MAX_PIXELS before any pixel is decoded, so a tiny
-file that claims a 100000 x 100000 image costs nothing (413).
+file that claims a 100000 x 100000 image costs nothing (413). Every decode holds its estimated memory in the app's
+decode budget (CXR_API_DECODE_MEMORY_MB) while its pixels are in use: more than the whole budget is a 413, a budget
+taken by other decodes a 503 with Retry-After after a short wait (CXR_API_DECODE_WAIT_S).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from fastapi import HTTPException, UploadFile
+from fastapi import HTTPException, Request, UploadFile
 
 from services.config import Settings
+from services.errors import ImageTooLargeError
 from services.imaging import DecodedImage, decode_bytes
+from services.imaging.budget import DecodeBudget, estimate_cost
 from services.imaging.sniff import HEAD_BYTES, describe_unknown, upload_kind
 
 _CHUNK = 1 << 20
@@ -47,9 +53,31 @@ async def read_upload(settings: Settings, file: UploadFile) -> Upload:
     return Upload(data, kind, hashlib.sha256(data).hexdigest())
 
 
-def decode_upload(upload: Upload, settings: Settings) -> DecodedImage:
-    """Decode with the pixel guard; DecodeError (422) or ImageTooLargeError (413) otherwise."""
-    return decode_bytes(upload.data, "upload", max_pixels=settings.max_pixels, min_side=settings.min_side)
+@contextmanager
+def decoded_upload(upload: Upload, settings: Settings, budget: DecodeBudget) -> Iterator[DecodedImage]:
+    """The decoded upload, its estimated memory held in `budget` until the block ends (use the pixels inside it).
+
+    DecodeError (422), ImageTooLargeError (413: the pixel guard or the whole budget), DecodeBusyError (503).
+    """
+    cost = estimate_cost(upload.data)
+    if cost.pixels > settings.max_pixels:  # the pixel guard speaks first: its limit and hint are the ones that apply
+        raise ImageTooLargeError(
+            "upload",
+            f"too many pixels: {cost.pixels:,} is over the limit of {settings.max_pixels:,}",
+            "Raise CXR_MAX_PIXELS if the image is genuine.",
+        )
+    with budget.reserve(cost):
+        yield decode_bytes(upload.data, "upload", max_pixels=settings.max_pixels, min_side=settings.min_side)
+
+
+async def single_file_part(request: Request) -> None:
+    """Refuse a form with several `file` parts (422) on routes that take one image, rather than use the last."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return
+    count = len((await request.form()).getlist("file"))  # the form FastAPI already parsed (Starlette caches it)
+    if count > 1:
+        raise HTTPException(422, f"send one image per request: the form has {count} `file` parts")
 
 
 def parse_crop(text: str | None) -> tuple[float, float, float, float] | None:

@@ -9,6 +9,7 @@ from services.errors import DecodeError
 from services.imaging.dicom import decode_dicom
 from services.imaging.files import read_regular_file
 from services.imaging.raster import decode_raster
+from services.imaging.reasons import DecodeReason, decoder_failure
 from services.imaging.sniff import HEAD_BYTES, is_dicom
 from services.imaging.types import DecodedImage
 
@@ -41,7 +42,12 @@ def decode_bytes(
 ) -> DecodedImage:
     """Decode an in-memory file (an upload, a PACS payload); `name` only labels errors."""
     if not data:
-        raise DecodeError(name, "empty file")
-    if is_dicom(data[:HEAD_BYTES]):
-        return decode_dicom(data, name, max_pixels=max_pixels, min_side=min_side)
-    return decode_raster(data, name, max_pixels=max_pixels, min_side=min_side)
+        raise DecodeError(name, "empty file", code=DecodeReason.NOT_AN_IMAGE)
+    try:
+        if is_dicom(data[:HEAD_BYTES]):
+            return decode_dicom(data, name, max_pixels=max_pixels, min_side=min_side)
+        return decode_raster(data, name, max_pixels=max_pixels, min_side=min_side)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a path the decoders did not foresee: still a DecodeError, never a 500
+        raise decoder_failure(name, "the file", exc) from exc

@@ -16,11 +16,11 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from services.errors import DecodeError
 from services.imaging.dicom_meta import int_attr, read_meta, text_attr
+from services.imaging.reasons import DecodeReason, decoder_failure
 from services.imaging.sniff import has_dicm_magic
 from services.imaging.types import DecodedImage
 from services.imaging.validate import (
     check_dimensions,
-    describe_exception,
     grey_from_colour,
     refuse_if_blank,
     scale_range,
@@ -42,6 +42,7 @@ def decode_dicom(data: bytes, name: str, *, max_pixels: int, min_side: int) -> D
     transfer_syntax = _transfer_syntax(ds)
     photometric, samples, bits = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
     _check_decoder(name, transfer_syntax)
+    _check_native_length(ds, name, transfer_syntax, samples)
     raw = _decode_pixels(ds, name, transfer_syntax)
 
     if samples == 3:
@@ -65,7 +66,7 @@ def _read_dataset(data: bytes, name: str) -> Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(data), force=force)
     except Exception as exc:  # pydicom raises many types on corrupt input; none may escape
-        raise DecodeError(name, f"corrupt or truncated DICOM ({describe_exception(exc)})") from exc
+        raise decoder_failure(name, "the DICOM file", exc) from exc
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -89,23 +90,35 @@ def _check_header(ds: Dataset, name: str, *, max_pixels: int, min_side: int) -> 
     """Refuse from the header alone; return (photometric, samples per pixel, bits stored)."""
     if "PixelData" not in ds:
         _refuse_missing_pixels(ds, name)
+    if _is_empty(ds, "PixelData"):
+        raise DecodeError(name, "no pixel data: the Pixel Data element is empty", code=DecodeReason.NO_PIXEL_DATA)
     frames = int_attr(ds, "NumberOfFrames") or 1
     if frames > 1:
-        raise DecodeError(name, f"multi-frame image ({frames} frames): only single images are supported")
+        raise DecodeError(
+            name,
+            f"multi-frame image ({frames} frames): only single images are supported",
+            code=DecodeReason.UNSUPPORTED_IMAGE,
+        )
     samples = int_attr(ds, "SamplesPerPixel") or 1
     photometric = (text_attr(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
     if photometric == "PALETTE COLOR":
-        raise DecodeError(name, "palette colour image: only greyscale radiographs are supported")
+        raise DecodeError(
+            name,
+            "palette colour image: only greyscale radiographs are supported",
+            code=DecodeReason.UNSUPPORTED_IMAGE,
+        )
     if not (samples == 1 and photometric in _GREY) and not (samples == 3 and photometric in _COLOUR):
-        raise DecodeError(name, f"unsupported pixel layout: {samples} samples, {photometric}")
+        raise DecodeError(
+            name, f"unsupported pixel layout: {samples} samples, {photometric}", code=DecodeReason.UNSUPPORTED_IMAGE
+        )
     rows, columns = int_attr(ds, "Rows"), int_attr(ds, "Columns")
     if rows is None or columns is None:
-        raise DecodeError(name, "Rows or Columns missing from the DICOM header")
+        raise DecodeError(name, "Rows or Columns missing from the DICOM header", code=DecodeReason.CORRUPT)
     check_dimensions(name, rows, columns, max_pixels=max_pixels, min_side=min_side)
     bits_allocated = int_attr(ds, "BitsAllocated") or 0
     bits = int_attr(ds, "BitsStored") or bits_allocated
     if not 1 <= bits <= 32:
-        raise DecodeError(name, f"unsupported BitsStored {bits}")
+        raise DecodeError(name, f"unsupported BitsStored {bits}", code=DecodeReason.UNSUPPORTED_IMAGE)
     return photometric, samples, bits
 
 
@@ -115,10 +128,17 @@ def _check_decoder(name: str, transfer_syntax: UID) -> None:
     try:
         decoder = get_decoder(transfer_syntax)
     except NotImplementedError:
-        raise DecodeError(name, f"unsupported transfer syntax {label}") from None
+        raise DecodeError(
+            name, f"unsupported transfer syntax {label}", code=DecodeReason.UNSUPPORTED_TRANSFER_SYNTAX
+        ) from None
     if not decoder.is_available:
         package = _decoder_package(transfer_syntax) or ", ".join(decoder.missing_dependencies)
-        raise DecodeError(name, f"no decoder installed for {label}", f"Install {package}.")
+        raise DecodeError(
+            name,
+            f"no decoder installed for {label}",
+            f"Install {package}.",
+            code=DecodeReason.UNSUPPORTED_TRANSFER_SYNTAX,
+        )
 
 
 def _decoder_package(transfer_syntax: UID) -> str | None:
@@ -138,14 +158,11 @@ def _decode_pixels(ds: Dataset, name: str, transfer_syntax: UID) -> np.ndarray:
     """Stored values, masked to BitsStored and sign-extended by pydicom; colour models converted to RGB."""
     try:
         arr = ds.pixel_array
-    except MemoryError:
-        raise DecodeError(name, "not enough memory to decode the pixel data") from None
-    except Exception as exc:  # truncated fragments, codec errors, length mismatches
-        reason = f"corrupt or truncated {transfer_syntax.name} pixel data ({describe_exception(exc)})"
-        raise DecodeError(name, reason) from exc
+    except Exception as exc:  # truncated fragments, codec errors, length mismatches, out of memory
+        raise decoder_failure(name, f"the {transfer_syntax.name} pixel data", exc) from exc
     expected_ndim = 3 if int_attr(ds, "SamplesPerPixel") == 3 else 2
     if arr.ndim != expected_ndim:
-        raise DecodeError(name, f"unexpected pixel array shape {arr.shape}")
+        raise DecodeError(name, f"unexpected pixel array shape {arr.shape}", code=DecodeReason.UNSUPPORTED_IMAGE)
     return arr
 
 
@@ -217,10 +234,43 @@ def _refuse_missing_pixels(ds: Dataset, name: str) -> None:
     pydicom stops quietly at the end of a truncated file, dropping the elements it could not read.
     """
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-        raise DecodeError(name, "float pixel data is not supported")
+        raise DecodeError(name, "float pixel data is not supported", code=DecodeReason.UNSUPPORTED_IMAGE)
     file_meta = getattr(ds, "file_meta", Dataset())
     uid = text_attr(ds, "SOPClassUID") or text_attr(file_meta, "MediaStorageSOPClassUID")
     sop_class = UID(uid).name if uid else None
     if len(ds) == 0 or "Rows" in ds or (sop_class and "Image" in sop_class):
-        raise DecodeError(name, "pixel data missing: the file is truncated or corrupt")
-    raise DecodeError(name, f"no pixel data: {sop_class or 'the DICOM object'} is not an image")
+        raise DecodeError(name, "pixel data missing: the file is truncated or corrupt", code=DecodeReason.TRUNCATED)
+    raise DecodeError(
+        name, f"no pixel data: {sop_class or 'the DICOM object'} is not an image", code=DecodeReason.NO_PIXEL_DATA
+    )
+
+
+def _is_empty(ds: Dataset, keyword: str) -> bool:
+    """True when the element is present with no value (pydicom reads it as None or b"")."""
+    try:
+        value = ds[keyword].value
+    except Exception:  # an unreadable value is the decoder's to refuse, with its own reason
+        return False
+    return value is None or (isinstance(value, bytes | bytearray) and len(value) == 0)
+
+
+def _check_native_length(ds: Dataset, name: str, transfer_syntax: UID, samples: int) -> None:
+    """Refuse an uncompressed image whose pixel data is shorter than its header's Rows x Columns promise.
+
+    Checked before decoding, so a header claiming 8000 x 8000 over 1 KB of data costs nothing.
+    """
+    if transfer_syntax.is_compressed:
+        return
+    rows, columns = int_attr(ds, "Rows") or 0, int_attr(ds, "Columns") or 0
+    bits_allocated = int_attr(ds, "BitsAllocated") or 0
+    expected = (rows * columns * samples * bits_allocated + 7) // 8
+    try:
+        actual = len(ds["PixelData"].value)
+    except Exception:  # left to the decoder
+        return
+    if 0 < actual < expected:
+        raise DecodeError(
+            name,
+            f"truncated: {actual:,} bytes of pixel data where the header's {columns}x{rows} needs {expected:,}",
+            code=DecodeReason.TRUNCATED,
+        )

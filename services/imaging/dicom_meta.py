@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from pydicom.dataset import Dataset
 
+from services.ages import age_years
 from services.imaging.types import ImageMeta
 
-# DICOM AS: three digits and a unit (D, W, M, Y); a bare number is read as years.
-_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
-_DAYS_PER_UNIT = {"D": 1, "W": 7, "M": 30.4375, "Y": 365.25}
 _SEXES = {"M", "F", "O"}
-MAX_AGE = 130
 
 
 def text_attr(ds: Dataset, keyword: str) -> str | None:
@@ -37,13 +32,9 @@ def int_attr(ds: Dataset, keyword: str) -> int | None:
 
 
 def parse_age(value: str | None) -> int | None:
-    """Whole years from a DICOM age string: "045Y" -> 45, "006M" -> 0, "abc" -> None."""
-    match = _AGE.match(value or "")
-    if match is None:
-        return None
-    count, unit = int(match.group(1)), (match.group(2) or "Y").upper()
-    years = int(count * _DAYS_PER_UNIT[unit] // _DAYS_PER_UNIT["Y"]) if unit != "Y" else count
-    return years if years <= MAX_AGE else None
+    """Whole years from a DICOM age string, top-coded (services.ages): "045Y" -> 45, "006M" -> 0, "097Y" -> 90
+    (90 or over), "abc" -> None."""
+    return age_years(value)
 
 
 def parse_sex(value: str | None) -> str | None:

@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 from services.errors import DecodeError
+from services.imaging.reasons import DecodeReason
 
 # O_NONBLOCK: opening a FIFO for reading returns at once instead of waiting for a writer. O_NOCTTY: a terminal
 # device never becomes our controlling terminal. Both are no-ops for the regular files we actually read.
@@ -78,16 +79,20 @@ def read_regular_file(path: str | Path, max_bytes: int | None = None) -> bytes:
     try:
         fd = _open_nonblocking(path)
     except OSError as exc:
-        raise DecodeError(name, _os_reason(exc, path)) from None
+        raise DecodeError(name, code=DecodeReason.UNREADABLE, reason=_os_reason(exc, path)) from None
     except ValueError:
-        raise DecodeError(name, "invalid path") from None
+        raise DecodeError(name, code=DecodeReason.UNREADABLE, reason="invalid path") from None
     try:
         info = os.fstat(fd)
         reason = kind_reason(info.st_mode)
         if reason is not None:
-            raise DecodeError(name, reason)
+            raise DecodeError(name, code=DecodeReason.UNREADABLE, reason=reason)
         if max_bytes is not None and info.st_size > max_bytes:
-            raise DecodeError(name, f"file too large ({info.st_size / 2**20:,.0f} MiB, limit {max_bytes / 2**20:,.0f})")
+            raise DecodeError(
+                name,
+                f"file too large ({info.st_size / 2**20:,.0f} MiB, limit {max_bytes / 2**20:,.0f})",
+                code=DecodeReason.TOO_LARGE,
+            )
         chunks: list[bytes] = []
         total, want = 0, info.st_size + 1  # one read for a file that does not change under us
         while chunk := os.read(fd, want):
@@ -95,9 +100,13 @@ def read_regular_file(path: str | Path, max_bytes: int | None = None) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if max_bytes is not None and total > max_bytes:
-                raise DecodeError(name, f"file too large (grew past {max_bytes / 2**20:,.0f} MiB while read)")
+                raise DecodeError(
+                    name,
+                    f"file too large (grew past {max_bytes / 2**20:,.0f} MiB while read)",
+                    code=DecodeReason.TOO_LARGE,
+                )
         return b"".join(chunks)
     except OSError as exc:
-        raise DecodeError(name, _os_reason(exc, path)) from None
+        raise DecodeError(name, code=DecodeReason.UNREADABLE, reason=_os_reason(exc, path)) from None
     finally:
         os.close(fd)

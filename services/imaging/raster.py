@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.errors import DecodeError, ImageTooLargeError
+from services.imaging.reasons import DecodeReason, decoder_failure
 from services.imaging.sniff import describe_unknown
 from services.imaging.types import DecodedImage, ImageMeta
 from services.imaging.validate import (
     check_dimensions,
-    describe_exception,
     grey_from_colour,
     refuse_if_blank,
     scale_range,
@@ -36,11 +36,11 @@ def decode_raster(data: bytes, name: str, *, max_pixels: int, min_side: int) -> 
     try:
         image = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
     except UnidentifiedImageError:
-        raise DecodeError(name, describe_unknown(data)) from None
+        raise DecodeError(name, describe_unknown(data), code=DecodeReason.NOT_AN_IMAGE) from None
     except Image.DecompressionBombError:
         raise ImageTooLargeError(name, f"too many pixels: over the limit of {max_pixels:,}") from None
     except Exception as exc:  # a recognised header that then fails to parse
-        raise DecodeError(name, f"corrupt image file ({describe_exception(exc)})") from exc
+        raise decoder_failure(name, "the image file", exc) from exc
 
     with image:
         fmt = "jpeg" if image.format == "MPO" else (image.format or "raster").lower()
@@ -48,7 +48,11 @@ def decode_raster(data: bytes, name: str, *, max_pixels: int, min_side: int) -> 
         check_dimensions(name, height, width, max_pixels=max_pixels, min_side=min_side)
         frames = getattr(image, "n_frames", 1)
         if frames > 1 and image.format != "MPO":  # an MPO's extra frames are previews or stereo pairs
-            raise DecodeError(name, f"multi-frame image ({frames} frames): only single images are supported")
+            raise DecodeError(
+                name,
+                f"multi-frame image ({frames} frames): only single images are supported",
+                code=DecodeReason.UNSUPPORTED_IMAGE,
+            )
         mode = image.mode
         try:
             image.load()
@@ -56,10 +60,8 @@ def decode_raster(data: bytes, name: str, *, max_pixels: int, min_side: int) -> 
             values, full_scale, bits = _grey_values(image, name)
         except DecodeError:
             raise
-        except MemoryError:
-            raise DecodeError(name, "not enough memory to decode the image") from None
-        except Exception as exc:  # truncated data, codec errors
-            raise DecodeError(name, f"corrupt or truncated {fmt} file ({describe_exception(exc)})") from exc
+        except Exception as exc:  # truncated data, codec errors, out of memory
+            raise decoder_failure(name, f"the {fmt} data", exc) from exc
 
     refuse_if_blank(name, values)
     if full_scale is None:  # float or wide-integer data has no nominal range: use its own
@@ -96,9 +98,9 @@ def _grey_values(image: Image.Image, name: str) -> tuple[np.ndarray, float | Non
     if mode == "F":
         values = np.asarray(image).astype(np.float64)
         if not np.isfinite(values).all():
-            raise DecodeError(name, "float image with NaN or infinite values")
+            raise DecodeError(name, "float image with NaN or infinite values", code=DecodeReason.UNSUPPORTED_IMAGE)
         return values, None, 32
     if mode in _COLOUR_MODES:
         rgb = np.asarray(image.convert("RGB"))
         return grey_from_colour(name, rgb, 255.0), 255.0, 8
-    raise DecodeError(name, f"unsupported pixel mode {mode}")
+    raise DecodeError(name, f"unsupported pixel mode {mode}", code=DecodeReason.UNSUPPORTED_IMAGE)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from services.errors import DecodeError, ImageTooLargeError
+from services.imaging.reasons import DecodeReason, describe_exception
+
+__all__ = ["check_dimensions", "describe_exception", "grey_from_colour", "refuse_if_blank", "scale_range"]
 
 # A grey image stored as RGB (a JPEG re-saved in colour, a screenshot) differs between channels by a few
 # levels of noise at most. Refuse as colour when more than GREY_OUTLIER_FRACTION of the pixels differ by
@@ -16,7 +19,7 @@ GREY_OUTLIER_FRACTION = 0.001
 def check_dimensions(name: str, height: int, width: int, *, max_pixels: int, min_side: int) -> None:
     """Refuse a declared size before any pixels are decoded: decompression bombs and thumbnails."""
     if height <= 0 or width <= 0:
-        raise DecodeError(name, f"invalid image size {width}x{height}")
+        raise DecodeError(name, f"invalid image size {width}x{height}", code=DecodeReason.CORRUPT)
     if height * width > max_pixels:
         raise ImageTooLargeError(
             name,
@@ -24,7 +27,9 @@ def check_dimensions(name: str, height: int, width: int, *, max_pixels: int, min
             "Raise CXR_MAX_PIXELS if the image is genuine.",
         )
     if min(height, width) < min_side:
-        raise DecodeError(name, f"image too small: {width}x{height}, shorter side under {min_side} px")
+        raise DecodeError(
+            name, f"image too small: {width}x{height}, shorter side under {min_side} px", code=DecodeReason.TOO_SMALL
+        )
 
 
 def grey_from_colour(name: str, rgb: np.ndarray, full_scale: float) -> np.ndarray:
@@ -32,25 +37,19 @@ def grey_from_colour(name: str, rgb: np.ndarray, full_scale: float) -> np.ndarra
     spread = rgb.max(axis=-1).astype(np.float64) - rgb.min(axis=-1)
     outliers = np.count_nonzero(spread > GREY_TOLERANCE * full_scale)
     if outliers > GREY_OUTLIER_FRACTION * spread.size:
-        raise DecodeError(name, "colour image: only greyscale radiographs are supported")
+        raise DecodeError(
+            name, "colour image: only greyscale radiographs are supported", code=DecodeReason.UNSUPPORTED_IMAGE
+        )
     return rgb.mean(axis=-1, dtype=np.float64)
 
 
 def refuse_if_blank(name: str, values: np.ndarray) -> None:
     """Refuse an image whose pixels are all equal: it carries nothing to retrieve by."""
     if values.size == 0 or values.min() == values.max():
-        raise DecodeError(name, "blank image: all pixels are equal")
+        raise DecodeError(name, "blank image: all pixels are equal", code=DecodeReason.BLANK)
 
 
 def scale_range(values: np.ndarray, low: float, high: float) -> np.ndarray:
     """Map [low, high] linearly to [0, 1] as float32, clipping outside; `low > high` flips the ramp."""
     out = (values.astype(np.float64) - low) / (high - low)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def describe_exception(exc: BaseException) -> str:
-    """A one-line, bounded description of a decoder's exception, for a DecodeError reason."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    text = text if len(text) <= 120 else text[:117] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -3,7 +3,8 @@
 Payloads are built from an allow-list (PAYLOAD_FIELDS), so no patient name, id, birth date or accession number
 can reach the store; the patient is kept only as a salted hash, enough to exclude same-patient hits. Nor does a
 file path (export folders are often named after the patient): `source_ref` is an opaque reference that only the
-indexing machine resolves (services.pipeline.refs).
+indexing machine resolves (services.pipeline.refs). Ages are top-coded (every age of 90 or over is stored as 90,
+with `age_band` "90+"), as HIPAA Safe Harbor asks; services.ages decides it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from services.ages import AGE_BAND, AGE_TOP, age_years
 from services.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,7 +28,8 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
     "label",
     "view",
     "sex",
-    "age",
+    "age",  # whole years, top-coded: 90 means "90 or over" (services.ages)
+    "age_band",  # "90+" on top-coded ages only, for display
     "modality",
     "body_part",
     "source",
@@ -47,7 +50,6 @@ POINT_ID_NAMESPACE = uuid.UUID("27eb5008-fd25-5b4f-a350-4b125cb4aac1")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # The only shapes a source_ref may take (services.pipeline.refs): an HMAC of a path, or a spooled instance's UID.
 _SOURCE_REF_RE = re.compile(r"file:[0-9a-f]{32}|spool:[0-9]+(\.[0-9]+)*")
-_DICOM_AGE_RE = re.compile(r"(\d{1,3})\s*([YMWD]?)", re.IGNORECASE)
 
 
 # A de-identified copy (services/pacs/deid.py) carries PatientID = PSEUDONYM_PREFIX + its patient hash, so the
@@ -94,19 +96,6 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def _age(value: Any) -> int | None:
-    """Age in whole years from an int or a DICOM age string ("045Y"; months, weeks and days count as 0)."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return int(value) if 0 <= value < 200 else None
-    match = _DICOM_AGE_RE.fullmatch(str(value).strip())
-    if not match:
-        return None
-    number, unit = int(match.group(1)), match.group(2).upper()
-    return number if unit in ("", "Y") else 0
-
-
 def build_payload(
     *,
     label: str | None,
@@ -128,11 +117,13 @@ def build_payload(
         return from_row if from_row is not None else getattr(meta, field, None)
 
     raw_patient = pick("patient_id")
+    age = age_years(pick("age"))  # top-coded here too, whatever the caller parsed
     candidate: dict[str, Any] = {
         "label": _text(label if label is not None else getattr(row, "label", None)),
         "view": _text(pick("view")),
         "sex": _text(pick("sex")),
-        "age": _age(pick("age")),
+        "age": age,
+        "age_band": AGE_BAND if age is not None and age >= AGE_TOP else None,
         "modality": _text(pick("modality")),
         "body_part": _text(pick("body_part")),
         "source": _text(pick("source")),

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from services.ages import age_filter_values, filter_age
 from services.errors import PointNotFoundError, StoreError
 
 # Payload fields that get an index at collection creation: the ones search filters use.
@@ -76,13 +77,15 @@ def _values(key: str, raw: Sequence[FilterValue] | FilterValue) -> tuple[FilterV
         if isinstance(v, bool) or not isinstance(v, str | int):
             raise StoreError(f"filter on {key!r}: value {v!r} is not a string or an integer")
         if integer and isinstance(v, str):
-            try:  # CLI filters arrive as text; the age field is stored as an integer
-                v = int(v)
+            try:  # CLI filters arrive as text; the age field is stored as an integer ("90+" names the top band)
+                v = filter_age(v) if key == "age" else int(v)
             except ValueError:
                 raise StoreError(f"filter on {key!r}: {v!r} is not an integer") from None
         out.append(v)
     if len({type(v) for v in out}) > 1:
         raise StoreError(f"filter on {key!r} mixes strings and integers: {list(out)!r}")
+    if key == "age" and out:  # ages of 90 and over are one band (services.ages)
+        return age_filter_values(int(v) for v in out)
     return tuple(out)
 
 

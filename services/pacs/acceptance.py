@@ -42,9 +42,15 @@ NOT_A_CHEST_RADIOGRAPH = 0xA901  # refused by the acceptance rule above
 CANNOT_UNDERSTAND = 0xC000  # the data set cannot be parsed
 BAD_SOP_INSTANCE_UID = 0xC001  # missing or malformed SOP Instance UID
 CANNOT_DEIDENTIFY = 0xC002  # de-identification is on and this instance cannot be cleaned (burned-in text)
+# The SOP Instance UID is already in the spool with other pixels or another patient (services/pacs/uid_conflict.py).
+# A Cxxx "cannot understand" failure, not A7xx "out of resources": A7xx tells a sender to try again later, and no
+# retry can make two images one; senders report Cxxx to their operator and stop resending, which is what is needed.
+UID_CONFLICT = 0xC003
 
 # Statuses after which resending the same bytes cannot help (the puller records these, never retries them).
-PERMANENT = frozenset({SOP_CLASS_MISMATCH, NOT_A_CHEST_RADIOGRAPH, CANNOT_UNDERSTAND, BAD_SOP_INSTANCE_UID})
+PERMANENT = frozenset(
+    {SOP_CLASS_MISMATCH, NOT_A_CHEST_RADIOGRAPH, CANNOT_UNDERSTAND, BAD_SOP_INSTANCE_UID, UID_CONFLICT}
+)
 
 
 def _norm(value: object) -> str:

@@ -11,7 +11,13 @@ With `CXR_SPOOL_DEIDENTIFY=true` the receiver and the puller keep only a cleaned
   builder recognises it, so de-identified copies, original files and queries all give one `patient_hash`
   (same-patient exclusion keeps working, and the raw id never reaches the spool);
 - sex, age, size and weight are kept (a subset of the Retain Patient Characteristics Option): the search filters use
-  sex and age;
+  sex and age; PatientAge is top-coded (every age of 90 or over becomes "090Y", services.ages);
+- ProtocolName is removed (free text, often naming a site, a room or a person);
+- the File Meta Information keeps only what links the file to its instance and says how to read it (FILE_META_KEPT:
+  group length, version, SOP class, the new SOP instance UID, transfer syntax); ImplementationClassUID and
+  ImplementationVersionName become those of the software writing the copy (pydicom), not the sender's build; all
+  else (the source, sending and receiving AE titles and presentation addresses, private information and its creator
+  UID) is removed;
 - an instance that says BurnedInAnnotation YES is refused: this profile cannot clean pixels.
 """
 
@@ -20,9 +26,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from pydicom import __version_info__ as pydicom_version
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
+from services.ages import dicom_age
 from services.index.payload import patient_pseudonym
 
 DICOM_ROOT = "1.2.840.10008."
@@ -72,7 +81,7 @@ REMOVED: frozenset[str] = frozenset(
     PerformedStationGeographicLocationCodeSequence PerformedStationName PerformedStationNameCodeSequence
     PerformingPhysicianIdentificationSequence PerformingPhysicianName PersonAddress PersonIdentificationCodeSequence
     PersonName PersonTelephoneNumbers PhysicianApprovingInterpretation PhysiciansReadingStudyIdentificationSequence
-    PhysiciansOfRecord PhysiciansOfRecordIdentificationSequence PlateID PreMedication PregnancyStatus
+    PhysiciansOfRecord PhysiciansOfRecordIdentificationSequence PlateID PreMedication PregnancyStatus ProtocolName
     ReasonForTheImagingServiceRequest ReasonForStudy ReferencedPatientAliasSequence ReferencedPatientSequence
     ReferencedPerformedProcedureStepSequence ReferencedStudySequence ReferringPhysicianAddress
     ReferringPhysicianIdentificationSequence ReferringPhysicianTelephoneNumbers RegionOfResidence
@@ -90,6 +99,18 @@ REMOVED: frozenset[str] = frozenset(
     TimezoneOffsetFromUTC TopicAuthor TopicKeywords TopicSubject TopicTitle VerifyingObserverIdentificationCodeSequence
     VerifyingObserverName VerifyingObserverSequence VerifyingOrganization VisitComments
     """.split()  # noqa: SIM905 - a word list reads like the standard's table
+)
+
+
+# File Meta Information elements kept as they are; the two Implementation ones are rewritten, the rest removed.
+FILE_META_KEPT: frozenset[str] = frozenset(
+    {
+        "FileMetaInformationGroupLength",
+        "FileMetaInformationVersion",
+        "MediaStorageSOPClassUID",
+        "MediaStorageSOPInstanceUID",  # replaced by the new SOPInstanceUID
+        "TransferSyntaxUID",
+    }
 )
 
 
@@ -129,9 +150,20 @@ class Deidentifier:
             codes.append(item)
         ds.DeidentificationMethodCodeSequence = Sequence(codes)
         meta = getattr(ds, "file_meta", None)
-        if meta is not None and "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if meta is not None:
+            self._clean_file_meta(meta)
+            if "SOPInstanceUID" in ds:
+                meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         return ds
+
+    @staticmethod
+    def _clean_file_meta(meta: Dataset) -> None:
+        for elem in list(meta):
+            if elem.keyword not in FILE_META_KEPT:
+                del meta[elem.tag]
+        # Type 1: present, naming the writer of this copy (pydicom's defaults), not the sender's site build.
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = f"PYDICOM {'.'.join(pydicom_version)}"
 
     def _clean(self, ds: Dataset) -> None:
         ds.remove_private_tags()
@@ -145,6 +177,8 @@ class Deidentifier:
                 del ds[elem.tag]
             elif keyword in EMPTIED or elem.VR == "PN":
                 elem.value = None
+            elif keyword == "PatientAge":
+                elem.value = dicom_age(str(elem.value or ""))  # 90 and over: one band; unreadable: emptied
             elif elem.VR == "UI" and elem.value:
                 elem.value = self._uids(elem.value)
             elif elem.VR == "SQ":

@@ -4,13 +4,22 @@ Both the receiver and the puller call `Intake.accept`, so they share one accepta
 step and one durability order: parse the header, refuse what is not a chest radiograph, write the spool file
 (fsync + rename), record the ledger row (SQLite, synchronous=FULL), and only then report success. Any failure
 returns a failure status; nothing is ever reported stored that is not on disk. Logs carry UIDs and statuses only.
+
+A UID the spool already holds is compared with what is there (services/pacs/uid_conflict.py): the same image of
+the same patient is a resend and replaces the file as before; anything else is a conflict. The first instance is
+never overwritten: the second is refused with 0xC003 (or, with `quarantine_conflicts`, kept in spool/.conflicts
+and answered success), recorded as a failed item `conflict:<UID>:<tag>` at stage 'uid-conflict' carrying both
+patients' hashes (`cxr failures` lists it; `cxr retry` leaves it to a person), and logged without PHI.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import sqlite3
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +29,7 @@ from pydicom.dataset import Dataset
 from services.pacs import acceptance as st
 from services.pacs.deid import BurnedInAnnotationError, Deidentifier
 from services.pacs.spool import Spool, SpoolFullError, valid_uid
+from services.pacs.uid_conflict import Image, Verdict, compare
 from services.pipeline.ledger import Ledger, sop_key
 
 log = logging.getLogger("cxr.pacs")
@@ -34,6 +44,7 @@ class Outcome:
     reason: str = ""
     new: bool = False  # a ledger row was created (False for a resend of a pending or indexed instance)
     path: Path | None = None
+    conflict: bool = False  # its UID was taken by another image: refused or quarantined, and recorded as failed
 
     @property
     def ok(self) -> bool:
@@ -59,8 +70,13 @@ class Intake:
         *,
         collection: str,
         deidentifier: Deidentifier | None = None,
+        salt: bytes | None = None,
+        quarantine_conflicts: bool = False,
     ) -> None:
+        """`salt` (the patient salt) puts both patients' hashes in a UID conflict's record; without it they are
+        left out. `quarantine_conflicts` keeps a conflicting instance aside instead of refusing it."""
         self.spool, self.ledger, self.collection, self.deid = spool, ledger, collection, deidentifier
+        self.salt, self.quarantine_conflicts = salt, quarantine_conflicts
         self.spool.ensure()
 
     def stored_uid(self, uid: str) -> str:
@@ -82,8 +98,10 @@ class Intake:
         expected_uid: str | None = None,
         sent_as: str | None = None,
         header: Dataset | None = None,
+        source: str = "",
     ) -> Outcome:
-        """Check, spool and record one Part 10 instance; the Outcome's status is the C-STORE answer."""
+        """Check, spool and record one Part 10 instance; the Outcome's status is the C-STORE answer. `source`
+        (PHI-free: an AE title and address, a PACS locator) goes into a conflict's record."""
         try:
             ds = header if header is not None else read_header(data)
             uid = str(ds.get("SOPInstanceUID", "") or "").strip()
@@ -105,7 +123,12 @@ class Intake:
             except Exception as exc:  # noqa: BLE001
                 return Outcome(st.CANNOT_UNDERSTAND, uid, f"cannot de-identify ({type(exc).__name__})")
         try:
-            path = self.spool.write(stored_uid, data)
+            path = self.spool.create(stored_uid, data)
+            if path is None:  # the UID is taken: the same image again, or another one
+                clash = self._clash(stored_uid, data, uid=uid, origin=origin, source=source)
+                if clash is not None:
+                    return clash
+                path = self.spool.write(stored_uid, data)  # a resend replaces the file, as it always did
         except SpoolFullError as exc:
             return Outcome(st.OUT_OF_RESOURCES, uid, exc.message)
         try:
@@ -124,6 +147,85 @@ class Intake:
             return
         self.ledger.record(key, where, origin="pull", collection=self.collection)
         self.ledger.mark_failed(key, stage, reason, permanent=True, collection=self.collection)
+
+    def _clash(self, stored_uid: str, data: bytes, *, uid: str, origin: str, source: str) -> Outcome | None:
+        """None when `data` is a resend of the instance the spool holds under `stored_uid`; else the conflict's
+        Outcome, once it is recorded (and quarantined)."""
+        first_path = self.spool.path_for(stored_uid)
+        try:
+            if not stat.S_ISREG(os.lstat(first_path).st_mode):
+                return None  # not an instance (only regular files are ever read): replaced as before
+            first_bytes = first_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            second = Image.parse(data)
+        except Exception as exc:  # noqa: BLE001
+            return Outcome(st.CANNOT_UNDERSTAND, uid, f"cannot parse the data set ({type(exc).__name__})")
+        try:
+            first: Image | None = Image.parse(first_bytes)
+        except Exception as exc:  # noqa: BLE001 - cannot prove it is the same image: keep it, never overwrite
+            first, verdict = None, Verdict(False, f"a first copy that cannot be read ({type(exc).__name__})")
+        else:
+            verdict = compare(first, second)
+        if verdict.same:
+            return None
+        return self._record_conflict(stored_uid, uid, first, second, verdict, data, origin=origin, source=source)
+
+    def _record_conflict(
+        self,
+        stored_uid: str,
+        uid: str,
+        first: Image | None,
+        second: Image,
+        verdict: Verdict,
+        data: bytes,
+        *,
+        origin: str,
+        source: str,
+    ) -> Outcome:
+        first_patient = first.patient_hash(self.salt) if first is not None else None
+        first_pixels = first.pixel_sha256 if first is not None else "?"
+        patient = second.patient_hash(self.salt)
+        tag = hashlib.sha256(f"{second.pixel_sha256}|{patient or ''}".encode()).hexdigest()[:16]
+        key = f"conflict:{stored_uid}:{tag}"
+        sender = f"{origin} {source}".strip()
+        where = f"{sender} (not kept)"
+        if self.quarantine_conflicts:
+            try:
+                where = str(self.spool.quarantine(stored_uid, tag, data))
+            except SpoolFullError as exc:
+                return Outcome(st.OUT_OF_RESOURCES, uid, exc.message)
+        reason = (
+            f"SOP Instance UID {stored_uid} is taken by an instance of {verdict.reason}: kept the first (patient"
+            f" {first_patient or '?'}, pixel data {first_pixels[:16]}), "
+            f"{'quarantined' if self.quarantine_conflicts else 'refused'} the one from {sender} (patient"
+            f" {patient or '?'}, pixel data {second.pixel_sha256[:16]})"
+        )
+        extra = {
+            "sop_uid": stored_uid,
+            "first_patient_hash": first_patient,
+            "patient_hash": patient,
+            "first_pixel_sha256": first_pixels,
+            "pixel_sha256": second.pixel_sha256,
+        }
+        try:
+            self.ledger.record_failed(
+                key, where, origin=origin, collection=self.collection, stage="uid-conflict", reason=reason, extra=extra
+            )
+        except (sqlite3.Error, OSError) as exc:
+            return Outcome(st.LEDGER_UNAVAILABLE, uid, f"ledger unavailable ({type(exc).__name__})")
+        log.warning(
+            "UID conflict: %s from %s holds %s; the first instance is kept, this one %s (ledger item %s)",
+            stored_uid,
+            sender,
+            verdict.reason,
+            "quarantined" if self.quarantine_conflicts else f"refused 0x{st.UID_CONFLICT:04X}",
+            key,
+        )
+        if self.quarantine_conflicts:
+            return Outcome(st.SUCCESS, uid, "", False, Path(where), conflict=True)
+        return Outcome(st.UID_CONFLICT, uid, f"SOP Instance UID taken by {verdict.reason}", conflict=True)
 
     def _deidentify(self, data: bytes) -> tuple[bytes, str]:
         assert self.deid is not None

@@ -85,8 +85,17 @@ class Batch:
         """Store one fetched instance. Refusals by the rule are counted, permanent errors recorded as failed,
         transient ones (spool full, ledger busy) reported for the caller to stop on."""
         self.report.fetched += 1
-        outcome = self.intake.accept(data, origin="pull", expected_uid=expected_uid, header=header)
-        if outcome.ok:
+        outcome = self.intake.accept(data, origin="pull", expected_uid=expected_uid, header=header, source=where)
+        if outcome.conflict:  # refused or quarantined: the intake recorded it as failed, with both patients' hashes
+            self.fail(
+                ref,
+                outcome.reason or "SOP Instance UID conflict (quarantined)",
+                permanent=True,
+                uid=outcome.sop_uid or expected_uid,
+                where=where,
+                record=False,
+            )
+        elif outcome.ok:
             self.report.stored += int(outcome.new)
             self.report.already += int(not outcome.new)
             self.pending += int(outcome.new)
@@ -99,10 +108,10 @@ class Batch:
             )
         return outcome
 
-    def fail(self, ref: str, reason: str, *, permanent: bool, uid: str | None, where: str) -> None:
+    def fail(self, ref: str, reason: str, *, permanent: bool, uid: str | None, where: str, record: bool = True) -> None:
         self.report.failed.append(PullFailure(uid or ref, reason, permanent))
         log.warning("pull of %s failed (%s): %s", uid or ref, "permanent" if permanent else "transient", reason)
-        if permanent:
+        if permanent and record:
             self.intake.record_failure(uid=uid, ref=ref, where=where, stage="pull", reason=reason)
 
     def flush(self) -> None:

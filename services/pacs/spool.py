@@ -2,16 +2,20 @@
 
 An instance is written to a temp file under `.incoming/`, fsynced, renamed to `<SOPInstanceUID>.dcm`, and the
 directory fsynced; only then may the receiver answer success. A crash at any point leaves either no file or a
-whole one (a stale temp file is swept at start). The file name is the idempotency key: a resent instance replaces
-the same file.
+whole one (a stale temp file is swept at start). The file name is the idempotency key: a first instance is linked
+into place only if its name is free (`create`), so two writers of one UID cannot both win; a resent instance
+replaces the same file (`write`) once the intake has found it to be the same image. Instances refused as UID
+conflicts may be kept under `.conflicts/`, which nothing indexes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +25,7 @@ from services.errors import CxrError
 
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 INCOMING = ".incoming"
+CONFLICTS = ".conflicts"
 
 
 class SpoolFullError(CxrError):
@@ -85,6 +90,50 @@ class Spool:
         except OSError as exc:
             raise SpoolFullError(f"cannot write to the spool {self.root}: {exc.strerror or exc}") from exc
         _fsync_dir(self.root)
+        return final
+
+    def create(self, sop_uid: str, data: bytes) -> Path | None:
+        """Durably store a first instance under its SOP Instance UID; None, writing nothing, when the spool already
+        holds that UID (the intake then decides: a resend or a conflict)."""
+        final = self.path_for(sop_uid)
+        if os.path.lexists(final):
+            return None
+        self.check_room(len(data))
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=sop_uid + ".", suffix=".tmp", dir=self.incoming)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                try:
+                    os.link(tmp, final)  # unlike a rename, fails when the name is taken
+                except FileExistsError:
+                    return None
+                except OSError as exc:
+                    if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+                    if os.path.lexists(final):  # a file system without hard links: a check, then a rename
+                        return None
+                    os.replace(tmp, final)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as exc:
+            raise SpoolFullError(f"cannot write to the spool {self.root}: {exc.strerror or exc}") from exc
+        _fsync_dir(self.root)
+        return final
+
+    def quarantine(self, sop_uid: str, tag: str, data: bytes) -> Path:
+        """Durably keep a refused instance as `.conflicts/<UID>.<tag>.dcm` (never listed by `instances`)."""
+        folder = self.root / CONFLICTS
+        final = folder / f"{self.path_for(sop_uid).stem}.{tag}.dcm"
+        self.check_room(len(data))
+        try:
+            folder.mkdir(exist_ok=True)
+            write_atomically(final, data, tmp_dir=self.incoming, tmp_prefix=sop_uid + ".")
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise SpoolFullError(f"cannot write to the spool {self.root}: {exc.strerror or exc}") from exc
         return final
 
     def instances(self) -> Iterator[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from services.ages import filter_age
 from services.errors import CxrError
 from services.index import INDEXED_FIELDS, SearchFilter
 
@@ -16,7 +17,7 @@ def _coerce(field: str, raw: str) -> str | int:
     if INDEXED_FIELDS.get(field) != "integer":
         return raw
     try:
-        return int(raw)
+        return filter_age(raw) if field == "age" else int(raw)  # age also takes the top band, "90+"
     except ValueError:
         raise FilterSyntaxError(f"filter field {field!r} takes integers, got {raw!r}") from None
 

@@ -30,6 +30,10 @@ __all__ = ["STATES", "TERMINAL", "Item", "Ledger", "file_key", "sop_key"]
 
 STATES = ("received", "queued", "processing", "indexed", "failed")
 TERMINAL = ("indexed", "failed")
+# Failures only a person can resolve: `retry` leaves them failed. A UID conflict (services/pacs/intake.py) is a second
+# instance under a SOP Instance UID the spool holds with other pixels or another patient; indexing it would put
+# one patient's film under another's point.
+HELD_STAGES = ("uid-conflict",)
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,10 @@ class Ledger:
         where, args = _where(collection)
         with self._tx() as db:
             db.executemany(
-                "UPDATE items SET state='queued', queued_at=?, updated_at=? WHERE key=?" + where + " AND state IN"
+                # queued_at is when the item started waiting: a re-send of a still-queued item keeps it, so a
+                # stalled queue shows (deploy/healthcheck.py) however often the sweep re-sends
+                "UPDATE items SET state='queued', queued_at=CASE WHEN state='queued' AND queued_at IS NOT NULL"
+                " THEN queued_at ELSE ? END, updated_at=? WHERE key=?" + where + " AND state IN"
                 " ('received','queued','processing')",
                 [(now, now, k, *args) for k in keys],
             )
@@ -280,13 +287,52 @@ class Ledger:
                 (state, stage, reason[:2000], int(permanent), now, key, *args),
             )
 
+    def release_processing(self, *, touched_before: float, reason: str) -> int:
+        """Hand 'processing' items untouched since `touched_before` back to the sweep (state 'received', attempts
+        kept): their worker died then. Returns how many."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE items SET state='received', stage='worker', reason=?, updated_at=?"
+                " WHERE state='processing' AND updated_at <= ?",
+                (reason[:2000], time.time(), touched_before),
+            )
+            return cur.rowcount
+
+    def record_failed(
+        self,
+        key: str,
+        path: str | Path,
+        *,
+        origin: str,
+        collection: str,
+        stage: str,
+        reason: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an item that is failed from the start (one transaction, so it is never 'received', not even for
+        the sweep's glance): insert it, or refresh the row of the same key."""
+        now = time.time()
+        blob = json.dumps(extra or {}, sort_keys=True)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO items(key, path, origin, collection, state, stage, reason, permanent, extra, received_at,"
+                " updated_at) VALUES (?,?,?,?,'failed',?,?,1,?,?,?) ON CONFLICT(collection, key) DO UPDATE SET"
+                " path=excluded.path, origin=excluded.origin, state='failed', stage=excluded.stage,"
+                " reason=excluded.reason, permanent=1, extra=excluded.extra, updated_at=excluded.updated_at",
+                (key, str(path), origin, collection, stage, reason[:2000], blob, now, now),
+            )
+
     def retry(self, keys: Sequence[str] | None = None, *, collection: str | None = None) -> list[str]:
         """Re-arm failed items (all of them when `keys` is None; in every collection unless `collection`):
-        attempts back to 0, state received. Returns the keys re-armed."""
+        attempts back to 0, state received. Returns the keys re-armed. Items failed at a HELD_STAGES stage stay."""
         now = time.time()
         where, args = _where(collection)
         with self._tx() as db:
-            rows = db.execute("SELECT collection, key FROM items WHERE state='failed'" + where, args).fetchall()
+            rows = db.execute(
+                "SELECT collection, key FROM items WHERE state='failed'"
+                f" AND coalesce(stage, '') NOT IN ({','.join('?' * len(HELD_STAGES))})" + where,
+                (*HELD_STAGES, *args),
+            ).fetchall()
             found = [(r["collection"], r["key"]) for r in rows if keys is None or r["key"] in set(keys)]
             db.executemany(
                 "UPDATE items SET state='received', attempts=0, stage=NULL, reason=NULL, permanent=0,"
@@ -333,6 +379,24 @@ class Ledger:
                 "SELECT COUNT(*) AS n FROM (SELECT 1 FROM items WHERE state IN ('received','queued','processing')"
                 " LIMIT ?)",
                 (int(limit),),
+            )
+            .fetchone()
+        )
+        return int(rec["n"])
+
+    def oldest_queued_at(self) -> float | None:
+        """When the longest-waiting 'queued' item was first queued (None when nothing is queued)."""
+        rec = self._conn().execute("SELECT MIN(queued_at) AS t FROM items WHERE state='queued'").fetchone()
+        return rec["t"]
+
+    def started_or_indexed_since(self, seconds: float) -> int:
+        """How many items were claimed, indexed or failed in the last `seconds`: whether the queue moves."""
+        cutoff = time.time() - seconds
+        rec = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*) AS n FROM items WHERE state IN ('processing','indexed','failed') AND updated_at >= ?",
+                (cutoff,),
             )
             .fetchone()
         )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.ages import public_age_fields
 from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from services.embedding import BatchEncoder
 from services.imaging import DecodedImage, ImageMeta, decode_bytes, max_file_bytes, read_regular_file, to_model_input
@@ -85,6 +86,6 @@ def _sha(data: bytes) -> str:
 def hits_to_json(hits: Sequence[Hit]) -> list[dict]:
     """The machine-readable result shape shared by the CLI (--json) and the REST API."""
     return [
-        {"rank": i, "id": h.id, "score": round(float(h.score), 6), "payload": h.payload}
+        {"rank": i, "id": h.id, "score": round(float(h.score), 6), "payload": public_age_fields(h.payload)}
         for i, h in enumerate(hits, start=1)
     ]

@@ -83,11 +83,15 @@ def dispatch_due(settings: Settings, ledger: Ledger, publish: Publish, *, limit:
 
 @dataclass
 class Submitted:
-    """What `submit` did: items recorded (new or re-armed), already known, and sent to the queue now."""
+    """What `submit` did: items recorded (new or re-armed), already known, sent to the queue now by this call,
+    sent meanwhile by another process's dispatcher (the receiver, the API, a worker's sweep), and still waiting
+    for the broker ('received': the sweep sends them once it answers)."""
 
     recorded: int = 0
     already: int = 0
     sent: int = 0
+    sent_elsewhere: int = 0
+    waiting: int = 0
     keys: list[str] = field(default_factory=list)
 
 
@@ -152,6 +156,10 @@ def submit(
         ledger.mark_failed(key, "find", miss.reason, permanent=True, collection=collection)
     if publish is not None:
         out.sent = dispatch_due(settings, ledger, publish)
+        # Another dispatcher may have sent our items between record and dispatch: say so, not "sent 0".
+        states = [i.state for i in ledger.items(out.keys, collection)]
+        out.waiting = states.count("received")
+        out.sent_elsewhere = max(0, out.recorded - out.sent - out.waiting)
     return out
 
 
@@ -167,10 +175,16 @@ class Sweep(threading.Thread):
         self.sent = 0
 
     def run(self) -> None:
+        from services.pipeline.heartbeats import Heartbeats
+
         ledger = Ledger(self.settings.ledger_path)
+        heartbeats = Heartbeats(self.settings.ledger_path)
         publish = self._publisher()
         while not self._stop.is_set():
             try:
+                # a dead worker's 'processing' items are due at once, not after requeue_after_s
+                for wid, n in heartbeats.reap(ledger, interval_s=self.settings.worker_heartbeat_s):
+                    log.warning("worker %s stopped beating; %d item(s) it may have held are sent again", wid, n)
                 self.sent += dispatch_due(self.settings, ledger, publish)
             except Exception:  # noqa: BLE001 - the sweep must outlive any one bad round (a locked ledger, ...)
                 log.exception("sweep round failed; trying again in %.0f s", self.settings.sweep_interval_s)

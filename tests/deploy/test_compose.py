@@ -38,11 +38,12 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]
 
 
-def _published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(host address, host port, container port) for each short-syntax `ports` entry."""
+def _published(service: dict[str, Any], env: dict[str, str] | None = None) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) for each short-syntax `ports` entry, variables interpolated from
+    `env` (none set: their defaults)."""
     out = []
     for entry in service.get("ports") or []:
-        parts = str(entry).split(":")
+        parts = interpolate(str(entry), env or {}).split(":")
         address = parts[0] if len(parts) == 3 else "0.0.0.0"
         out.append((address, int(parts[-2]), int(parts[-1].split("/")[0])))
     return out
@@ -69,14 +70,17 @@ def test_infra_images_are_pinned_and_cxr_is_built_from_the_dockerfile(services: 
         assert services[name]["image"] == services["api"]["image"], "one cxr image for every role"
 
 
-def test_published_ports_are_loopback_except_the_dicom_receiver(services: dict[str, dict[str, Any]]) -> None:
+def test_published_ports_are_loopback_unless_the_env_file_binds_the_receiver(
+    services: dict[str, dict[str, Any]],
+) -> None:
     published = {name: _published(svc) for name, svc in services.items()}
     assert published["redis"] == [], "the broker is reached only on the compose network"
     assert published["worker-embed"] == published["worker-index"] == []
     assert published["qdrant"] == [("127.0.0.1", 6333, 6333)]
     assert published["api"] == [("127.0.0.1", 8000, 8000)]
-    # The receiver must be reachable by the PACS on the hospital network; the AE allow-list guards it.
-    assert published["dicom"] == [("0.0.0.0", 11112, 11112)]
+    # The receiver is reachable from the hospital network only once .env names the address to publish it on.
+    assert published["dicom"] == [("127.0.0.1", 11112, 11112)]
+    assert _published(services["dicom"], {"CXR_DICOM_BIND": "10.1.2.3"}) == [("10.1.2.3", 11112, 11112)]
     for name in ("api", "dicom"):
         command = services[name]["command"]
         assert int(_option(command, "--port")) == published[name][0][2], f"{name} listens where it is published"
@@ -215,7 +219,7 @@ def test_secrets_are_required_not_defaulted(compose: dict[str, Any], services: d
     ops = {}
     for var, op in variables(compose):
         ops.setdefault(var, set()).add(op)
-    # The API binds 0.0.0.0 and the receiver is published on every interface: both need their guard set.
+    # The API binds 0.0.0.0 and the receiver may be published on the hospital network: both need their guard set.
     for var in ("CXR_API_TOKEN", "CXR_QDRANT_API_KEY", "CXR_DICOM_ALLOW_AETS"):
         assert ops[var] == {":?"}, f"{var} must be required (${{{var}:?...}}), never defaulted"
     assert "CXR_DICOM_ALLOW_AETS" in environment(services["dicom"])

@@ -83,7 +83,8 @@ function options() {
   const lo = $("f-age-min").value;
   const hi = $("f-age-max").value;
   if (lo !== "" || hi !== "") {
-    // Ages are integers in the store; a range becomes the any-of list the filter syntax has.
+    // Ages are integers in the store; a range becomes the any-of list the filter syntax has. The store keeps
+    // 90 and over as one band (90), and the server maps any age from 90 up to that band.
     const from = Math.max(0, parseInt(lo || "0", 10));
     const to = Math.min(120, parseInt(hi || "120", 10));
     const ages = [];
@@ -291,7 +292,9 @@ function card(hit, index) {
   meta.querySelector(".label").textContent = label;
   meta.querySelector(".rank").textContent = `#${hit.rank}`;
   meta.querySelector(".score").textContent = hit.score.toFixed(3);
-  meta.querySelector(".source").textContent = [hit.payload.source, hit.payload.view, hit.payload.sex, hit.payload.age]
+  // The API top-codes ages: age_band ("90+") stands for every age of 90 or over.
+  const age = hit.payload.age_band ?? hit.payload.age;
+  meta.querySelector(".source").textContent = [hit.payload.source, hit.payload.view, hit.payload.sex, age]
     .filter((v) => v !== undefined && v !== null && v !== "").join(" · ");
   const marks = document.createElement("div");
   marks.className = "marks";

@@ -1,0 +1,138 @@
+"""A memory budget for decodes: each decode reserves what it will cost, estimated from the file's header before
+any pixel is decoded, and waits briefly for room or is refused.
+
+Decoding is far dearer than the file: a 200 KB PNG of 8,900 x 8,900 pixels peaks at about 2.3 GB, because the
+decoders work on float64 copies of the full image. Measured peak RSS per pixel of `decode_bytes` (and what the API
+does next: a model input or a PNG preview), on 16-Mpx images (benchmarks/decode_memory.py):
+8-bit and 16-bit PNG, JPEG 29-30 B/px; RGB PNG 33 B/px; DICOM 16-bit 32 B/px, with a window 40 B/px (both with
+the file's bytes already in memory, which the estimate adds separately).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from services.errors import DecodeBusyError, ImageTooLargeError
+from services.imaging.reasons import DecodeReason
+from services.imaging.sniff import HEAD_BYTES, has_dicm_magic, is_dicom
+
+# Bytes per pixel reserved, a little above the measured peaks (see the module docstring).
+RASTER_GREY_BPP = 32
+RASTER_COLOUR_BPP = 36
+DICOM_BPP = 44
+# The file's bytes are held twice while decoding: the upload itself and the parser's copy of the pixel data.
+FILE_COPIES = 2
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """What the header declares and the bytes a decode of it is expected to peak at."""
+
+    pixels: int
+    bytes: int
+
+
+def estimate_cost(data: bytes) -> DecodeCost:
+    """The expected peak memory of decoding `data`, from its header alone (nothing is decoded).
+
+    A header that cannot be read costs only the file: the decoder will refuse it before decoding pixels.
+    """
+    floor = FILE_COPIES * len(data)
+    if is_dicom(data[:HEAD_BYTES]):
+        size = _dicom_size(data)
+        bpp = DICOM_BPP
+    else:
+        size, colour = _raster_size(data)
+        bpp = RASTER_COLOUR_BPP if colour else RASTER_GREY_BPP
+    if size is None:
+        return DecodeCost(0, floor)
+    return DecodeCost(size, size * bpp + floor)
+
+
+def _dicom_size(data: bytes) -> int | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=not has_dicm_magic(data), stop_before_pixels=True)
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except Exception:  # the decoder refuses it with the reason
+        return None
+    return max(0, rows) * max(0, columns) * max(1, frames) * max(1, samples)
+
+
+def _raster_size(data: bytes) -> tuple[int | None, bool]:
+    from PIL import Image
+
+    from services.imaging.raster import RASTER_FORMATS
+
+    try:
+        with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as image:
+            width, height = image.size
+            return width * height, image.mode not in ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B")
+    except Image.DecompressionBombError:
+        return None, False  # the decoder refuses it as too large
+    except Exception:
+        return None, False
+
+
+class DecodeBudget:
+    """At most `capacity_bytes` of decodes at once; a decode waits up to `wait_s` for room, then is refused.
+
+    A decode that alone needs more than the whole budget is refused at once (ImageTooLargeError, 413); one that
+    finds the budget taken for `wait_s` gets DecodeBusyError (503, retry later).
+    """
+
+    def __init__(self, capacity_bytes: int, wait_s: float) -> None:
+        self.capacity = capacity_bytes
+        self.wait_s = wait_s
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @property
+    def used(self) -> int:
+        with self._cond:
+            return self._used
+
+    @contextmanager
+    def reserve(self, cost: DecodeCost, name: str = "upload") -> Iterator[None]:
+        """Hold `cost.bytes` of the budget for the block (decoding and whatever uses the pixels next)."""
+        need = cost.bytes
+        if need > self.capacity:
+            raise ImageTooLargeError(
+                name,
+                f"too large to decode here: {cost.pixels:,} pixels need about {_mb(need)} MB, over the server's "
+                f"decode memory budget of {_mb(self.capacity)} MB",
+                "Send a smaller image, or raise CXR_API_DECODE_MEMORY_MB if the machine has the memory.",
+                code=DecodeReason.TOO_LARGE,
+            )
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self._used + need > self.capacity:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DecodeBusyError(
+                        f"the server is busy decoding other large images: this one needs about {_mb(need)} MB and "
+                        f"{_mb(self.capacity - self._used)} MB of the {_mb(self.capacity)} MB decode budget is "
+                        f"free",
+                        retry_after_s=max(1, math.ceil(self.wait_s)),
+                    )
+                self._cond.wait(left)
+            self._used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= need
+                self._cond.notify_all()
+
+
+def _mb(n: int) -> int:
+    return math.ceil(n / 2**20)
