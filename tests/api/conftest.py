@@ -4,6 +4,7 @@ over it (in-process through TestClient, or served by uvicorn on a free port for 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,6 +69,20 @@ def indexed(
     with (public_sample / "manifest.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     return Indexed(settings, tiny_checkpoint, rows, public_sample, dicom)
+
+
+def serve_env(indexed: Indexed, **extra: str) -> dict[str, str]:
+    """The environment of a `cxr serve` subprocess over the indexed collection: this process's, less any CXR_
+    variable, plus the data dir, collection, salt and model, one torch thread, and `extra` (CXR_ names)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    env.update(
+        CXR_DATA_DIR=str(indexed.settings.data_dir),
+        CXR_COLLECTION=COLLECTION,
+        CXR_PATIENT_SALT=indexed.settings.patient_salt.get_secret_value(),
+        CXR_MODEL=str(indexed.model),
+        CXR_TORCH_THREADS="1",
+    )
+    return env | extra
 
 
 def make_client(settings: Settings, model: Path, **kwargs: object) -> TestClient:

@@ -5,7 +5,6 @@ uploads at once never push the server's peak RSS past the budget plus its restin
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.api.conftest import COLLECTION, Indexed
+from tests.api.conftest import Indexed, serve_env
 from tests.services import free_port, wait_for
 
 BUDGET_MB = 640  # two 3000 x 3000 decodes (about 290 MB each) fit, a third waits
@@ -39,16 +38,7 @@ def _status_kb(pid: int, field: str) -> int:
 
 def test_eight_large_uploads_at_once_stay_within_the_budget(indexed: Indexed, tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CXR_")},
-        "CXR_DATA_DIR": str(indexed.settings.data_dir),
-        "CXR_COLLECTION": COLLECTION,
-        "CXR_PATIENT_SALT": indexed.settings.patient_salt.get_secret_value(),
-        "CXR_MODEL": str(indexed.model),
-        "CXR_TORCH_THREADS": "1",
-        "CXR_API_DECODE_MEMORY_MB": str(BUDGET_MB),
-        "CXR_API_DECODE_WAIT_S": "0.5",
-    }
+    env = serve_env(indexed, CXR_API_DECODE_MEMORY_MB=str(BUDGET_MB), CXR_API_DECODE_WAIT_S="0.5")
     log = (tmp_path / "serve.log").open("w")
     cxr = Path(sys.executable).with_name("cxr")
     proc = subprocess.Popen([str(cxr), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)

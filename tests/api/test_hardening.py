@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.api.conftest import Indexed, make_client
-from tests.imaging.conftest import dicom_bytes, gradient, make_dataset
+from tests.imaging.bad_files import claims_8000_with_1kb, empty_pixel_data, mpeg2
 
 INTERNALS = ("Error", "NoneType", "len()", "Traceback")
 
@@ -22,33 +22,11 @@ def _png(side: int) -> bytes:
     return buf.getvalue()
 
 
-def _claims_8000() -> bytes:
-    ds = make_dataset(gradient())
-    ds.Rows = ds.Columns = 8000
-    ds.PixelData = b"\x01" * 1024
-    return dicom_bytes(ds)
-
-
-def _empty_pixels() -> bytes:
-    ds = make_dataset(gradient())
-    ds.PixelData = b""
-    return dicom_bytes(ds)
-
-
-def _mpeg2() -> bytes:
-    from pydicom.uid import RLELossless
-
-    ds = make_dataset(gradient())
-    ds.compress(RLELossless)
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
-    return dicom_bytes(ds)
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize(
     ("make", "status", "code"),
-    [(_claims_8000, 422, "truncated"), (_empty_pixels, 422, "no_pixel_data"),
-     (_mpeg2, 422, "unsupported_transfer_syntax"), (lambda: _png(300)[: len(_png(300)) // 2], 422, "truncated")],
+    [(claims_8000_with_1kb, 422, "truncated"), (empty_pixel_data, 422, "no_pixel_data"),
+     (mpeg2, 422, "unsupported_transfer_syntax"), (lambda: _png(300)[: len(_png(300)) // 2], 422, "truncated")],
     ids=["claims-8000x8000-over-1kb", "empty-pixel-data", "mpeg2", "png-cut-short"],
 )  # fmt: skip
 def test_decode_refusals_carry_a_reason_code_and_no_internals(client, make, status: int, code: str) -> None:
@@ -63,7 +41,7 @@ def test_decode_refusals_carry_a_reason_code_and_no_internals(client, make, stat
 
 def test_explain_refusal_has_the_same_shape(client, indexed: Indexed) -> None:
     some_id = client.post("/v1/search", params={"k": 1}, files={"file": ("q", _png(256))}).json()["hits"][0]["id"]
-    r = client.post("/v1/explain", params={"result": some_id}, files={"file": ("q", _empty_pixels())})
+    r = client.post("/v1/explain", params={"result": some_id}, files={"file": ("q", empty_pixel_data())})
     assert r.status_code == 422 and r.json()["reason"] == "no_pixel_data", r.text
 
 

@@ -3,7 +3,6 @@ the API and the viewer over the embedded store with the checkpoint."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.serve_cmd import is_loopback
-from tests.api.conftest import COLLECTION, Indexed
+from tests.api.conftest import Indexed, serve_env
 from tests.services import free_port, wait_for
 
 
@@ -37,14 +36,7 @@ def test_serve_refuses_a_public_host_without_a_token(data_dir: Path, monkeypatch
 
 def test_serve_runs_the_api_and_the_viewer(indexed: Indexed, tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CXR_")},
-        "CXR_DATA_DIR": str(indexed.settings.data_dir),
-        "CXR_COLLECTION": COLLECTION,
-        "CXR_PATIENT_SALT": indexed.settings.patient_salt.get_secret_value(),
-        "CXR_MODEL": str(indexed.model),
-        "CXR_TORCH_THREADS": "1",
-    }
+    env = serve_env(indexed)
     log = (tmp_path / "serve.log").open("w")
     cxr = Path(sys.executable).with_name("cxr")
     proc = subprocess.Popen([str(cxr), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
