@@ -7,7 +7,7 @@ Routes (all under the bearer token when CXR_API_TOKEN is set, except /livez, /re
 files and the OpenAPI schema, which hold no patient data):
   POST /v1/search, POST /v1/search/similar, GET /v1/points/{id}, GET /v1/points/{id}/thumbnail,
   POST /v1/render, GET /v1/collections, POST /v1/index, GET|POST /v1/explain, GET /livez, GET /readyz,
-  GET /viewer/ (the viewer), GET /openapi.json and /docs.
+  GET /viewer/ (the viewer), GET /openapi.json, /docs and /redoc (their scripts under /docs-assets, never a CDN).
 Every request first passes the Host and cross-site checks (services.api.same_origin), then the body limits.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from services.api import explain_routes, health, index_routes, point_routes, search_routes
 from services.api.same_origin import SameOriginGuard, parse_allowed_hosts
@@ -28,6 +29,7 @@ from services.api.state import ApiState, RuntimeLike, Submitter
 from services.config import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
+DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc scripts, served from the package
 DESCRIPTION = """Chest X-ray retrieval by image similarity.
 
 Send a bearer token (`Authorization: Bearer $CXR_API_TOKEN`) when the server sets one. Uploads are DICOM, PNG or
@@ -56,7 +58,10 @@ def create_app(
 
     from services import __version__ as version
 
-    app = FastAPI(title="cxr", version=version, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc from the files in the fastapi-offline wheel, never a CDN: they work with no internet
+    app = FastAPIOffline(
+        title="cxr", version=version, description=DESCRIPTION, lifespan=lifespan, static_url=DOCS_ASSETS
+    )
     app.state.api = state
 
     app.add_middleware(

@@ -98,3 +98,7 @@ def client(indexed: Indexed) -> Iterator[TestClient]:
     with make_client(indexed.settings, indexed.model) as c:
         c.app.state.api.wait_ready(60)
         yield c
+
+
+# The browser fixtures (tests/api/browser.py), for every API test module that drives Chromium.
+from tests.api.browser import live, page  # noqa: E402, F401
