@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import signal
 from typing import Annotated, Any
@@ -167,6 +168,8 @@ def worker(
     if unknown or not wanted:
         raise typer.BadParameter(f"unknown queue(s) {unknown}; use {' and/or '.join(QUEUES)}", param_hint="--queues")
     settings = load_settings()
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: how to see where a stuck worker waits
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     supervisor = Supervisor(
         settings, [q for q in QUEUES if q in wanted], concurrency, loglevel, lambda m: stderr.print(m, markup=False)
     )

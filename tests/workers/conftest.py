@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,12 @@ class WorkerProcess:
                 self.proc.wait(timeout=30)
         self._signal_group(signal.SIGKILL)  # whatever is left of the group
         self.proc.wait(timeout=30)
+
+    def dump_stacks(self) -> None:
+        """Ask `cxr worker` to write every thread's stack into its log (SIGUSR1, faulthandler), for a stuck run."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(1.0)
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])

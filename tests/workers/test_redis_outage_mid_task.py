@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from services.pipeline.ledger import Ledger
 from services.pipeline.sources import build_items
@@ -22,6 +23,20 @@ from tests.workers.conftest import WorkerProcess, queue_env, real_images, settin
 TRIALS = int(os.environ.get("OUTAGE_TRIALS", "3"))
 OUTAGE_S = float(os.environ.get("OUTAGE_S", "8"))
 RECOVERY_BOUND_S = 90.0  # from Redis's return to every item indexed
+SIDE = 2048  # px: decoding and resizing 16 films this size takes seconds, so the outage lands inside a task
+
+
+def _large_films(cxr_public: Path, folder: Path, n: int) -> list[Path]:
+    """`n` real X-rays upscaled to SIDE px PNGs. The tiny model embeds a batch of small JPEGs in ~0.03 s, faster
+    than the test can see it run (an earlier version waited for a task that had already finished)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, src in enumerate(real_images(cxr_public, n)):
+        with Image.open(src) as im:
+            path = folder / f"film{i:03d}.png"
+            im.convert("L").resize((SIDE, SIDE)).save(path, compress_level=1)
+        out.append(path)
+    return out
 
 
 @pytest.mark.slow
@@ -40,13 +55,20 @@ def test_redis_killed_mid_task_then_every_item_is_indexed(
         settings = settings_of(env)
         worker = WorkerProcess(env, tmp_path / "worker.log", "--loglevel", "INFO")
         workers.append(worker)
-        pool = real_images(cxr_public, 40 * TRIALS)
+        pool = _large_films(cxr_public, tmp_path / "films", 40 * TRIALS)
         healed: list[float] = []
         for trial in range(TRIALS):
             paths = pool[trial * 40 : (trial + 1) * 40]
             done_before = Ledger(settings.ledger_path).counts()["indexed"]
             assert submit(settings, build_items(paths)[0], publish=None).recorded == 40
-            wait_ledger(settings, lambda c: c["processing"] > 0, timeout=60, what=f"trial {trial}: a task running")
+            try:
+                wait_ledger(settings, lambda c: c["processing"] > 0, timeout=60, what=f"trial {trial}: a task running")
+            except TimeoutError:
+                worker.dump_stacks()
+                raise AssertionError(
+                    f"trial {trial}: no task started in 60 s; ledger {Ledger(settings.ledger_path).counts()};"
+                    f" worker log:\n{worker.tail(120)}"
+                ) from None
             redis.stop()  # mid-task
             time.sleep(OUTAGE_S)
             redis.start()
