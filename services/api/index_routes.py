@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +27,7 @@ from services.api.schemas import IndexOut
 from services.api.state import ApiState, get_state
 from services.api.uploads import Upload, decoded_upload, read_upload
 from services.config import Settings
+from services.durable import write_atomically
 from services.errors import DecodeError
 from services.pipeline.sources import Unfound, walk_files
 
@@ -48,16 +48,7 @@ def keep_upload(root: Path, upload: Upload) -> Path:
     final = root / (upload.sha256 + _EXT[upload.kind])
     if final.is_file() and final.stat().st_size == len(upload.data):
         return final
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".incoming-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(upload.data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(final, upload.data, tmp_prefix=".incoming-")
     dir_fd = os.open(root, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
