@@ -243,6 +243,16 @@ class QdrantEdgeStore(LeasedShards):
             with self._using(name) as shard:  # reopens only if a hand-over's flush failed
                 self._flush_open(name, shard)
 
+    def delete_points(self, name: str, ids: Sequence[str], *, flush: bool = True) -> None:
+        canon = check_ids(ids)
+        if not canon:
+            return
+        with self._using(name) as shard:
+            self._dirty.add(name)
+            self._call(name, "delete", shard.update, qe.UpdateOperation.delete_points(canon))
+            if flush:
+                self._flush_open(name, shard)
+
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         canon = check_ids(ids)
         with self._using(name) as shard:
@@ -335,14 +345,19 @@ class QdrantEdgeStore(LeasedShards):
             recs = self._call(name, "retrieve", shard.retrieve, canon, True, with_vectors)
         return in_order(canon, recs)
 
-    def scroll(self, name: str, *, batch: int = 1000, with_vectors: bool = False) -> Iterator[PointRecord]:
+    def scroll(
+        self, name: str, *, batch: int = 1000, with_vectors: bool = False, flt: SearchFilter | None = None
+    ) -> Iterator[PointRecord]:
         batch = check_k(batch)
         with self._using(name):  # fail here, not at the first next()
             pass
+        where = _edge_filter(flt)
 
         def page(offset: Any) -> tuple[Any, Any]:
             # A page per call: the store may change hands between pages, and offsets stay valid.
-            request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
+            request = qe.ScrollRequest(
+                offset=offset, limit=batch, filter=where, with_payload=True, with_vector=with_vectors
+            )
             with self._using(name) as shard:
                 return self._call(name, "scroll", shard.scroll, request)
 

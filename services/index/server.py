@@ -195,6 +195,14 @@ class QdrantServerStore:
         ]
         self._call(name, "upsert", self._client.upsert, name, points=structs, wait=True)
 
+    def delete_points(self, name: str, ids: Sequence[str], *, flush: bool = True) -> None:
+        del flush  # the server persists through its own write-ahead log
+        canon = check_ids(ids)
+        if canon:
+            self._dim(name)
+            selector = qm.PointIdsList(points=list(canon))
+            self._call(name, "delete", self._client.delete, name, points_selector=selector, wait=True)
+
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         canon = check_ids(ids)
         self._dim(name)
@@ -332,9 +340,12 @@ class QdrantServerStore:
         )
         return in_order(canon, recs)
 
-    def scroll(self, name: str, *, batch: int = 1000, with_vectors: bool = False) -> Iterator[PointRecord]:
+    def scroll(
+        self, name: str, *, batch: int = 1000, with_vectors: bool = False, flt: SearchFilter | None = None
+    ) -> Iterator[PointRecord]:
         batch = check_k(batch)
         self._dim(name)  # fail here, not at the first next()
+        where = _server_filter(flt)
 
         def page(offset: Any) -> tuple[Any, Any]:
             return self._call(
@@ -342,6 +353,7 @@ class QdrantServerStore:
                 "scroll",
                 self._client.scroll,
                 name,
+                scroll_filter=where,
                 limit=batch,
                 offset=offset,
                 with_payload=True,

@@ -32,6 +32,7 @@ INDEXED_FIELDS: dict[str, str] = {
     "series_uid": "keyword",
     "sop_uid": "keyword",
     "age": "integer",
+    "source_ref": "keyword",  # a changed file's earlier point is found by it (services.pipeline.stages)
 }
 
 COLLECTION_NAME_MAX = 64  # collection names are directory names in the embedded store; see check_name
@@ -209,8 +210,14 @@ class VectorStore(Protocol):
         """Stored points by id, in the order given; missing ids are left out."""
         ...
 
-    def scroll(self, name: str, *, batch: int = 1000, with_vectors: bool = False) -> Iterator[PointRecord]:
-        """Every point of the collection, fetched `batch` at a time."""
+    def scroll(
+        self, name: str, *, batch: int = 1000, with_vectors: bool = False, flt: SearchFilter | None = None
+    ) -> Iterator[PointRecord]:
+        """Every point of the collection (or those `flt` keeps), fetched `batch` at a time."""
+        ...
+
+    def delete_points(self, name: str, ids: Sequence[str], *, flush: bool = True) -> None:
+        """Remove points by id (missing ones are ignored); durable when it returns unless `flush=False`."""
         ...
 
     def count(self, name: str) -> int: ...

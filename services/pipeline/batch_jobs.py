@@ -32,6 +32,7 @@ from services.pipeline.stages import (
     TRANSIENT_STORE_ERRORS,
     FileError,
     Prepared,
+    drop_replaced,
     encode_stage,
     ensure_same_model,
     error_reason,
@@ -208,11 +209,10 @@ def stage_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> tuple
             ledger.mark_failed(p.key, "upsert", error_reason(exc), permanent=True, collection=batch.collection)
         out.refused = len(points)
         return out, []
-    todo, skipped = split_existing(
-        store, batch.collection, points, point_id=lambda p: p.point_id, update=lambda p: p.update
-    )
+    todo, skipped = split_existing(store, batch.collection, points, update=lambda p: p.update)
     records = [(p, PointRecord(p.point_id, np.asarray(p.vector, dtype=np.float32), p.payload)) for p in todo]
     landed, refused = upsert_stage(store, batch.collection, records, flush=False)
+    drop_replaced(store, batch.collection, landed, flush=False)  # made durable by the same flush
     for p, why in refused:
         ledger.mark_failed(p.key, "upsert", why, permanent=True, collection=batch.collection)
     out.indexed, out.skipped, out.refused = len(landed), len(skipped), len(refused)

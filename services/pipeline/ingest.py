@@ -23,6 +23,7 @@ from services.pipeline.sources import IngestItem
 from services.pipeline.stages import (
     FileError,
     Prepared,
+    drop_replaced,
     encode_stage,
     ensure_same_model,
     error_reason,
@@ -194,6 +195,7 @@ class Ingestor:
         t1 = time.perf_counter()
         try:
             landed, refused = upsert_stage(self.store, self.opts.collection, records, flush=False)
+            drop_replaced(self.store, self.opts.collection, landed, flush=False)  # a changed file keeps one point
             self._unflushed.extend(landed)
             report.failed.extend(FileError(str(p.item.path), "upsert", why) for p, why in refused)
         except StoreError as exc:

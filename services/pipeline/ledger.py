@@ -101,7 +101,7 @@ def _record(
     update: bool,
 ) -> bool:
     blob = json.dumps(extra or {}, sort_keys=True)
-    rec = db.execute("SELECT state FROM items WHERE collection=? AND key=?", (collection, key)).fetchone()
+    rec = db.execute("SELECT state, extra FROM items WHERE collection=? AND key=?", (collection, key)).fetchone()
     if rec is None:
         db.execute(
             "INSERT INTO items(key, path, origin, collection, state, update_mode, extra, received_at,"
@@ -109,7 +109,7 @@ def _record(
             (key, str(path), origin, collection, int(update), blob, now, now),
         )
         return True
-    if update or rec["state"] == "failed":
+    if update or rec["state"] == "failed" or (rec["state"] == "indexed" and _changed(rec["extra"], extra)):
         db.execute(
             "UPDATE items SET path=?, origin=?, state='received', attempts=0, stage=NULL, reason=NULL,"
             " permanent=0, update_mode=?, extra=?, queued_at=NULL, updated_at=? WHERE collection=? AND key=?",
@@ -117,6 +117,18 @@ def _record(
         )
         return True
     return False
+
+
+def _changed(stored: str | None, extra: dict[str, Any] | None) -> bool:
+    """True when a file submitted again is not the one indexed: its `stat` (size, mtime) in `extra` differs from
+    the one recorded (a file rewritten in place is indexed again, and its new point replaces the old one)."""
+    now = (extra or {}).get("stat")
+    if now is None:
+        return False
+    try:
+        return json.loads(stored or "{}").get("stat") != now
+    except ValueError:
+        return True
 
 
 def _where(collection: str | None) -> tuple[str, tuple[str, ...]]:
@@ -142,7 +154,8 @@ class Ledger(LedgerFile):
         update: bool = False,
     ) -> bool:
         """Note that an image arrived. Idempotent: a resent instance that is pending or indexed stays as it is
-        (True only when the row is new, or re-armed by `update`, or a failed one came back with new bytes)."""
+        (True only when the row is new, or re-armed by `update`, or a failed one came back, or an indexed file
+        came back changed: a different `stat` in `extra`)."""
         with self._tx() as db:
             return _record(db, time.time(), key, path, origin, collection, extra, update)
 

@@ -2,7 +2,8 @@
 the queue's jobs (services.pipeline.batch_jobs: `embed_keys`, `stage_points`, `write_points`).
 
 - `prepare`: read a file once, hash, decode, resize, build its point id and payload (a `Prepared`).
-- `split_existing` / `plan_existing`: what the store already holds is skipped, unless in update mode.
+- `split_existing` / `plan_existing`: what the store already holds, unchanged, is skipped unless in update mode.
+- `drop_replaced`: a file changed in place keeps one point: the one written for its new content.
 - `encode_stage`: one model call per batch; a batch that breaks the encoder is encoded image by image.
 - `upsert_stage`: upsert, refusing only the points the store refuses.
 
@@ -15,7 +16,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from services.errors import CxrError, DecodeError, StoreError, StoreLockedError,
 from services.imaging import decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.index import PointRecord, VectorStore
 from services.index.payload import build_payload, point_id
-from services.index.store import as_matrix
+from services.index.store import SearchFilter, as_matrix
 from services.pipeline.refs import file_ref
 from services.pipeline.sources import IngestItem
 
@@ -97,21 +98,45 @@ def ensure_same_model(store: VectorStore, collection: str, model_id: str | None)
         )
 
 
+class _Point(Protocol):
+    point_id: str
+    payload: dict
+
+
+P = TypeVar("P", bound=_Point)
+
+
 def split_existing(
-    store: VectorStore,
-    collection: str,
-    batch: Sequence[T],
-    *,
-    point_id: Callable[[T], str],
-    update: Callable[[T], bool],
-) -> tuple[list[T], list[T]]:
-    """Split a batch into (to write, skipped): a point the store already holds is skipped unless its item is in
-    update mode. Only the points not in update mode are looked up (none: no call to the store)."""
-    plain = [point_id(p) for p in batch if not update(p)]
-    present = store.existing_ids(collection, plain) if plain else set()
-    todo = [p for p in batch if update(p) or point_id(p) not in present]
-    skipped = [p for p in batch if not update(p) and point_id(p) in present]
+    store: VectorStore, collection: str, batch: Sequence[P], *, update: Callable[[P], bool]
+) -> tuple[list[P], list[P]]:
+    """Split a batch into (to write, skipped): a point the store already holds with the same content is skipped
+    unless its item is in update mode. A stored point whose content changed (a file rewritten in place, a DICOM
+    instance under the same SOP Instance UID with other bytes) is written again. Only the points not in update
+    mode are looked up (none: no call to the store)."""
+    plain = [p.point_id for p in batch if not update(p)]
+    stored = {r.id: r.payload.get("content_sha256") for r in store.retrieve(collection, plain)} if plain else {}
+
+    def same(p: P) -> bool:
+        return p.point_id in stored and stored[p.point_id] == p.payload.get("content_sha256")
+
+    todo = [p for p in batch if update(p) or not same(p)]
+    skipped = [p for p in batch if not update(p) and same(p)]
     return todo, skipped
+
+
+def drop_replaced(store: VectorStore, collection: str, written: Sequence[P], *, flush: bool = True) -> int:
+    """One point per source: delete the points that carry the `source_ref` of a point just written under another
+    id (the file changed in place, so its content hash, and with it its point id, changed). Returns how many.
+    Two files with the same bytes share one point (it carries the first one's ref), so a changed first file
+    takes that point with it; the unchanged copy comes back when it is indexed again."""
+    new_id = {p.payload["source_ref"]: p.point_id for p in written if p.payload.get("source_ref")}
+    if not new_id:
+        return 0
+    flt = SearchFilter(must={"source_ref": sorted(new_id)})
+    stale = [r.id for r in store.scroll(collection, flt=flt) if new_id.get(r.payload.get("source_ref")) != r.id]
+    if stale:
+        store.delete_points(collection, stale, flush=flush)
+    return len(stale)
 
 
 def plan_existing(
@@ -120,7 +145,7 @@ def plan_existing(
     """Split a batch by what the store already holds: (to encode, (prepared, stored vector) to rewrite with the
     new payload, skipped). Without `update` a stored point is skipped; with it, its payload is rewritten and its
     vector kept when the content hash is unchanged, re-encoded when the content changed."""
-    write, skipped = split_existing(store, collection, batch, point_id=lambda p: p.point_id, update=lambda _: update)
+    write, skipped = split_existing(store, collection, batch, update=lambda _: update)
     if not update:
         return write, [], skipped
     # in update mode every point is written: the stored vector is kept where the content did not change

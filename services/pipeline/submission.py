@@ -115,6 +115,16 @@ def item_extra(label: str | None, row: ManifestRow | None) -> dict[str, Any]:
     return extra
 
 
+def file_stat(path: str | Path) -> dict[str, Any]:
+    """`{"stat": [size, mtime_ns]}` of a file, in its ledger `extra`: a file submitted again with another stat
+    changed in place, and is indexed again (Ledger.record); `{}` when it cannot be read now (the worker says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"stat": [st.st_size, st.st_mtime_ns]}
+
+
 def ingest_item(item: Item) -> IngestItem:
     """The ingest item of a ledger row: its file, and the label and manifest fields `submit` put in `extra`."""
     row = None
@@ -145,7 +155,9 @@ def submit(
     collection = collection or settings.collection
     out = Submitted()
     salt = settings.salt
-    entries = [(file_key(i.path, salt), Path(i.path).absolute(), item_extra(i.label, i.row)) for i in items]
+    entries = [
+        (file_key(i.path, salt), Path(i.path).absolute(), item_extra(i.label, i.row) | file_stat(i.path)) for i in items
+    ]
     fresh = ledger.record_many(entries, origin=origin, collection=collection, update=update)
     out.recorded = sum(fresh)
     out.already = len(fresh) - out.recorded

@@ -91,6 +91,21 @@ def test_existing_ids(store_case: StoreCase, data: Clustered) -> None:
     assert store_case.store.existing_ids(name, []) == set()
 
 
+def test_delete_points_and_filtered_scroll(store_case: StoreCase, data: Clustered) -> None:
+    store = store_case.store
+    name = _fill(store_case, data)
+    patient = {data.ids[i] for i in range(len(data.ids)) if i % 40 == 3}
+    flt = SearchFilter(must={"patient_hash": "p03"})
+    assert {r.id for r in store.scroll(name, batch=3, flt=flt)} == patient
+    gone = sorted(patient)[:4]
+    store.delete_points(name, [*gone, str(uuid.uuid4())])  # an unknown id is ignored
+    store.delete_points(name, [])
+    assert store.count(name) == len(data.ids) - 4
+    assert store.existing_ids(name, gone) == set()
+    assert {r.id for r in store.scroll(name, flt=flt)} == patient - set(gone)
+    assert [h.id for h in store.search(name, data.vectors[data.ids.index(gone[0])], 5) if h.id in gone] == []
+
+
 def test_search_nearest_first_with_cosine_scores(store_case: StoreCase, data: Clustered) -> None:
     name = _fill(store_case, data)
     queries = data.centres[:3] + 0.05
