@@ -46,16 +46,19 @@ def queue_depths(redis_url: str, *, timeout_s: float = 0.5) -> dict[str, Any]:
 
 
 def status(as_json: JsonOpt = False) -> None:
-    """Queue depths (Redis), ledger counts and the recent indexing rate. Works while Redis is down.
+    """Queue depths (Redis), ledger counts, the recent indexing rate, and the API uploads still kept (count, size,
+    oldest age). Works while Redis is down.
 
     Example: cxr status --json
     """
     from services.pipeline.ledger import Ledger
+    from services.pipeline.uploads import uploads_summary
 
     settings = load_settings()
     ledger = Ledger(settings.ledger_path)
     data = {
         "ledger": ledger.counts(),
+        "uploads": uploads_summary(settings),
         "indexed_last_60s": ledger.indexed_since(60),
         "indexed_last_5min": ledger.indexed_since(300),
         "queues": queue_depths(settings.redis_url),
@@ -71,6 +74,9 @@ def status(as_json: JsonOpt = False) -> None:
         f"rate     {data['indexed_last_60s']} indexed in the last minute, {data['indexed_last_5min']} in 5 min"
         f" ({data['rate_per_s_5min']:.2f}/s)"
     )
+    kept = data["uploads"]
+    age = "" if kept["oldest_age_s"] is None else f", the oldest {_age(kept['oldest_age_s'])} old"
+    typer.echo(f"uploads  {kept['count']} kept ({kept['bytes'] / 2**20:.1f} MiB{age})")
     queues = data["queues"]
     if "error" in queues:
         typer.echo(f"queues   unknown: {queues['error']}; items stay in the ledger and are sent when it returns")
@@ -79,6 +85,13 @@ def status(as_json: JsonOpt = False) -> None:
             f"queues   {EMBED_QUEUE} {queues[EMBED_QUEUE]}  {INDEX_QUEUE} {queues[INDEX_QUEUE]}"
             f"  unacknowledged {queues['unacked']}"
         )
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def failures(

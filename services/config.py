@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     api_import_dir: Path | None = Field(
         None, description="POST /v1/index may name server-side files only under this folder; unset = uploads only."
     )
+    api_upload_retention_h: float = Field(
+        0.0,
+        ge=0,
+        description="Hours a file uploaded to POST /v1/index is kept once indexed or failed; 0 = deleted at the"
+        " worker's next sweep (its points' thumbnails then say the image is gone).",
+    )
     api_allowed_hosts: str = Field(
         "",
         description="Comma-separated host names the REST API answers to besides loopback and its own address "
@@ -227,7 +233,9 @@ class Settings(BaseSettings):
         " (recorded, never indexed) and answer success, instead of refusing it with 0xC003.",
     )
     spool_deidentify: bool = Field(
-        False, description="Keep only PS3.15 Annex E de-identified copies in the spool (hashed UIDs, pseudonym id)."
+        False,
+        description="Keep only PS3.15 Annex E de-identified copies in the spool and of DICOM uploaded to the API"
+        " (hashed UIDs, pseudonym id).",
     )
     receiver_dispatch_interval_s: float = Field(
         10.0, gt=0, description="The receiver and puller call the dispatcher at least this often (s), besides stores."

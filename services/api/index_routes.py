@@ -5,8 +5,8 @@ services.pipeline.submission.submit when a Redis broker is configured. Without o
 it never indexes in the request.
 
 - Uploads (form fields `file`, repeatable) are sniffed (415) and decoded once (422/413) so a bad file is refused
-  at once, then kept under DATA_DIR/uploads/<sha256>.<kind> (written to a temp file, fsynced, renamed) for the
-  workers. Their names on the client are never used.
+  at once, then kept for the workers (services.pipeline.uploads: de-identified first when CXR_SPOOL_DEIDENTIFY is
+  on, deleted once indexed or failed). Their names on the client are never used.
 - Server-side files (form fields `path`, repeatable) are accepted only inside CXR_API_IMPORT_DIR (403
   otherwise; 404 for a path that is not there): a request can never point the workers at any other file. Every
   file is resolved, a named one and each found walking a named folder, and one whose symlink leads out of the
@@ -16,7 +16,6 @@ it never indexes in the request.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,34 +26,31 @@ from services.api.schemas import IndexOut
 from services.api.state import ApiState, get_state
 from services.api.uploads import Upload, decoded_upload, read_upload
 from services.config import Settings
-from services.durable import write_atomically
 from services.errors import DecodeError
+from services.imaging.reasons import DecodeReason, describe_exception
+from services.pacs.deid import BurnedInAnnotationError, Deidentifier, deidentify_bytes
 from services.pipeline.sources import Unfound, walk_files
+from services.pipeline.uploads import keep_upload, uploads_dir
 
 router = APIRouter(prefix="/v1", tags=["index"])
 log = logging.getLogger("cxr.api")
 
 MAX_FILES = 100
-_EXT = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
 
 
-def uploads_dir(settings: Settings) -> Path:
-    return settings.data_dir / "uploads"
-
-
-def keep_upload(root: Path, upload: Upload) -> Path:
-    """Write the upload durably as ROOT/<sha256>.<ext> (idempotent: the same bytes land on the same name)."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / (upload.sha256 + _EXT[upload.kind])
-    if final.is_file() and final.stat().st_size == len(upload.data):
-        return final
-    write_atomically(final, upload.data, tmp_prefix=".incoming-")
-    dir_fd = os.open(root, os.O_RDONLY)
+def deidentified(upload: Upload, deid: Deidentifier | None) -> bytes:
+    """The bytes to keep: a DICOM upload de-identified like the spool when `deid` (CXR_SPOOL_DEIDENTIFY), else as
+    sent. DecodeError when it cannot be cleaned (BurnedInAnnotation YES: its pixels carry text)."""
+    if deid is None or upload.kind != "dicom":
+        return upload.data
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
+        return deidentify_bytes(deid, upload.data)[0]
+    except BurnedInAnnotationError as exc:
+        why = str(exc)
+    except Exception as exc:  # noqa: BLE001 - it decoded, so this is the writer refusing an odd element
+        log.info("upload not de-identified: %s", describe_exception(exc))
+        why = "the DICOM file cannot be de-identified"
+    raise DecodeError("upload", why, code=DecodeReason.CANNOT_DEIDENTIFY)
 
 
 def import_path(settings: Settings, raw: str) -> Path:
@@ -146,6 +142,8 @@ async def index(
                 raise
             refused.append({"file": f"#{i}", "reason": str(exc.detail)})
 
+    deid = Deidentifier(settings.salt) if settings.spool_deidentify else None
+
     def work() -> IndexOut:
         names: dict[str, str] = {}  # server path -> the client's name for it
         server_paths: list[Path] = []
@@ -165,7 +163,12 @@ async def index(
                 log.info("upload #%d refused (%s): %s", i, exc.code, exc.detail or exc.reason)
                 refused.append({"file": f"#{i}", "reason": exc.reason, "code": exc.code})
                 continue
-            kept.append(keep_upload(uploads_dir(settings), upload))
+            try:
+                data = deidentified(upload, deid)
+            except DecodeError as exc:
+                refused.append({"file": f"#{i}", "reason": exc.reason, "code": exc.code})
+                continue
+            kept.append(keep_upload(uploads_dir(settings), data, upload.kind))
             names[str(kept[-1])] = f"#{i}"
         if not kept and not server_paths:
             raise HTTPException(422, {"message": "no file could be queued", "refused": refused})

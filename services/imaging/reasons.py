@@ -25,6 +25,7 @@ class DecodeReason(StrEnum):
     BLANK = "blank"  # every pixel equal
     OUT_OF_MEMORY = "out_of_memory"  # the machine ran out of memory while decoding (the server's state)
     UNREADABLE = "unreadable"  # a path that is missing, not a regular file or not readable
+    CANNOT_DEIDENTIFY = "cannot_deidentify"  # de-identification is on and the file says its pixels carry text
 
 
 def decoder_failure(name: str, what: str, exc: BaseException, *, truncated: bool = False) -> DecodeError:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 
+import pydicom
 from pydicom import __version_info__ as pydicom_version
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -189,3 +191,13 @@ class Deidentifier:
         values = [value] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
         out = [v if str(v).startswith(DICOM_ROOT) else self.uid(str(v)) for v in values]
         return out if len(out) != 1 else out[0]
+
+
+def deidentify_bytes(deid: Deidentifier, data: bytes) -> tuple[bytes, str]:
+    """A de-identified copy of the DICOM file `data` and its new SOP Instance UID, written like the original (same
+    transfer syntax, pixels as sent). BurnedInAnnotationError, or the reader's error for a file it cannot parse."""
+    ds = pydicom.dcmread(io.BytesIO(data), force=False)
+    deid.apply(ds)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    return buf.getvalue(), str(ds.SOPInstanceUID)

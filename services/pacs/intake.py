@@ -27,7 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from services.pacs import acceptance as st
-from services.pacs.deid import BurnedInAnnotationError, Deidentifier
+from services.pacs.deid import BurnedInAnnotationError, Deidentifier, deidentify_bytes
 from services.pacs.spool import Spool, SpoolFullError, valid_uid
 from services.pacs.uid_conflict import Image, Verdict, compare
 from services.pipeline.ledger import Ledger, sop_key
@@ -117,7 +117,7 @@ class Intake:
         stored_uid = uid
         if self.deid is not None:
             try:
-                data, stored_uid = self._deidentify(data)
+                data, stored_uid = deidentify_bytes(self.deid, data)
             except BurnedInAnnotationError as exc:
                 return Outcome(st.CANNOT_DEIDENTIFY, uid, str(exc))
             except Exception as exc:  # noqa: BLE001
@@ -226,14 +226,6 @@ class Intake:
         if self.quarantine_conflicts:
             return Outcome(st.SUCCESS, uid, "", False, Path(where), conflict=True)
         return Outcome(st.UID_CONFLICT, uid, f"SOP Instance UID taken by {verdict.reason}", conflict=True)
-
-    def _deidentify(self, data: bytes) -> tuple[bytes, str]:
-        assert self.deid is not None
-        ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        self.deid.apply(ds)
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=False)  # write like the original: same transfer syntax, pixels as sent
-        return buf.getvalue(), str(ds.SOPInstanceUID)
 
 
 def reconcile_spool(spool: Spool, ledger: Ledger, *, collection: str) -> int:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from services.pipeline.ledger_file import LedgerFile
+from services.pipeline.ledger_rows import Item, _record, _row
 from services.pipeline.refs import file_ref, sop_key
 
 __all__ = ["STATES", "TERMINAL", "Item", "Ledger", "file_key", "sop_key"]
@@ -34,31 +34,6 @@ TERMINAL = ("indexed", "failed")
 HELD_STAGES = ("uid-conflict",)
 
 
-@dataclass(frozen=True)
-class Item:
-    """One ledger row."""
-
-    key: str
-    path: str
-    origin: str
-    collection: str
-    state: str
-    attempts: int
-    stage: str | None
-    reason: str | None
-    permanent: bool
-    update: bool
-    extra: dict[str, Any]
-    point_id: str | None
-    received_at: float
-    queued_at: float | None
-    updated_at: float
-    indexed_at: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 LEGACY_FILE_PREFIX = "file:/"  # keys of ledgers written before file keys were opaque: 'file:<absolute path>'
 
 
@@ -67,68 +42,6 @@ def file_key(path: str | Path, salt: bytes) -> str:
     payload's `source_ref` (services.pipeline.refs.file_ref). Keys travel in broker messages (Redis) and hospital
     exports name folders after patients, so a key never holds the path; the path stays in the row."""
     return file_ref(path, salt)
-
-
-def _row(rec: sqlite3.Row) -> Item:
-    return Item(
-        key=rec["key"],
-        path=rec["path"],
-        origin=rec["origin"],
-        collection=rec["collection"],
-        state=rec["state"],
-        attempts=rec["attempts"],
-        stage=rec["stage"],
-        reason=rec["reason"],
-        permanent=bool(rec["permanent"]),
-        update=bool(rec["update_mode"]),
-        extra=json.loads(rec["extra"]) if rec["extra"] else {},
-        point_id=rec["point_id"],
-        received_at=rec["received_at"],
-        queued_at=rec["queued_at"],
-        updated_at=rec["updated_at"],
-        indexed_at=rec["indexed_at"],
-    )
-
-
-def _record(
-    db: sqlite3.Connection,
-    now: float,
-    key: str,
-    path: str | Path,
-    origin: str,
-    collection: str,
-    extra: dict[str, Any] | None,
-    update: bool,
-) -> bool:
-    blob = json.dumps(extra or {}, sort_keys=True)
-    rec = db.execute("SELECT state, extra FROM items WHERE collection=? AND key=?", (collection, key)).fetchone()
-    if rec is None:
-        db.execute(
-            "INSERT INTO items(key, path, origin, collection, state, update_mode, extra, received_at,"
-            " updated_at) VALUES (?,?,?,?,'received',?,?,?,?)",
-            (key, str(path), origin, collection, int(update), blob, now, now),
-        )
-        return True
-    if update or rec["state"] == "failed" or (rec["state"] == "indexed" and _changed(rec["extra"], extra)):
-        db.execute(
-            "UPDATE items SET path=?, origin=?, state='received', attempts=0, stage=NULL, reason=NULL,"
-            " permanent=0, update_mode=?, extra=?, queued_at=NULL, updated_at=? WHERE collection=? AND key=?",
-            (str(path), origin, int(update), blob, now, collection, key),
-        )
-        return True
-    return False
-
-
-def _changed(stored: str | None, extra: dict[str, Any] | None) -> bool:
-    """True when a file submitted again is not the one indexed: its `stat` (size, mtime) in `extra` differs from
-    the one recorded (a file rewritten in place is indexed again, and its new point replaces the old one)."""
-    now = (extra or {}).get("stat")
-    if now is None:
-        return False
-    try:
-        return json.loads(stored or "{}").get("stat") != now
-    except ValueError:
-        return True
 
 
 def _where(collection: str | None) -> tuple[str, tuple[str, ...]]:
@@ -344,6 +257,17 @@ class Ledger(LedgerFile):
             (cutoff, limit),
         )
         return [_row(r) for r in recs]
+
+    def release_files(self, origin: str, *, before: float, release: Callable[[str], bool], limit: int = 1000) -> int:
+        """Call `release(path)` on the files of `origin` items done in every collection (indexed or failed) and
+        untouched since `before`, under the write lock (no item can be re-armed meanwhile); how many it took."""
+        with self._tx() as db:
+            recs = db.execute(
+                "SELECT path FROM items WHERE origin=? GROUP BY path"
+                " HAVING SUM(state NOT IN ('indexed','failed'))=0 AND MAX(updated_at) <= ? LIMIT ?",
+                (origin, before, limit),
+            ).fetchall()
+            return sum(bool(release(r["path"])) for r in recs)
 
     def in_flight(self, *, limit: int) -> int:
         """How many items are received, queued or processing, counted up to `limit` (an index range scan: the

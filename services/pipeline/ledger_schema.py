@@ -3,7 +3,8 @@
 Version 2 keys an item by (collection, key): the same instance or file indexed into a second collection (a new
 model, a test collection) is a second item with its own state, while the spool file and the refs stay shared.
 Version 1 (no `user_version`) keyed it by `key` alone, so an instance received into one collection was "already
-here" for every other. The migration copies every row as it is; it runs once, in one transaction, when any cxr
+here" for every other. Version 3 adds an index by origin (which API uploads may be deleted); a version 2 ledger
+gains it when first opened. The migration copies every row as it is; it runs once, in one transaction, when any cxr
 process first opens the file.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 
-VERSION = 2
+VERSION = 3
 
 ITEMS = """
 CREATE TABLE IF NOT EXISTS items (
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_key ON items(key);
 CREATE INDEX IF NOT EXISTS items_state ON items(state, updated_at);
 CREATE INDEX IF NOT EXISTS items_indexed ON items(indexed_at);
+CREATE INDEX IF NOT EXISTS items_origin ON items(origin, path);
 """
 
 OTHERS = """

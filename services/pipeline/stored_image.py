@@ -65,6 +65,12 @@ def load_stored_pixels(
 ) -> np.ndarray:
     """Decoded grey pixels in [0, 1] of a stored point; StoredImageError when its file is unknown, gone or broken."""
     path = stored_image_path(ledger, payload)
+    if not path.exists():
+        raise StoredImageError(
+            f"the image of point {point_id} is no longer kept on this server",
+            "Files uploaded to POST /v1/index are deleted once indexed (CXR_API_UPLOAD_RETENTION_H keeps them);"
+            " an indexed file may have been moved or deleted.",
+        )
     try:
         return decode_image(path, max_pixels=max_pixels, min_side=min_side).pixels
     except DecodeError as exc:

@@ -10,7 +10,8 @@ while the broker is down, and the sweep sends what is due once it is back.
 - `dispatch_due(settings, ledger, publish)`: send every due item (received, or queued/processing and untouched
   for `settings.requeue_after_s`) in batches of `settings.queue_batch_size` keys of one collection, mark them
   queued, and return how many were sent. Stops at the first `BrokerUnavailable`, leaving the rest due.
-- `Sweep(settings, publish)`: a daemon thread calling `dispatch_due` every `settings.sweep_interval_s`.
+- `Sweep(settings, publish)`: a daemon thread calling `dispatch_due` every `settings.sweep_interval_s` (and deleting
+  the API uploads no item needs any more, services.pipeline.uploads).
 - `item_extra` / `ingest_item`: the ledger `extra` of a submitted file, and back to an IngestItem.
 """
 
@@ -188,6 +189,7 @@ class Sweep(threading.Thread):
 
     def run(self) -> None:
         from services.pipeline.heartbeats import Heartbeats
+        from services.pipeline.uploads import release_uploads
 
         ledger = Ledger(self.settings.ledger_path)
         heartbeats = Heartbeats(self.settings.ledger_path)
@@ -198,6 +200,7 @@ class Sweep(threading.Thread):
                 for wid, n in heartbeats.reap(ledger, interval_s=self.settings.worker_heartbeat_s):
                     log.warning("worker %s stopped beating; %d item(s) it may have held are sent again", wid, n)
                 self.sent += dispatch_due(self.settings, ledger, publish)
+                release_uploads(self.settings, ledger)  # API uploads nothing needs any more
             except Exception:  # noqa: BLE001 - the sweep must outlive any one bad round (a locked ledger, ...)
                 log.exception("sweep round failed; trying again in %.0f s", self.settings.sweep_interval_s)
             self._stop.wait(self.settings.sweep_interval_s)

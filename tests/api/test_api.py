@@ -265,7 +265,7 @@ def test_thumbnail_of_an_image_gone_from_disk_is_409(indexed: Indexed, tmp_path:
     with make_client(settings, indexed.model) as c:
         c.app.state.api.wait_ready(60)
         r = c.get(f"/v1/points/{point.id}/thumbnail")
-        assert r.status_code == 409 and "cannot be read any more" in r.json()["detail"]
+        assert r.status_code == 409 and "no longer kept on this server" in r.json()["detail"]
         assert "ledger" in c.app.state.api.runtime.__dict__  # resolved through the runtime's one open ledger
     for part in settings.data_dir.glob("ledger.sqlite3*"):
         part.unlink()  # as on another host of a shared server: no ledger row

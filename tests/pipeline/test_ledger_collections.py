@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from services.pipeline.ledger_schema import VERSION
 from services.pipeline.ledger import Ledger, file_key, sop_key
 
 V1 = Path(__file__).parent / "data" / "ledger-v1.sqlite"
@@ -55,7 +56,7 @@ def test_a_ledger_from_the_previous_version_is_migrated_in_place(tmp_path: Path)
     assert led.cursor("pull:orthanc") == "42"
     assert led.resolve_ref("file:0123456789abcdef0123456789abcdef") == Path("/studies/b.png")
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == VERSION
         pk = [r[1] for r in sorted(db.execute("PRAGMA table_info(items)"), key=lambda r: r[5]) if r[5]]
         assert pk == ["collection", "key"]
         assert not db.execute("SELECT 1 FROM sqlite_master WHERE name='items_v1'").fetchone()

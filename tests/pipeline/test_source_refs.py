@@ -158,7 +158,7 @@ def test_a_stored_points_pixels_come_from_its_ref_or_say_why_not(tmp_path: Path)
     with pytest.raises(StoredImageError, match="it has no source"):
         load_stored_pixels(ledger, {"label": "normal"}, "p3")
     film.unlink()
-    with pytest.raises(StoredImageError, match="point p1 cannot be read any more: file not found"):
+    with pytest.raises(StoredImageError, match="point p1 is no longer kept on this server"):
         load_stored_pixels(ledger, {"source_ref": file_ref(film, b"s")}, "p1")
 
 
