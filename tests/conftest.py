@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.services import OrthancServer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -96,5 +101,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
     from tests.services import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """One real Orthanc for the session (DICOMweb plugin, authentication on, free ports); `clean_orthanc` in
+    tests/pacs empties it for a test."""
+    from tests.services import OrthancServer
+
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
     yield server
     server.stop()

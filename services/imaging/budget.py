@@ -63,9 +63,17 @@ def _dicom_size(data: bytes) -> int | None:
         rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
         frames = int(ds.get("NumberOfFrames") or 1)
         samples = int(ds.get("SamplesPerPixel") or 1)
+        bits_allocated = int(ds.get("BitsAllocated") or 0)
+        syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+        compressed = bool(syntax) and pydicom.uid.UID(str(syntax)).is_compressed
     except Exception:  # the decoder refuses it with the reason
         return None
-    return max(0, rows) * max(0, columns) * max(1, frames) * max(1, samples)
+    size = max(0, rows) * max(0, columns) * max(1, frames) * max(1, samples)
+    if not compressed and size * bits_allocated // 8 > len(data):
+        # Uncompressed pixels that cannot fit in the file: the decoder refuses them as truncated from the header
+        # (a 2 KB file claiming 8000 x 8000), so they cost only the file, and are not refused as too large here.
+        return None
+    return size
 
 
 def _raster_size(data: bytes) -> tuple[int | None, bool]:

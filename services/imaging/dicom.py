@@ -11,10 +11,12 @@ import io
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_fragmented_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from services.errors import DecodeError
+from services.errors import DecodeError, ImageTooLargeError
+from services.imaging.codestream import declared_size
 from services.imaging.dicom_meta import int_attr, read_meta, text_attr
 from services.imaging.reasons import DecodeReason, decoder_failure
 from services.imaging.sniff import has_dicm_magic
@@ -43,6 +45,7 @@ def decode_dicom(data: bytes, name: str, *, max_pixels: int, min_side: int) -> D
     photometric, samples, bits = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
     _check_decoder(name, transfer_syntax)
     _check_native_length(ds, name, transfer_syntax, samples)
+    _check_frame_size(ds, name, transfer_syntax, max_pixels=max_pixels)
     raw = _decode_pixels(ds, name, transfer_syntax)
 
     if samples == 3:
@@ -274,3 +277,34 @@ def _check_native_length(ds: Dataset, name: str, transfer_syntax: UID, samples: 
             f"truncated: {actual:,} bytes of pixel data where the header's {columns}x{rows} needs {expected:,}",
             code=DecodeReason.TRUNCATED,
         )
+
+
+def _check_frame_size(ds: Dataset, name: str, transfer_syntax: UID, *, max_pixels: int) -> None:
+    """Refuse a compressed frame whose own header (JPEG or JPEG-LS SOF, JPEG 2000 SIZ) declares another size than
+    Rows and Columns. The decoders allocate what the codestream declares: a 30 KB frame under a 256 x 256 header
+    that says 30000 x 30000 cost gigabytes before it failed, and the API's decode budget counts Rows x Columns."""
+    if not transfer_syntax.is_encapsulated:
+        return
+    try:
+        first = next(generate_fragmented_frames(ds.PixelData, number_of_frames=1))[0]
+    except Exception:  # malformed encapsulation: the decoder refuses it with its own reason
+        return
+    size = declared_size(first)
+    if size is None:
+        return
+    rows, columns = int_attr(ds, "Rows") or 0, int_attr(ds, "Columns") or 0
+    frame_rows, frame_columns = size
+    if frame_rows in (0, rows) and frame_columns == columns:  # rows 0: a JPEG DNL marker gives them later
+        return
+    if frame_rows * frame_columns > max_pixels:
+        raise ImageTooLargeError(
+            name,
+            f"too many pixels: the compressed data declares {frame_columns}x{frame_rows}, over the limit of "
+            f"{max_pixels:,}",
+        )
+    raise DecodeError(
+        name,
+        f"corrupt: the compressed data declares {frame_columns}x{frame_rows} pixels where the header says "
+        f"{columns}x{rows}",
+        code=DecodeReason.CORRUPT,
+    )

@@ -19,6 +19,8 @@ from .bad_files import (
     claims_8000_with_1kb,
     colour_png,
     corrupt_png,
+    dicom_j2k_claiming,
+    dicom_jpeg_claiming,
     dicom_too_many_pixels,
     empty_pixel_data,
     mpeg2,
@@ -38,6 +40,10 @@ CASES: list[tuple[str, Callable[[], bytes], DecodeReason, str]] = [
     ("dicom text report", text_report, DecodeReason.NO_PIXEL_DATA, "Basic Text SR Storage is not an image"),
     ("dicom mpeg2", mpeg2, DecodeReason.UNSUPPORTED_TRANSFER_SYNTAX, "unsupported transfer syntax MPEG2"),
     ("dicom 20000x20000", dicom_too_many_pixels, DecodeReason.TOO_LARGE, "too many pixels"),
+    ("dicom j2k frame claims 30000x30000", lambda: dicom_j2k_claiming(30_000, 30_000), DecodeReason.TOO_LARGE,
+     "the compressed data declares 30000x30000"),
+    ("dicom jpeg frame larger than its header", lambda: dicom_jpeg_claiming(8000, 8000), DecodeReason.CORRUPT,
+     "declares 8000x8000 pixels where the header says 256x256"),
     ("dicom cut short", truncated_dicom, DecodeReason.TRUNCATED, "truncated"),
     ("png cut in half", truncated_png, DecodeReason.TRUNCATED, "truncated"),
     ("png with garbage in its data", corrupt_png, DecodeReason.CORRUPT, "corrupt"),
@@ -87,6 +93,9 @@ def test_cost_is_estimated_from_the_header_without_decoding() -> None:
     ds = make_dataset(gradient(300, 400))
     assert estimate_cost(dicom_bytes(ds)).pixels == 300 * 400
     assert estimate_cost(b"not an image at all").pixels == 0  # the decoder refuses it, at the cost of the file
+    # 8000 x 8000 claimed over 1 KB of uncompressed pixels: refused as truncated from the header, so not "too large"
+    lying = claims_8000_with_1kb()
+    assert estimate_cost(lying) == DecodeCost(pixels=0, bytes=2 * len(lying))
 
 
 def test_budget_admits_up_to_its_capacity_then_waits_then_refuses() -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,6 @@ from tests.services import OrthancServer, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SALT = "pacs-test-salt"
-
-
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture()

@@ -150,6 +150,34 @@ def send(paths: list[Path], host: str, port: int, *, called: str, calling: str, 
         assoc.release()
 
 
+def send_as_is(paths: list[Path], host: str, port: int, *, called: str, calling: str) -> dict[Path, int]:
+    """C-STORE the files in one association byte for byte, as a modality forwards what it holds: the data set after
+    the file meta is sent unparsed (pynetdicom's chunked mode), so a truncated or malformed one arrives as it is.
+    {path: status}; -1 where the peer answered no status."""
+    from pydicom.filereader import read_file_meta_info
+    from pynetdicom import AE, _config
+
+    metas = {p: read_file_meta_info(p) for p in paths}
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 180
+    for pair in sorted({(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas.values()}):
+        ae.add_requested_context(*pair)
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        raise ConnectionRefusedError(f"association {calling} -> {called}@{port} not established")
+    chunked = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        out = {}
+        for path in paths:
+            status = assoc.send_c_store(path)
+            out[path] = int(status.Status) if "Status" in status else -1
+        return out
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        assoc.release()
+
+
 def echo(host: str, port: int, *, called: str, calling: str) -> bool:
     from pynetdicom import AE
 
