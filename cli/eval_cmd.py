@@ -3,6 +3,7 @@ same-patient results excluded, leaks counted)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 
 from cli.errors import stderr
 from cli.options import CollectionOpt, load_settings
+from services.governance.audit import record_cli
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -89,6 +91,7 @@ def eval_(
         baselines=not no_baselines,
     )
     report = run_eval(cfg, settings, on_event=lambda m: stderr.print(m, markup=False))
+    record_cli(settings, "cli.eval", report_sha256=hashlib.sha256((out / "report.json").read_bytes()).hexdigest())
     typer.echo(headline_table(report))
     leak = report["leakage"]
     typer.echo(

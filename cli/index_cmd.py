@@ -12,6 +12,8 @@ from rich.console import Console
 from cli.errors import EXIT_PARTIAL
 from cli.options import BatchSizeOpt, CollectionOpt, JsonOpt, ManifestOpt, ModelOpt, load_settings
 from cli.progress import progress_bar
+from services.governance.audit import record_cli
+from services.governance.tombstones import tombstones_at
 
 
 def index(
@@ -56,15 +58,28 @@ def index(
     items, unfound = build_items(paths or [], manifest=rows, label_from=mode)  # type: ignore[arg-type]
     items = items[:limit] if limit else items
     if queue:
+        record_cli(settings, "cli.index-queue", collection=settings.collection, files=len(items), unfound=len(unfound))
         _enqueue(settings, items, unfound, update=update, as_json=as_json)
         return
     opts = IngestOptions.from_settings(settings, update=update)
     with Runtime(settings) as rt:
-        ingestor = Ingestor(rt.encoder, rt.store, opts, salt=settings.salt, refs=rt.ledger.put_refs)
+        forgotten = tombstones_at(settings.ledger_path, settings.salt)
+        ingestor = Ingestor(
+            rt.encoder, rt.store, opts, salt=settings.salt, refs=rt.ledger.put_refs, tombstones=forgotten
+        )
         with progress_bar() as bar:
             task = bar.add_task("indexing", total=len(items), status="")
             report = ingestor.run(items, progress=lambda n: bar.advance(task, n))
     report.failed[:0] = [FileError(u.path, "find", u.reason) for u in unfound]
+    record_cli(
+        settings,
+        "cli.index",
+        "ok" if not report.failed else "partial",
+        collection=settings.collection,
+        indexed=report.indexed,
+        skipped=report.skipped,
+        failed=len(report.failed),
+    )
     if errors_out:
         errors_out.write_text("".join(json.dumps(vars(f)) + "\n" for f in report.failed))
     _print_report(report, settings.collection, as_json)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import typer
 
+from cli.audit_cmd import audit_app
 from cli.demo_cmd import demo
 from cli.errors import CxrGroup
 from cli.eval_cmd import eval_
+from cli.forget_cmd import forget
 from cli.index_cmd import index
 from cli.pacs_cmd import dicom_listen, pacs_app
 from cli.queue_cmd import failures, retry, status, worker
 from cli.search_cmd import search
 from cli.serve_cmd import serve
 from cli.store_cmd import collections, info, optimize
+from cli.token_cmd import token_app
 from cli.train_cmd import train
 
 app = typer.Typer(
@@ -39,9 +42,12 @@ app.command()(worker)
 app.command()(status)
 app.command()(failures)
 app.command()(retry)
+app.command()(forget)
 app.command(name="dicom-listen")(dicom_listen)
 app.add_typer(pacs_app, name="pacs")
 app.command()(serve)
+app.add_typer(audit_app, name="audit")
+app.add_typer(token_app, name="token")
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ import typer
 
 from cli.errors import EXIT_PARTIAL
 from cli.options import CollectionOpt, JsonOpt, load_settings
+from services.governance.audit import audit_log, record_cli
+from services.governance.tombstones import tombstones_at
 
 pacs_app = typer.Typer(help="Pull chest radiographs from a PACS.", no_args_is_help=True)
 
@@ -55,6 +57,8 @@ def _intake(settings):  # noqa: ANN001, ANN202 - Settings -> Intake
         deidentifier=deid,
         salt=settings.salt,
         quarantine_conflicts=settings.spool_quarantine_conflicts,
+        tombstones=tombstones_at(settings.ledger_path, settings.salt),
+        skip_forgotten=settings.forget_resend == "skip",
     )
 
 
@@ -123,7 +127,7 @@ def dicom_listen(
         network_timeout_s=settings.dicom_network_timeout_s,
         dimse_timeout_s=settings.dicom_dimse_timeout_s,
     )
-    receiver = Receiver(_intake(settings), cfg, dispatch=_dispatcher(settings, dispatch))
+    receiver = Receiver(_intake(settings), cfg, dispatch=_dispatcher(settings, dispatch), audit=audit_log(settings))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -190,6 +194,18 @@ def pull(
         limit=limit,
     )
     report = run_pull(_intake(settings), opts, dispatch=_dispatcher(settings, dispatch))
+    record_cli(
+        settings,
+        "dicom.pull",
+        "ok" if not report.failed else "partial",
+        mode=report.mode,
+        listed=report.listed,
+        fetched=report.fetched,
+        new=report.stored,
+        already=report.already,
+        refused=report.refused,
+        failed=len(report.failed),
+    )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

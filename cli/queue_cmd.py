@@ -16,10 +16,9 @@ from rich.table import Table
 
 from cli.errors import stderr
 from cli.options import JsonOpt, load_settings
-from workers.queues import EMBED_QUEUE, INDEX_QUEUE, QUEUES
+from workers.queues import EMBED_QUEUE, INDEX_QUEUE, PRIORITY_SUFFIXES, QUEUES
 
 # kombu keeps a queue's messages in the list named after it, plus one list per priority step (sep \x06\x16).
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def queue_depths(redis_url: str, *, timeout_s: float = 0.5) -> dict[str, Any]:
@@ -31,7 +30,7 @@ def queue_depths(redis_url: str, *, timeout_s: float = 0.5) -> dict[str, Any]:
     try:
         pipe = client.pipeline()
         for q in QUEUES:
-            for suffix in _PRIORITY_SUFFIXES:
+            for suffix in PRIORITY_SUFFIXES:
                 pipe.llen(q + suffix)
         pipe.hlen("unacked")
         counts = pipe.execute()
@@ -39,7 +38,7 @@ def queue_depths(redis_url: str, *, timeout_s: float = 0.5) -> dict[str, Any]:
         return {"error": f"Redis at {redis_url} does not answer ({type(exc).__name__}: {exc})"}
     finally:
         client.close()
-    n = len(_PRIORITY_SUFFIXES)
+    n = len(PRIORITY_SUFFIXES)
     out: dict[str, Any] = {q: sum(counts[i * n : (i + 1) * n]) for i, q in enumerate(QUEUES)}
     out["unacked"] = counts[-1]
     return out

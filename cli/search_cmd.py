@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cli.errors import stderr
 from cli.options import CollectionOpt, JsonOpt, ModelOpt, load_settings
+from services.governance.audit import record_cli
 
 if TYPE_CHECKING:  # the heavy modules load inside the command only
     import numpy as np
@@ -72,6 +73,9 @@ def search(
         files = [resolve_source(rt.ledger, hit.payload) for hit in result.hits]
         if explain_dir is not None:
             write_explanations(explain_dir, query, decoded.pixels, result.hits, rt=rt)
+    record_cli(
+        settings, "cli.search", collection=settings.collection, query_sha256=sha, results=[h.id for h in result.hits]
+    )
     if exclude_same_patient and not result.patient_excluded:
         stderr.print(
             "warning: the query carries no patient id, so same-patient results could not be excluded; pass --patient-id"

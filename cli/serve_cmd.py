@@ -9,10 +9,11 @@ import typer
 from cli.errors import stderr
 from cli.options import CollectionOpt, ModelOpt, load_settings
 from services.api.same_origin import is_loopback_host
+from services.api.tokens import auth_configured
 
 
 def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost: the only hosts an API without a token may listen on."""
+    """True for 127.0.0.0/8, ::1 and localhost: the only hosts an API without any token may listen on."""
     return is_loopback_host(host)
 
 
@@ -42,9 +43,9 @@ def make_submitter(settings: Any) -> Any:
 
 
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on. Without CXR_API_TOKEN: loopback only.")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on. Without any API token: loopback only.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on.")] = 8000,
     queue: Annotated[
         bool | None,
@@ -62,16 +63,20 @@ def serve(
     Example: CXR_API_TOKEN=$(openssl rand -hex 24) cxr serve --host 0.0.0.0 --port 8000
     """
     settings = load_settings(collection=collection, model=model)
-    if settings.api_token is None:
+    if not auth_configured(settings):  # with CXR_API_TOKENS_FILE set every /v1 call needs a token, even if none exists
         if not is_loopback(host):
             stderr.print(
                 f"error: refusing to listen on {host} without a token: anyone who reaches it could read the images",
                 markup=False,
             )
-            stderr.print("hint: set CXR_API_TOKEN, or keep the default --host 127.0.0.1", markup=False)
+            stderr.print(
+                "hint: set CXR_API_TOKEN or CXR_API_TOKENS_FILE (`cxr token add`), or keep --host 127.0.0.1",
+                markup=False,
+            )
             raise typer.Exit(2)
         stderr.print(
-            f"no CXR_API_TOKEN set: the API is open, so it listens on {host} (this machine) only", markup=False
+            f"no CXR_API_TOKEN or CXR_API_TOKENS_FILE: the API is open, so it listens on {host} (this machine) only",
+            markup=False,
         )
     use_queue = queue if queue is not None else "redis_url" in settings.model_fields_set
     submitter = make_submitter(settings) if use_queue else None

@@ -156,7 +156,14 @@ class Settings(BaseSettings):
     )
     retry_backoff_s: float = Field(2.0, gt=0, description="First retry delay of a transient error; doubles, max 60 s.")
     api_token: SecretStr | None = Field(
-        None, description="Bearer token the REST API requires; unset = no token, and `cxr serve` binds loopback only."
+        None,
+        description="Bearer token the REST API requires, with every scope (actor 'api-token'); unset with no"
+        " CXR_API_TOKENS_FILE = no token, and `cxr serve` binds loopback only.",
+    )
+    api_tokens_file: Path | None = Field(
+        None,
+        description="Named, scoped API tokens (`cxr token add|list|revoke`): JSON lines of name, scopes and the"
+        " SHA-256 of the secret; `cxr serve` rereads it when it changes. Unset = no named tokens.",
     )
     api_max_upload_mb: int = Field(64, ge=1, description="Largest request body the REST API reads (413 beyond).")
     api_import_dir: Path | None = Field(
@@ -242,6 +249,17 @@ class Settings(BaseSettings):
     )
     pacs_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout (s) of each PACS HTTP request.")
     pacs_retries: int = Field(4, ge=0, description="Retries of a PACS request after a timeout or a 5xx/429 answer.")
+    audit_enabled: bool = Field(
+        True,
+        description="Keep the audit trail (DATA_DIR/audit.sqlite3): who searched, viewed, indexed, received or"
+        " forgot what, and when. Off only to measure its cost.",
+    )
+    forget_resend: str = Field(
+        "refuse",
+        pattern="^(refuse|skip)$",
+        description="An instance or file of a forgotten patient, study or instance that arrives again: 'refuse' (a"
+        " C-STORE failure status, a failed ledger item) or 'skip' (answered success, never kept).",
+    )
     debug: bool = Field(False, description="Print tracebacks for domain errors.")
 
     @model_validator(mode="before")
@@ -286,6 +304,10 @@ class Settings(BaseSettings):
     @property
     def ledger_path(self) -> Path:
         return self.data_dir / "ledger.sqlite3"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.sqlite3"
 
     @property
     def model_path(self) -> Path:

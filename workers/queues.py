@@ -9,6 +9,8 @@ from __future__ import annotations
 EMBED_QUEUE = "embed"
 INDEX_QUEUE = "index"
 QUEUES = (EMBED_QUEUE, INDEX_QUEUE)  # what `cxr worker` runs and `cxr status` counts
+# kombu's Redis transport keeps one list per queue and priority step: the queue's name, then these suffixes
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 EMBED_TASK = "cxr.embed"
 INDEX_TASK = "cxr.index"
 

@@ -24,6 +24,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
+from services.governance.tombstones import tombstones_at
 from workers.queues import EMBED_TASK, INDEX_QUEUE, INDEX_TASK
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class WorkerContext:
         self.runtime: Runtime = Runtime(self.settings)
         self.pid = os.getpid()
         self._writer: DeferredWriter | None = None
+        self.tombstones = tombstones_at(self.settings.ledger_path, self.settings.salt)
 
     @property
     def writer(self) -> DeferredWriter:
@@ -59,7 +61,11 @@ class WorkerContext:
 
             s = self.settings
             self._writer = DeferredWriter(
-                self.runtime.store, self.ledger, max_points=s.index_flush_points, max_delay_s=s.index_flush_s
+                self.runtime.store,
+                self.ledger,
+                max_points=s.index_flush_points,
+                max_delay_s=s.index_flush_s,
+                tombstones=self.tombstones,
             )
         return self._writer
 
@@ -133,7 +139,7 @@ def embed(task: Task, keys: list[str], collection: str | None = None) -> dict[st
     for batch in out.batches:
         if settings.qdrant_url:  # a server takes writes from every worker
             try:
-                write_points(ctx.runtime.store, ctx.ledger, batch)
+                write_points(ctx.runtime.store, ctx.ledger, batch, ctx.tombstones)
             except (*TRANSIENT_STORE_ERRORS, sqlite3.OperationalError) as exc:  # store or ledger busy past its wait
                 _retry_or_release(task, ctx, [p.key for p in batch.points], "upsert", exc, collection=batch.collection)
         else:

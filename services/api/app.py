@@ -3,12 +3,14 @@
 Nothing happens at import: the model and the store open in a background thread when the app starts (its
 lifespan), /readyz says when they are ready, and the store is closed when the app stops.
 
-Routes (all under the bearer token when CXR_API_TOKEN is set, except /livez, /readyz, the viewer's static
-files and the OpenAPI schema, which hold no patient data):
-  POST /v1/search, POST /v1/search/similar, GET /v1/points/{id}, GET /v1/points/{id}/thumbnail,
-  POST /v1/render, GET /v1/collections, POST /v1/index, GET|POST /v1/explain, GET /livez, GET /readyz,
+Routes (all under a bearer token with a scope when CXR_API_TOKEN or CXR_API_TOKENS_FILE is set, see
+services.api.access; except /livez, /readyz, the viewer's static files and the OpenAPI schema, which hold no
+patient data):
+  scope `search`: POST /v1/search, POST /v1/search/similar, GET /v1/points/{id}, GET /v1/points/{id}/thumbnail,
+  POST /v1/render, GET /v1/collections, GET|POST /v1/explain; scope `index`: POST /v1/index; GET /livez, GET /readyz,
   GET /viewer/ (the viewer), GET /openapi.json, /docs and /redoc (their scripts under /docs-assets, never a CDN).
-Every request first passes the Host and cross-site checks (services.api.same_origin), then the body limits.
+Every /v1 request is recorded in the audit trail before its answer is sent (services.api.audit_trail); every
+request first passes the Host and cross-site checks (services.api.same_origin), then the body limits.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from services.api import explain_routes, health, index_routes, point_routes, search_routes
+from services.api.access import INDEX, SEARCH, install_access, require_scope
+from services.api.audit_trail import AuditMiddleware
 from services.api.same_origin import SameOriginGuard, parse_allowed_hosts
-from services.api.security import BodyLimitMiddleware, bearer_check, install_error_handlers
+from services.api.security import BodyLimitMiddleware, install_error_handlers
 from services.api.state import ApiState, RuntimeLike, Submitter
 from services.config import Settings
 
@@ -32,8 +36,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc scripts, served from the package
 DESCRIPTION = """Chest X-ray retrieval by image similarity.
 
-Send a bearer token (`Authorization: Bearer $CXR_API_TOKEN`) when the server sets one. Uploads are DICOM, PNG or
-JPEG, told apart by their bytes; filters use the CLI's syntax (`label=covid19`, `view=PA,AP`, `label!=normal`).
+Send a bearer token (`Authorization: Bearer $CXR_API_TOKEN`, or a named token from `cxr token add`) when the server
+sets one; a named token needs the route's scope (`search`, `index` or `admin`), and only `admin` sees the UIDs,
+patient hash and content hash in payloads. Uploads are DICOM, PNG or JPEG, told apart by their bytes; filters use
+the CLI's syntax (`label=covid19`, `view=PA,AP`, `label!=normal`).
 """
 
 
@@ -69,16 +75,21 @@ def create_app(
         max_bytes=settings.api_max_upload_mb * 2**20 + 64 * 1024,
         read_timeout_s=settings.api_body_timeout_s,
     )
+    gate = install_access(app, settings)
     allowed_hosts = parse_allowed_hosts(settings.api_allowed_hosts)
     # added last, so it runs first: a request for a foreign Host or from another site reads no body
-    app.add_middleware(
-        SameOriginGuard, check_host=settings.api_token is None or bool(allowed_hosts), allowed_hosts=allowed_hosts
-    )
+    app.add_middleware(SameOriginGuard, check_host=gate.open or bool(allowed_hosts), allowed_hosts=allowed_hosts)
+    # added last, so it runs first: every /v1 answer, refusals included, is recorded before it is sent
+    app.add_middleware(AuditMiddleware, audit=state.audit)
     install_error_handlers(app)
-    guarded = [Depends(bearer_check(settings))]
     app.include_router(health.router)
-    for router in (search_routes.router, point_routes.router, index_routes.router, explain_routes.router):
-        app.include_router(router, dependencies=guarded)
+    for router, scope in (
+        (search_routes.router, SEARCH),
+        (point_routes.router, SEARCH),
+        (explain_routes.router, SEARCH),
+        (index_routes.router, INDEX),
+    ):
+        app.include_router(router, dependencies=[Depends(require_scope(scope))])
     app.mount("/viewer", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
 
     @app.get("/", include_in_schema=False)

@@ -25,10 +25,11 @@ import uuid
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from services.api.audit_trail import note
 from services.api.state import ApiState, get_state
 from services.api.uploads import decoded_upload, read_upload, single_file_part
 from services.embedding.overlay import overlay_png, pair_png
@@ -52,6 +53,7 @@ SideOpt = Annotated[
 
 @router.get("/explain", summary="Heat maps of why two indexed images are similar")
 def explain_points(
+    request: Request,
     query: Annotated[uuid.UUID, Query(description="Point id of the query image.")],
     result: ResultId,
     state: Annotated[ApiState, Depends(get_state)],
@@ -60,6 +62,7 @@ def explain_points(
     image: SideOpt = "pair",
 ) -> Response:
     """Explain an indexed pair: PNG overlay(s) or JSON maps on the patch grid."""
+    note(request, query=str(query), result=str(result))
     explainer = state.explainer()
     q_pixels = state.point_pixels(state.point(query))
     r_pixels = state.point_pixels(state.point(result))
@@ -73,6 +76,7 @@ def explain_points(
     dependencies=[Depends(single_file_part)],
 )
 async def explain_upload(
+    request: Request,
     result: ResultId,
     file: Annotated[UploadFile, File(description="The query image: DICOM, PNG or JPEG.")],
     state: Annotated[ApiState, Depends(get_state)],
@@ -82,6 +86,7 @@ async def explain_upload(
 ) -> Response:
     """Explain (uploaded query, indexed result)."""
     upload = await read_upload(state.settings, file)
+    note(request, query_sha256=upload.sha256, result=str(result))
 
     def work() -> Response:  # decoding and the model passes are blocking: off the event loop
         explainer = state.explainer()

@@ -19,9 +19,10 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from services.api.audit_trail import note
 from services.api.schemas import IndexOut
 from services.api.state import ApiState, get_state
 from services.api.uploads import Upload, decoded_upload, read_upload
@@ -114,6 +115,7 @@ def _renamed(unfound: Any, names: dict[str, str]) -> Any:
 
 @router.post("/index", response_model=IndexOut, status_code=202, summary="Queue images for indexing")
 async def index(
+    request: Request,
     state: Annotated[ApiState, Depends(get_state)],
     file: Annotated[list[UploadFile], File(description="Images to index: DICOM, PNG or JPEG.")] = [],  # noqa: B006
     path: Annotated[list[str], Form(description="Files or folders inside CXR_API_IMPORT_DIR.")] = [],  # noqa: B006
@@ -179,6 +181,12 @@ async def index(
         if server_paths:
             done = state.submitter(server_paths, label=label, origin="file", collection=settings.collection)
             submitted["paths"] = _client_names(done, names)
+        note(
+            request,
+            uploads=[u.sha256 for _, u in uploads],
+            paths=len(server_paths),
+            accepted=len(kept) + len(server_paths),
+        )
         return IndexOut(accepted=len(kept) + len(server_paths), refused=refused, submitted=submitted)
 
     return await run_in_threadpool(work)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from services.api.audit_trail import note
 from services.api.images import THUMBNAIL_SIZES, etag, etag_matches, to_png
 from services.api.schemas import CollectionOut, CollectionsOut, PointOut, public_payload, thumbnail_url
 from services.api.state import ApiState, get_state
@@ -71,6 +72,7 @@ def get_thumbnail(
     dependencies=[Depends(single_file_part)],
 )
 async def render_upload(
+    request: Request,
     file: Annotated[UploadFile, File(description="DICOM, PNG or JPEG.")],
     state: Annotated[ApiState, Depends(get_state)],
     size: SizeOpt = 768,
@@ -78,6 +80,7 @@ async def render_upload(
     """What the viewer shows as the query: decoded exactly as a search decodes it (a DICOM cannot be shown by a
     browser). Headers X-Image-Width and X-Image-Height give the original size."""
     upload = await read_upload(state.settings, file)
+    note(request, query_sha256=upload.sha256)
 
     def work() -> Response:
         with decoded_upload(upload, state.settings, state.decode_budget) as decoded:

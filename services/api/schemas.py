@@ -10,10 +10,13 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from services.ages import public_age_fields
+from services.api.access import sees_admin_fields
 from services.index import Hit
 
 # Payload keys the API never sends: `source_uri` is a server-side path (folder names can carry names).
 HIDDEN_PAYLOAD_KEYS = frozenset({"source_uri"})
+# Payload keys only a caller with the `admin` scope sees: they link a result to a patient, a study or a file.
+ADMIN_PAYLOAD_KEYS = frozenset({"patient_hash", "study_uid", "series_uid", "sop_uid", "content_sha256", "source_ref"})
 UNLABELLED = "(no label)"
 
 
@@ -23,7 +26,7 @@ class HitOut(BaseModel):
     score: float = Field(description="Cosine similarity, or the recommend score for a more-like-these search.")
     payload: dict[str, Any] = Field(
         description="PHI-free stored fields: label, view, sex, age (90 = 90 or over, with age_band '90+'), source, "
-        "UIDs, ..."
+        "...; with the admin scope also the UIDs, patient_hash, content_sha256 and source_ref"
     )
     thumbnail_url: str
 
@@ -79,22 +82,28 @@ class IndexOut(BaseModel):
     submitted: dict[str, Any]
 
 
-def public_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """A stored payload as the API sends it: no hidden keys, and ages top-coded even on points indexed before."""
-    return public_age_fields({k: v for k, v in payload.items() if k not in HIDDEN_PAYLOAD_KEYS})
+def public_payload(payload: dict[str, Any], admin: bool | None = None) -> dict[str, Any]:
+    """A stored payload as the API sends it: no hidden keys, the admin-only keys for an admin only, and ages
+    top-coded even on points indexed before. `admin` None: as the caller of the request being answered
+    (services.api.access.sees_admin_fields; False outside a checked request)."""
+    hidden = HIDDEN_PAYLOAD_KEYS
+    if not (sees_admin_fields() if admin is None else admin):
+        hidden = hidden | ADMIN_PAYLOAD_KEYS
+    return public_age_fields({k: v for k, v in payload.items() if k not in hidden})
 
 
 def thumbnail_url(root_path: str, point_id: str) -> str:
     return f"{root_path}/v1/points/{point_id}/thumbnail"
 
 
-def hits_out(hits: Sequence[Hit], root_path: str) -> list[HitOut]:
+def hits_out(hits: Sequence[Hit], root_path: str, admin: bool | None = None) -> list[HitOut]:
+    """The hits as the API sends them, each payload through `public_payload`."""
     return [
         HitOut(
             rank=i,
             id=h.id,
             score=round(float(h.score), 6),
-            payload=public_payload(h.payload),
+            payload=public_payload(h.payload, admin),
             thumbnail_url=thumbnail_url(root_path, h.id),
         )
         for i, h in enumerate(hits, start=1)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from services.api.audit_trail import note
 from services.api.schemas import QueryInfo, SearchOut, SimilarIn, hits_out, label_tally
 from services.api.state import ApiState, get_state
 from services.api.uploads import apply_crop, crop_box, decoded_upload, parse_crop, read_upload, single_file_part
@@ -69,6 +70,7 @@ async def search(
     box = parse_crop(crop)
     _filter(filters)  # a bad filter is a 422 before any work
     upload = await read_upload(state.settings, file)
+    note(request, query_sha256=upload.sha256)
     settings = state.settings
 
     def work() -> SearchOut:
@@ -87,6 +89,7 @@ async def search(
             if box is not None:
                 decoded = apply_crop(decoded, box, settings.min_side)
             result = search_decoded(decoded, upload.sha256, encoder=encoder, store=store, opts=opts, salt=settings.salt)
+        note(request, collection=settings.collection, results=[h.id for h in result.hits])
         region = None if box is None else list(crop_box(box, result.meta.height, result.meta.width))
         return SearchOut(
             hits=hits_out(result.hits, request.scope.get("root_path", "")),
@@ -137,6 +140,7 @@ def similar(request: Request, body: SimilarIn, state: Annotated[ApiState, Depend
     else:
         hits = store.recommend(settings.collection, positive, negative, body.k, flt, group_by=group_by)
         score = "recommend"
+    note(request, positive=positive, negative=negative, results=[h.id for h in hits])
     return SearchOut(
         hits=hits_out(hits, request.scope.get("root_path", "")),
         label_tally=label_tally(hits),

@@ -1,7 +1,8 @@
-"""What guards every request: the bearer token, the body-size limit counted on the stream, and the error map.
+"""What guards every request: the body-size limit counted on the stream, and the error map.
 
-- The token (`CXR_API_TOKEN`) is compared in constant time (hmac.compare_digest); a 401 carries
-  `WWW-Authenticate: Bearer`. Without a token the API is open, which is why `cxr serve` then binds loopback only.
+- The bearer tokens and their scopes are services.api.access: a 401 carries `WWW-Authenticate: Bearer`, a token
+  without a route's scope gets a 403. Without any token the API is open, which is why `cxr serve` then binds
+  loopback only.
 - The body limit (`CXR_API_MAX_UPLOAD_MB`) is checked on the declared Content-Length and again on every chunk
   received, so a chunked upload without a length, or one that lies about it, is cut off at the limit (413).
   A body whose next part takes longer than `CXR_API_BODY_TIMEOUT_S` to come is cut off too (408, and the
@@ -13,17 +14,13 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-from collections.abc import Callable
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.config import Settings
 from services.errors import (
     CollectionNotFoundError,
     ConfigError,
@@ -40,28 +37,6 @@ from services.errors import (
 from services.pipeline.filters import FilterSyntaxError
 
 log = logging.getLogger("cxr.api")
-
-_bearer = HTTPBearer(auto_error=False, description="The CXR_API_TOKEN, when the server sets one.")
-
-
-def bearer_check(settings: Settings) -> Callable[..., None]:
-    """A dependency that admits a request carrying `Authorization: Bearer <CXR_API_TOKEN>` (any request when no
-    token is configured)."""
-    token = settings.api_token.get_secret_value().encode() if settings.api_token else None
-
-    def check(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:  # noqa: B008
-        if token is None:
-            return
-        if credentials is None:
-            raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="cxr"'})
-        if not hmac.compare_digest(credentials.credentials.encode(), token):
-            raise HTTPException(
-                401,
-                "the bearer token is not valid",
-                headers={"WWW-Authenticate": 'Bearer realm="cxr", error="invalid_token"'},
-            )
-
-    return check
 
 
 class BodyTooLarge(HTTPException):

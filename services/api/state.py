@@ -18,6 +18,7 @@ from fastapi import HTTPException, Request
 from services.config import Settings
 from services.embedding import BatchEncoder
 from services.errors import CxrError, PointNotFoundError
+from services.governance.audit import audit_log
 from services.imaging.budget import DecodeBudget
 from services.index import PointRecord, VectorStore
 from services.pipeline.ledger import Ledger
@@ -71,7 +72,7 @@ class Readiness:
 @dataclass
 class ApiState:
     """The settings, the runtime and its readiness, the submitter (None: no queue), the thumbnail cache, the
-    explainer and the decode memory budget that every upload decode holds its share of."""
+    explainer, the decode memory budget that every upload decode holds its share of, and the audit trail."""
 
     settings: Settings
     runtime: RuntimeLike
@@ -82,6 +83,7 @@ class ApiState:
         from services.api.images import ThumbnailCache
 
         self.thumbnails = ThumbnailCache()
+        self.audit = audit_log(self.settings)
         self.decode_budget = DecodeBudget(self.settings.api_decode_memory_mb * 2**20, self.settings.api_decode_wait_s)
         self._explainer: Explainer | None = None
         self._explainer_lock = threading.Lock()

@@ -46,10 +46,13 @@ CANNOT_DEIDENTIFY = 0xC002  # de-identification is on and this instance cannot b
 # A Cxxx "cannot understand" failure, not A7xx "out of resources": A7xx tells a sender to try again later, and no
 # retry can make two images one; senders report Cxxx to their operator and stop resending, which is what is needed.
 UID_CONFLICT = 0xC003
+# The patient, study or instance was erased on request (`cxr forget`, services.governance.tombstones): refused the
+# same way, so the sender stops (unless CXR_FORGET_RESEND=skip, which answers success and keeps nothing).
+FORGOTTEN = 0xC004
 
 # Statuses after which resending the same bytes cannot help (the puller records these, never retries them).
 PERMANENT = frozenset(
-    {SOP_CLASS_MISMATCH, NOT_A_CHEST_RADIOGRAPH, CANNOT_UNDERSTAND, BAD_SOP_INSTANCE_UID, UID_CONFLICT}
+    {SOP_CLASS_MISMATCH, NOT_A_CHEST_RADIOGRAPH, CANNOT_UNDERSTAND, BAD_SOP_INSTANCE_UID, UID_CONFLICT, FORGOTTEN}
 )
 
 

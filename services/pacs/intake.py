@@ -26,6 +26,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from services.governance.tombstones import Tombstones
+from services.index.payload import patient_hash
 from services.pacs import acceptance as st
 from services.pacs.deid import BurnedInAnnotationError, Deidentifier, deidentify_bytes
 from services.pacs.spool import Spool, SpoolFullError, valid_uid
@@ -72,16 +74,37 @@ class Intake:
         deidentifier: Deidentifier | None = None,
         salt: bytes | None = None,
         quarantine_conflicts: bool = False,
+        tombstones: Tombstones | None = None,
+        skip_forgotten: bool = False,
     ) -> None:
         """`salt` (the patient salt) puts both patients' hashes in a UID conflict's record; without it they are
-        left out. `quarantine_conflicts` keeps a conflicting instance aside instead of refusing it."""
+        left out. `quarantine_conflicts` keeps a conflicting instance aside instead of refusing it. An instance
+        `tombstones` says was forgotten is refused (FORGOTTEN), or answered success and dropped with
+        `skip_forgotten`."""
         self.spool, self.ledger, self.collection, self.deid = spool, ledger, collection, deidentifier
         self.salt, self.quarantine_conflicts = salt, quarantine_conflicts
+        self.tombstones, self.skip_forgotten = tombstones, skip_forgotten
         self.spool.ensure()
 
     def stored_uid(self, uid: str) -> str:
         """The UID an instance is kept under (its hashed replacement when de-identification is on)."""
         return self.deid.uid(uid) if self.deid is not None else uid.strip()
+
+    def _forgotten(self, ds: Dataset, uid: str) -> Outcome | None:
+        """The answer to an instance of a forgotten patient, study or instance (None for any other)."""
+        if self.tombstones is None:
+            return None
+        kind = self.tombstones.match(
+            patient=patient_hash(str(ds.get("PatientID", "") or ""), self.tombstones.salt),
+            study_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
+            sop_uid=uid,
+        )
+        if kind is None:
+            return None
+        log.info("instance of a forgotten %s %s (cxr forget)", kind, "skipped" if self.skip_forgotten else "refused")
+        if self.skip_forgotten:
+            return Outcome(st.SUCCESS, uid, f"this {kind} was erased (cxr forget): not kept")
+        return Outcome(st.FORGOTTEN, uid, f"this {kind} was erased (cxr forget)")
 
     def known(self, uid: str) -> bool:
         """True when the ledger already holds this instance for this intake's collection (so a re-pull need not
@@ -114,6 +137,9 @@ class Intake:
         refused = st.refusal(ds, sent_as=sent_as)
         if refused is not None:
             return Outcome(refused[0], uid, refused[1])
+        forgotten = self._forgotten(ds, uid)
+        if forgotten is not None:
+            return forgotten
         stored_uid = uid
         if self.deid is not None:
             try:

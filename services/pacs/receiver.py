@@ -28,8 +28,12 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
+from services.governance.audit import AuditLog
 from services.pacs.acceptance import ACCEPTED_SOP_CLASSES, CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 from services.pacs.admission import Admission, parse_aets, parse_allow_list, reject_reason
+from services.pacs.association_audit import AssociationAudit
+from services.pacs.association_audit import calling_aet as _calling_aet
+from services.pacs.association_audit import peer as _peer
 from services.pacs.instance_cap import drop_if_over, received_size
 from services.pacs.intake import Intake, Outcome, reconcile_spool
 from services.pacs.trigger import Dispatch, DispatchTrigger
@@ -84,7 +88,9 @@ class ReceiverStats:
 class Receiver:
     """A Storage SCP over `intake`. `start()` listens in background threads; `stop()` shuts it down."""
 
-    def __init__(self, intake: Intake, cfg: ReceiverConfig, *, dispatch: Dispatch | None = None) -> None:
+    def __init__(
+        self, intake: Intake, cfg: ReceiverConfig, *, dispatch: Dispatch | None = None, audit: AuditLog | None = None
+    ) -> None:
         if not cfg.allow_aets and not cfg.allow_any_aet:
             from services.errors import ConfigError
 
@@ -101,6 +107,7 @@ class Receiver:
         )
         self.trigger = DispatchTrigger(dispatch, debounce_s=cfg.dispatch_debounce_s, interval_s=cfg.dispatch_interval_s)
         self.stats = ReceiverStats()
+        self.associations = AssociationAudit(audit)
         self._server = None
 
     @property
@@ -137,6 +144,7 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_RELEASED, self.associations.released),
             (evt.EVT_CONN_OPEN, _no_delay),
         ]
         self._server = self._make_ae().start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
@@ -185,6 +193,7 @@ class Receiver:
         with self.stats.lock:
             self.stats.rejected_associations += 1
         log.warning("association from %s at %s refused: %s", calling or "?", address, refusal.reason)
+        self.associations.refused(calling, address, refusal.reason)
         assoc.acse.send_reject(*refusal.codes)  # what pynetdicom's own ACSE check does on a rejection
         assoc.kill()
 
@@ -222,6 +231,7 @@ class Receiver:
                     source=f"AE {calling} at {_peer(event)}",
                 )
         self.stats.note(outcome)
+        self.associations.note(event.assoc, outcome.status)
         if outcome.ok:
             if outcome.new:
                 self.trigger.poke()
@@ -248,9 +258,11 @@ class Receiver:
             reason += f": {len(event.assoc.ae.active_associations)} connections open, idle ones included (the limit"
             reason += f" is CXR_DICOM_MAX_CONNECTIONS={self.cfg.max_connections})"
         log.warning("association from %s at %s refused: %s", _calling_aet(event), _peer(event), reason)
+        self.associations.refused(_calling_aet(event), _peer(event), reason)
 
     def _on_aborted(self, event) -> None:  # noqa: ANN001
         log.info("association from %s aborted", _calling_aet(event))
+        self.associations.ended(event, "aborted")
 
 
 def _no_delay(event) -> None:  # noqa: ANN001
@@ -273,20 +285,6 @@ def _in_progress(assoc) -> int:  # noqa: ANN001 - pynetdicom Association
         and other.requestor.primitive is not None
         and not (other.is_rejected or other.is_aborted or other.is_released)
     )
-
-
-def _peer(event) -> str:  # noqa: ANN001
-    try:
-        return str(event.assoc.requestor.address)
-    except Exception:  # noqa: BLE001
-        return "?"
-
-
-def _calling_aet(event) -> str:  # noqa: ANN001
-    try:
-        return str(event.assoc.requestor.ae_title).strip()
-    except Exception:  # noqa: BLE001
-        return "?"
 
 
 __all__ = ["Receiver", "ReceiverConfig", "ReceiverStats", "parse_aets"]

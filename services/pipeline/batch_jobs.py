@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from services.errors import StoreError
+from services.governance.tombstones import ForgottenError, Tombstones, tombstones_at
 from services.index import PointRecord, VectorStore
 from services.pipeline.ledger import Item, Ledger
 from services.pipeline.refs import row_key
@@ -139,8 +140,12 @@ def embed_keys(
         return out
     items = [ingest_item(i) for i in todo]
 
+    tombstones = tombstones_at(ledger.path, salt)
+
     def job(item: IngestItem) -> Prepared:
-        return prepare(item, image_size=encoder.image_size, model_id=encoder.model_id, salt=salt, opts=opts)
+        return prepare(
+            item, image_size=encoder.image_size, model_id=encoder.model_id, salt=salt, opts=opts, tombstones=tombstones
+        )
 
     def safe(item: IngestItem) -> Prepared | BaseException:
         try:
@@ -157,7 +162,8 @@ def embed_keys(
         for i, (row, fut) in enumerate(zip(todo, futures, strict=True)):
             res = fut.result()
             if isinstance(res, BaseException):
-                ledger.mark_failed(row.key, "decode", error_reason(res), permanent=True, collection=row.collection)
+                stage = "forgotten" if isinstance(res, ForgottenError) else "decode"
+                ledger.mark_failed(row.key, stage, error_reason(res), permanent=True, collection=row.collection)
                 out.failed += 1
             else:
                 key_of[id(res)] = row
@@ -190,14 +196,15 @@ def embed_keys(
     return out
 
 
-def stage_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> tuple[WriteOutcome, list[tuple[str, str]]]:
+def stage_points(
+    store: VectorStore, ledger: Ledger, batch: PointBatch, tombstones: Tombstones | None = None
+) -> tuple[WriteOutcome, list[tuple[str, str]]]:
     """Upsert `batch` without flushing and fail the items the store refuses; returns the outcome and the (key,
     point id) pairs to mark indexed after the next flush of the collection. Points already stored are skipped
     (and marked with the rest: their first write may still be waiting for its flush) unless their item is in
     update mode. Transient store errors propagate, with nothing marked."""
     out = WriteOutcome()
-    points = batch.points
-    if not points:
+    if not batch.points:
         return out, []
     try:
         store.create_collection(batch.collection, batch.dim)
@@ -205,10 +212,11 @@ def stage_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> tuple
     except TRANSIENT_STORE_ERRORS:
         raise
     except StoreError as exc:  # another model's collection, a wrong size: permanent for these items
-        for p in points:
+        for p in batch.points:
             ledger.mark_failed(p.key, "upsert", error_reason(exc), permanent=True, collection=batch.collection)
-        out.refused = len(points)
+        out.refused = len(batch.points)
         return out, []
+    points = _not_forgotten(ledger, batch, tombstones)
     todo, skipped = split_existing(store, batch.collection, points, update=lambda p: p.update)
     records = [(p, PointRecord(p.point_id, np.asarray(p.vector, dtype=np.float32), p.payload)) for p in todo]
     landed, refused = upsert_stage(store, batch.collection, records, flush=False)
@@ -219,10 +227,28 @@ def stage_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> tuple
     return out, [(p.key, p.point_id) for p in [*landed, *skipped]]
 
 
-def write_points(store: VectorStore, ledger: Ledger, batch: PointBatch) -> WriteOutcome:
+def _not_forgotten(ledger: Ledger, batch: PointBatch, tombstones: Tombstones | None) -> list[QueuedPoint]:
+    """The batch's points less those of a patient, study or instance forgotten since they were embedded (failed:
+    a forget while they were in the queue must not bring them back)."""
+    if tombstones is None:
+        return list(batch.points)
+    keep = []
+    for p in batch.points:
+        kind = tombstones.match_payload(p.payload)
+        if kind is None:
+            keep.append(p)
+        else:
+            why = f"this {kind} was erased (cxr forget) while it was queued"
+            ledger.mark_failed(p.key, "forgotten", why, permanent=True, collection=batch.collection)
+    return keep
+
+
+def write_points(
+    store: VectorStore, ledger: Ledger, batch: PointBatch, tombstones: Tombstones | None = None
+) -> WriteOutcome:
     """Upsert `batch`, flush, and mark its items indexed (`stage_points` plus one flush). A store that refuses
     a point fails that item only; transient store errors propagate (nothing marked)."""
-    out, done = stage_points(store, ledger, batch)
+    out, done = stage_points(store, ledger, batch, tombstones)
     if done:
         store.flush(batch.collection)
         ledger.mark_indexed(done, collection=batch.collection)

@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 
+from services.governance.tombstones import Tombstones
 from services.index import VectorStore
 from services.pipeline.batch_jobs import PointBatch, WriteOutcome, stage_points
 from services.pipeline.ledger import Ledger
@@ -47,8 +48,9 @@ class DeferredWriter:
         max_delay_s: float = 2.0,
         idle_s: float = 0.2,
         timer: bool = True,
+        tombstones: Tombstones | None = None,
     ) -> None:
-        self.store, self.ledger = store, ledger
+        self.store, self.ledger, self.tombstones = store, ledger, tombstones
         self.max_points, self.max_delay_s = max(1, int(max_points)), max(0.0, float(max_delay_s))
         self.idle_s = max(0.0, float(idle_s))
         self._last_write = time.monotonic()
@@ -71,7 +73,7 @@ class DeferredWriter:
         """Upsert `batch` (refused points fail at once) and flush if due. Transient store errors from the upsert
         propagate with nothing marked; a failed flush is only logged: the points stay pending for the timer."""
         with self._lock:
-            out, done = stage_points(self.store, self.ledger, batch)
+            out, done = stage_points(self.store, self.ledger, batch, self.tombstones)
             self._last_write = time.monotonic()
             if done:
                 self._pending.setdefault(batch.collection, []).extend(done)

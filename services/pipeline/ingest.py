@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Settings
 from services.errors import StoreError
+from services.governance.tombstones import ForgottenError, Tombstones
 from services.index import PointRecord, VectorStore
 from services.pipeline.refs import RefRecorder, file_ref
 from services.pipeline.sources import IngestItem
@@ -107,7 +108,7 @@ class Ingestor:
 
     `refs` (e.g. `Ledger(settings.ledger_path).put_refs`) records each written point's `source_ref -> path`
     before the write, so the file can be found again (thumbnails, `cxr search --explain`); without it the
-    payloads carry refs that no one can resolve.
+    payloads carry refs that no one can resolve. `tombstones` refuses what `cxr forget` erased (stage "forgotten").
     """
 
     def __init__(
@@ -118,8 +119,10 @@ class Ingestor:
         *,
         salt: bytes,
         refs: RefRecorder | None = None,
+        tombstones: Tombstones | None = None,
     ) -> None:
         self.encoder, self.store, self.opts, self.salt, self.refs = encoder, store, opts, salt, refs
+        self.tombstones = tombstones
         self._unflushed: list[Prepared] = []  # upserted, waiting for the flush that makes them durable
         self._flushed_at = time.monotonic()
 
@@ -138,6 +141,7 @@ class Ingestor:
                 model_id=self.encoder.model_id,
                 salt=self.salt,
                 opts=self.opts,
+                tombstones=self.tombstones,
             )
 
         workers = max(1, self.opts.decode_workers)
@@ -147,7 +151,8 @@ class Ingestor:
                 try:
                     prepared = fut.result()
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a per-file record
-                    report.failed.append(FileError(str(item.path), "decode", error_reason(exc)))
+                    stage = "forgotten" if isinstance(exc, ForgottenError) else "decode"
+                    report.failed.append(FileError(str(item.path), stage, error_reason(exc)))
                     _tick(progress)
                     continue
                 report.stage_seconds["decode"] += prepared.decode_s

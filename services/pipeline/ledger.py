@@ -30,8 +30,8 @@ STATES = ("received", "queued", "processing", "indexed", "failed")
 TERMINAL = ("indexed", "failed")
 # Failures only a person can resolve: `retry` leaves them failed. A UID conflict (services/pacs/intake.py) is a second
 # instance under a SOP Instance UID the spool holds with other pixels or another patient; indexing it would put
-# one patient's film under another's point.
-HELD_STAGES = ("uid-conflict",)
+# one patient's film under another's point. A forgotten one (services.governance.tombstones) was erased on request.
+HELD_STAGES = ("uid-conflict", "forgotten")
 
 
 LEGACY_FILE_PREFIX = "file:/"  # keys of ledgers written before file keys were opaque: 'file:<absolute path>'
@@ -268,6 +268,20 @@ class Ledger(LedgerFile):
                 (origin, before, limit),
             ).fetchall()
             return sum(bool(release(r["path"])) for r in recs)
+
+    def not_indexed(self, *, limit: int = 100_000) -> list[Item]:
+        """Items not (or not yet) indexed, in any state and collection: what a forget must look inside."""
+        recs = self._conn().execute("SELECT * FROM items WHERE state != 'indexed' LIMIT ?", (limit,))
+        return [_row(r) for r in recs]
+
+    def erase(self, keys: Iterable[str], refs: Iterable[str]) -> int:
+        """Delete the items of `keys` in every collection and the source refs `refs` (cxr forget); rows deleted."""
+        keys, refs = sorted(set(keys)), sorted(set(refs))
+        with self._tx() as db:
+            gone = sum(db.execute("DELETE FROM items WHERE key=?", (k,)).rowcount for k in keys)
+            db.executemany("DELETE FROM refs WHERE ref=?", [(r,) for r in refs])
+        self.scrub()
+        return gone
 
     def in_flight(self, *, limit: int) -> int:
         """How many items are received, queued or processing, counted up to `limit` (an index range scan: the

@@ -1,59 +1,26 @@
-"""The ledger's SQLite file: one connection per thread, WAL and synchronous=FULL, immediate transactions; and the
-two small tables beside the items: PACS pull cursors and the opaque source references of stored payloads.
+"""The ledger's SQLite file (services.sqlite_file: one connection per thread, WAL and synchronous=FULL, immediate
+transactions); and the two small tables beside the items: PACS pull cursors and the opaque source references of
+stored payloads.
 
 services.pipeline.ledger.Ledger builds the items (what happened to each image) on top of this.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 from services.pipeline.ledger_schema import ensure_schema
+from services.sqlite_file import SqliteFile
 
 
-class LedgerFile:
+class LedgerFile(SqliteFile):
     """The ledger file at `path`; safe to use from several threads and processes at once."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._timeout = busy_timeout_s
-        self._local = threading.local()
-        ensure_schema(self._conn())  # creates the tables, or migrates an older ledger in place
-
-    # -- connections: one per thread (sqlite3 connections must not cross threads)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        # creates the tables, or migrates an older ledger in place
+        super().__init__(path, ensure_schema, busy_timeout_s=busy_timeout_s)
 
     # -- pull cursors (committed only after what they cover is durably recorded)
 

@@ -30,6 +30,7 @@ from services.pipeline.sources import IngestItem
 
 if TYPE_CHECKING:  # the encoder comes from the caller; importing it here would load torch
     from services.embedding import BatchEncoder
+    from services.governance.tombstones import Tombstones
     from services.pipeline.ingest import IngestOptions
 
 T = TypeVar("T")
@@ -67,8 +68,17 @@ def error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def prepare(item: IngestItem, *, image_size: int, model_id: str | None, salt: bytes, opts: IngestOptions) -> Prepared:
-    """Decode stage: read the file once, hash it, decode, resize, and build its payload."""
+def prepare(
+    item: IngestItem,
+    *,
+    image_size: int,
+    model_id: str | None,
+    salt: bytes,
+    opts: IngestOptions,
+    tombstones: Tombstones | None = None,
+) -> Prepared:
+    """Decode stage: read the file once, hash it, decode, resize, and build its payload. ForgottenError when the
+    payload belongs to a patient, study or instance `cxr forget` erased (`tombstones`)."""
     t0 = time.perf_counter()
     data = read_regular_file(item.path, max_file_bytes(opts.max_pixels))  # never blocks on a FIFO
     decoded = decode_bytes(data, str(item.path), max_pixels=opts.max_pixels, min_side=opts.min_side)
@@ -82,6 +92,8 @@ def prepare(item: IngestItem, *, image_size: int, model_id: str | None, salt: by
         row=item.row,
         content_sha256=sha,
     )
+    if tombstones is not None:
+        tombstones.check_payload(payload, item.path)
     pid = point_id(sop_uid=decoded.meta.sop_uid, content_sha256=sha)
     pixels = to_model_input(decoded.pixels, image_size)
     return Prepared(item, pixels, pid, payload, time.perf_counter() - t0)

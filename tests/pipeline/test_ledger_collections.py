@@ -7,8 +7,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from services.pipeline.ledger_schema import VERSION
 from services.pipeline.ledger import Ledger, file_key, sop_key
+from services.pipeline.ledger_schema import VERSION
 
 V1 = Path(__file__).parent / "data" / "ledger-v1.sqlite"
 UID = "1.2.840.113619.2.1"
