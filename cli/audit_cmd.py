@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.errors import cell
 from cli.options import JsonOpt, load_settings
 
 audit_app = typer.Typer(
@@ -52,7 +53,9 @@ def audit(
         table.add_column(col, overflow="fold")
     for r in rows:
         objects = json.dumps(r.objects, separators=(",", ":"))
-        table.add_row(str(r.seq), r.ts, r.actor, r.action, r.outcome, r.client or "", objects)
+        table.add_row(
+            str(r.seq), r.ts, cell(r.actor), cell(r.action), cell(r.outcome), cell(r.client or ""), cell(objects)
+        )
     Console(highlight=False, width=200).print(table)
 
 

@@ -10,6 +10,7 @@ import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperGroup
 
 from services.errors import CxrError
@@ -18,6 +19,17 @@ stderr = Console(stderr=True, highlight=False)
 
 # Exit codes: 0 ok, 1 domain error, 2 usage, and this one: some items failed while the rest went through.
 EXIT_PARTIAL = 3
+
+
+def printable(text: object) -> str:
+    """`text` safe to print: control characters (a file name's ESC sequences, CR, newlines) shown escaped, so a
+    crafted name cannot rewrite the terminal or forge lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def cell(text: object) -> Text:
+    """`printable(text)` as a Rich cell, taken literally (a name holding `[bold]` is not markup)."""
+    return Text(printable(text))
 
 
 def _debug() -> bool:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cli.errors import EXIT_PARTIAL
+from cli.errors import EXIT_PARTIAL, printable
 from cli.options import BatchSizeOpt, CollectionOpt, JsonOpt, ManifestOpt, ModelOpt, load_settings
 from cli.progress import progress_bar
 from services.governance.audit import record_cli
@@ -121,7 +121,7 @@ def _enqueue(settings, items, unfound, *, update: bool, as_json: bool) -> None: 
             f"sent to the queue now {done.sent}{elsewhere}{later}; watch with `cxr status`"
         )
         for u in unfound:
-            typer.echo(f"  failed [find] {u.path}: {u.reason}")
+            typer.echo(f"  failed [find] {printable(u.path)}: {printable(u.reason)}")
     if unfound:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -136,4 +136,4 @@ def _print_report(report, collection: str, as_json: bool) -> None:  # noqa: ANN0
         f"failed {len(report.failed)}; {report.images_per_s:.1f} images/s over {report.seconds:.1f} s"
     )
     for f in report.failed:
-        out.print(f"  failed [{f.stage}] {f.path}: {f.reason}", markup=False)
+        out.print(f"  failed [{f.stage}] {printable(f.path)}: {printable(f.reason)}", markup=False)

@@ -59,6 +59,7 @@ def _intake(settings):  # noqa: ANN001, ANN202 - Settings -> Intake
         quarantine_conflicts=settings.spool_quarantine_conflicts,
         tombstones=tombstones_at(settings.ledger_path, settings.salt),
         skip_forgotten=settings.forget_resend == "skip",
+        max_instance_bytes=settings.dicom_max_instance_mb * 2**20,
     )
 
 

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import stderr
+from cli.errors import cell, stderr
 from cli.options import JsonOpt, load_settings
 from workers.queues import EMBED_QUEUE, INDEX_QUEUE, PRIORITY_SUFFIXES, QUEUES
 
@@ -116,7 +116,7 @@ def failures(
     for col in ("key", "file", "stage", "reason", "attempts"):
         table.add_column(col, overflow="fold")
     for r in rows:  # keys are opaque (they travel through Redis); the file is shown from the local ledger
-        table.add_row(r.key, r.path, r.stage or "", r.reason or "", str(r.attempts))
+        table.add_row(cell(r.key), cell(r.path), cell(r.stage or ""), cell(r.reason or ""), str(r.attempts))
     Console(highlight=False).print(table)
 
 

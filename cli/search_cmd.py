@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import stderr
+from cli.errors import cell, stderr
 from cli.options import CollectionOpt, JsonOpt, ModelOpt, load_settings
 from services.governance.audit import record_cli
 
@@ -83,7 +83,7 @@ def search(
     if as_json:
         typer.echo(json.dumps(hits_to_json(result.hits), indent=2))
         return
-    table = Table(title=f"{len(result.hits)} nearest to {query.name} in {settings.collection}")
+    table = Table(title=cell(f"{len(result.hits)} nearest to {query.name} in {settings.collection}"))
     for col in ("rank", "score", "label", "view", "file"):
         table.add_column(col, justify="right" if col in {"rank", "score"} else "left")
     for rank, (hit, file) in enumerate(zip(result.hits, files, strict=True), start=1):
@@ -91,9 +91,9 @@ def search(
         table.add_row(
             str(rank),
             f"{hit.score:.4f}",
-            str(p.get("label", "-")),
-            str(p.get("view", "-")),
-            file.name if file else str(p.get("source_ref", "-")),  # the user's own file, on the user's terminal
+            cell(p.get("label", "-")),
+            cell(p.get("view", "-")),
+            cell(file.name if file else p.get("source_ref", "-")),  # the user's own file, on the user's terminal
         )
     Console(highlight=False).print(table)
 

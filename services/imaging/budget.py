@@ -18,7 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from services.config import DEFAULT_MAX_PIXELS
 from services.errors import DecodeBusyError, ImageTooLargeError
+from services.imaging.deflate import inflated_size
+from services.imaging.files import max_file_bytes
 from services.imaging.reasons import DecodeReason
 from services.imaging.sniff import HEAD_BYTES, has_dicm_magic, is_dicom
 
@@ -58,6 +61,9 @@ def estimate_cost(data: bytes) -> DecodeCost:
 def _dicom_size(data: bytes) -> int | None:
     import pydicom
 
+    inflated = inflated_size(data, max_file_bytes(DEFAULT_MAX_PIXELS))
+    if inflated is not None:  # never parsed here: pydicom would inflate it whole first
+        return None if inflated > max_file_bytes(DEFAULT_MAX_PIXELS) else max(1, inflated // DICOM_BPP)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=not has_dicm_magic(data), stop_before_pixels=True)
         rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)

@@ -7,23 +7,15 @@ from pathlib import Path
 from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from services.errors import DecodeError
 from services.imaging.dicom import decode_dicom
-from services.imaging.files import read_regular_file
+from services.imaging.files import max_file_bytes, read_regular_file
 from services.imaging.raster import decode_raster
 from services.imaging.reasons import DecodeReason, decoder_failure
 from services.imaging.sniff import HEAD_BYTES, is_dicom
 from services.imaging.types import DecodedImage
 
+
 # Bytes a file may hold per allowed pixel (32-bit samples, times two for slack) plus room for headers; larger
 # files are refused before they are read into memory.
-_BYTES_PER_PIXEL = 8
-_HEADER_ALLOWANCE = 64 * 1024 * 1024
-
-
-def max_file_bytes(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
-    """The largest file read for an image of at most `max_pixels` pixels (headers and compression included)."""
-    return max_pixels * _BYTES_PER_PIXEL + _HEADER_ALLOWANCE
-
-
 def decode_image(
     path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
 ) -> DecodedImage:

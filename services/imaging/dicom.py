@@ -17,7 +17,9 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from services.errors import DecodeError, ImageTooLargeError
 from services.imaging.codestream import declared_size
+from services.imaging.deflate import inflates_past
 from services.imaging.dicom_meta import int_attr, read_meta, text_attr
+from services.imaging.files import max_file_bytes
 from services.imaging.reasons import DecodeReason, decoder_failure
 from services.imaging.sniff import has_dicm_magic
 from services.imaging.types import DecodedImage
@@ -40,7 +42,7 @@ _COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "Y
 
 def decode_dicom(data: bytes, name: str, *, max_pixels: int, min_side: int) -> DecodedImage:
     """Decode one single-frame greyscale DICOM held in memory; refuse anything else with a DecodeError."""
-    ds = _read_dataset(data, name)
+    ds = _read_dataset(data, name, max_pixels=max_pixels)
     transfer_syntax = _transfer_syntax(ds)
     photometric, samples, bits = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
     _check_decoder(name, transfer_syntax)
@@ -63,9 +65,15 @@ def decode_dicom(data: bytes, name: str, *, max_pixels: int, min_side: int) -> D
     return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta)
 
 
-def _read_dataset(data: bytes, name: str) -> Dataset:
+def _read_dataset(data: bytes, name: str, *, max_pixels: int) -> Dataset:
     # `force` only for files the sniffer judged to be DICOM without a preamble.
     force = not has_dicm_magic(data)
+    if inflates_past(data, max_file_bytes(max_pixels)):
+        raise ImageTooLargeError(
+            name,
+            f"the deflated data set inflates to more than {max_file_bytes(max_pixels):,} bytes",
+            "Raise CXR_MAX_PIXELS if the image is genuine.",
+        )
     try:
         return pydicom.dcmread(io.BytesIO(data), force=force)
     except Exception as exc:  # pydicom raises many types on corrupt input; none may escape

@@ -13,6 +13,7 @@ import os
 import stat
 from pathlib import Path
 
+from services.config import DEFAULT_MAX_PIXELS
 from services.errors import DecodeError
 from services.imaging.reasons import DecodeReason
 
@@ -110,3 +111,12 @@ def read_regular_file(path: str | Path, max_bytes: int | None = None) -> bytes:
         raise DecodeError(name, code=DecodeReason.UNREADABLE, reason=_os_reason(exc, path)) from None
     finally:
         os.close(fd)
+
+
+_BYTES_PER_PIXEL = 8
+_HEADER_ALLOWANCE = 64 * 1024 * 1024
+
+
+def max_file_bytes(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The largest file read for an image of at most `max_pixels` pixels (headers and compression included)."""
+    return max_pixels * _BYTES_PER_PIXEL + _HEADER_ALLOWANCE

@@ -27,6 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from services.governance.tombstones import Tombstones
+from services.imaging.deflate import inflates_past
 from services.index.payload import patient_hash
 from services.pacs import acceptance as st
 from services.pacs.deid import BurnedInAnnotationError, Deidentifier, deidentify_bytes
@@ -35,6 +36,7 @@ from services.pacs.uid_conflict import Image, Verdict, compare
 from services.pipeline.ledger import Ledger, sop_key
 
 log = logging.getLogger("cxr.pacs")
+MAX_INSTANCE_BYTES = 128 * 2**20  # CXR_DICOM_MAX_INSTANCE_MB's default: also the most a deflated data set inflates to
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,11 @@ class Outcome:
         return self.status in st.PERMANENT or self.status == st.CANNOT_DEIDENTIFY
 
 
-def read_header(data: bytes) -> Dataset:
-    """The data set without its pixel data (fast); raises on bytes that are not DICOM."""
+def read_header(data: bytes, *, max_bytes: int = MAX_INSTANCE_BYTES) -> Dataset:
+    """The data set without its pixel data (fast); raises on bytes that are not DICOM, and on a deflated data set
+    that would inflate past `max_bytes`, the instance cap (pydicom inflates it whole to read a header)."""
+    if inflates_past(data, max_bytes):
+        raise ValueError(f"the deflated data set inflates past the {max_bytes:,}-byte instance cap")
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=False)
 
 
@@ -76,6 +81,7 @@ class Intake:
         quarantine_conflicts: bool = False,
         tombstones: Tombstones | None = None,
         skip_forgotten: bool = False,
+        max_instance_bytes: int = MAX_INSTANCE_BYTES,
     ) -> None:
         """`salt` (the patient salt) puts both patients' hashes in a UID conflict's record; without it they are
         left out. `quarantine_conflicts` keeps a conflicting instance aside instead of refusing it. An instance
@@ -84,6 +90,7 @@ class Intake:
         self.spool, self.ledger, self.collection, self.deid = spool, ledger, collection, deidentifier
         self.salt, self.quarantine_conflicts = salt, quarantine_conflicts
         self.tombstones, self.skip_forgotten = tombstones, skip_forgotten
+        self.max_instance_bytes = max_instance_bytes
         self.spool.ensure()
 
     def stored_uid(self, uid: str) -> str:
@@ -126,7 +133,7 @@ class Intake:
         """Check, spool and record one Part 10 instance; the Outcome's status is the C-STORE answer. `source`
         (PHI-free: an AE title and address, a PACS locator) goes into a conflict's record."""
         try:
-            ds = header if header is not None else read_header(data)
+            ds = header if header is not None else read_header(data, max_bytes=self.max_instance_bytes)
             uid = str(ds.get("SOPInstanceUID", "") or "").strip()
         except Exception as exc:  # noqa: BLE001 - any parse failure is a per-instance answer
             return Outcome(st.CANNOT_UNDERSTAND, expected_uid, f"cannot parse the data set ({type(exc).__name__})")

@@ -377,7 +377,7 @@ def test_get_explain_errors(client, indexed, tmp_path: Path, public_sample: Path
     gone_id = next(p.id for p in points if resolve_source(rt.ledger, p.payload) == gone)
     gone.unlink()
     res = client.get("/v1/explain", params={"query": known, "result": gone_id})
-    assert res.status_code == 409 and "file not found" in res.json()["detail"]
+    assert res.status_code == 409 and "no longer kept" in res.json()["detail"]
 
     from fastapi.testclient import TestClient
 

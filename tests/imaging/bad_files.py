@@ -11,6 +11,8 @@ import zlib
 import numpy as np
 from PIL import Image
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from services.imaging.sniff import PNG_MAGIC
@@ -232,3 +234,24 @@ def zip_archive() -> bytes:
     with zipfile.ZipFile(buf, "w") as archive:
         archive.writestr("report.txt", "patient: DOE^JOHN\nfinding: none\n")
     return buf.getvalue()
+
+
+def deflated_bomb(inflated_mb: int = 160) -> bytes:
+    """A Deflated Explicit VR Little Endian CR of 64 x 64 whose data set inflates to `inflated_mb` MB (a private
+    OB element of zeros), compressed in a stream so building it never holds the inflated bytes."""
+    ds = make_dataset(gradient(64, 64))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    whole = io.BytesIO()
+    ds.save_as(whole, enforce_file_format=True)
+    meta_end = 132 + 12 + struct.unpack_from("<I", whole.getvalue(), 140)[0]
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)  # the data set alone, as it is before deflating
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    size = inflated_mb * 2**20
+    # a private element after the pixel data (tags ascend), all zeros
+    parts = [packer.compress(body.getvalue()), packer.compress(struct.pack("<HH2sHI", 0x7FE1, 0x1010, b"OB", 0, size))]
+    zeros = bytes(2**20)
+    parts += [packer.compress(zeros) for _ in range(inflated_mb)]
+    parts.append(packer.flush())
+    return whole.getvalue()[:meta_end] + b"".join(parts)
