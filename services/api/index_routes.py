@@ -27,7 +27,7 @@ from services.api.schemas import IndexOut
 from services.api.state import ApiState, get_state
 from services.api.uploads import Upload, decoded_upload, read_upload
 from services.config import Settings
-from services.errors import DecodeError
+from services.errors import DecodeBusyError, DecodeError
 from services.imaging.reasons import DecodeReason, describe_exception
 from services.pacs.deid import BurnedInAnnotationError, Deidentifier, deidentify_bytes
 from services.pipeline.sources import Unfound, walk_files
@@ -157,6 +157,7 @@ async def index(
                     names[str(real)] = shown
                     server_paths.append(real)
         kept: list[Path] = []
+        busy: DecodeBusyError | None = None
         for i, upload in uploads:
             try:
                 with decoded_upload(upload, settings, state.decode_budget):
@@ -164,6 +165,10 @@ async def index(
             except DecodeError as exc:
                 log.info("upload #%d refused (%s): %s", i, exc.code, exc.detail or exc.reason)
                 refused.append({"file": f"#{i}", "reason": exc.reason, "code": exc.code})
+                continue
+            except DecodeBusyError as exc:  # this one waits for room; the others go on
+                busy = exc
+                refused.append({"file": f"#{i}", "reason": f"{exc.message}: send it again", "code": exc.code})
                 continue
             try:
                 data = deidentified(upload, deid)
@@ -173,6 +178,8 @@ async def index(
             kept.append(keep_upload(uploads_dir(settings), data, upload.kind))
             names[str(kept[-1])] = f"#{i}"
         if not kept and not server_paths:
+            if busy is not None and all(r.get("code") == busy.code for r in refused):
+                raise busy  # 503 with Retry-After: every file only has to wait
             raise HTTPException(422, {"message": "no file could be queued", "refused": refused})
         submitted: dict = {}
         if kept:

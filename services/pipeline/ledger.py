@@ -269,6 +269,11 @@ class Ledger(LedgerFile):
             ).fetchall()
             return sum(bool(release(r["path"])) for r in recs)
 
+    def has_file(self, origin: str, path: str | Path) -> bool:
+        """True when some item of `origin` (any collection) has its bytes at `path`."""
+        sql = "SELECT 1 FROM items WHERE origin=? AND path=? LIMIT 1"
+        return self._conn().execute(sql, (origin, str(path))).fetchone() is not None
+
     def not_indexed(self, *, limit: int = 100_000) -> list[Item]:
         """Items not (or not yet) indexed, in any state and collection: what a forget must look inside."""
         recs = self._conn().execute("SELECT * FROM items WHERE state != 'indexed' LIMIT ?", (limit,))

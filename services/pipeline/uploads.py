@@ -26,6 +26,7 @@ log = logging.getLogger("cxr.uploads")
 ORIGIN = "upload"
 TMP_PREFIX = ".incoming-"
 EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
+ORPHAN_AFTER_S = 3600.0  # an upload no ledger item names is deleted once this old (it was never recorded)
 
 
 def uploads_dir(settings: Settings) -> Path:
@@ -63,8 +64,28 @@ def release_uploads(settings: Settings, ledger: Ledger, *, now: float | None = N
         return True
 
     removed = ledger.release_files(ORIGIN, before=before, release=release)
+    removed += _orphans(uploads_dir(settings), ledger, before=min(before, time.time() - ORPHAN_AFTER_S))
     if removed:
         log.info("deleted %d uploaded file(s) that were indexed or failed", removed)
+    return removed
+
+
+def _orphans(folder: Path, ledger: Ledger, *, before: float) -> int:
+    """Delete uploads no ledger item names, written before `before`: the API kept them and then failed to record
+    them (a crash, the broker and the ledger both refusing), so no worker will ever read them."""
+    removed = 0
+    forms = {folder.absolute(), folder.resolve()}  # the ledger holds the path as submitted (absolute, unresolved)
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime > before:
+            continue
+        named = any(ledger.has_file(ORIGIN, form / entry.name) for form in forms)
+        if entry.name.startswith(TMP_PREFIX) or not named:
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
     return removed
 
 

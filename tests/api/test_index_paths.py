@@ -107,3 +107,29 @@ def test_only_links_out_is_422_with_the_reasons(queued: TestClient, imports: Pat
     assert r.status_code == 422
     assert r.json()["detail"]["refused"][0]["file"] == "only-out/x.dcm"
     _no_server_path(r, tmp_path)
+
+
+def test_an_upload_that_finds_the_decode_budget_taken_is_refused_alone(
+    indexed: Indexed, redis_server, tmp_path: Path, dicom_dir: Path
+) -> None:
+    """One upload too big for the room left waits, then is refused as busy; the small one beside it is queued.
+    When every upload is busy, the request is a 503 with Retry-After."""
+    from cli.serve_cmd import make_submitter
+    from services.imaging.budget import DecodeCost, estimate_cost
+
+    settings = indexed.with_(
+        redis_url=redis_server.url, data_dir=tmp_path / "data", api_decode_memory_mb=512, api_decode_wait_s=0.2
+    )
+    big = (dicom_dir / QUERY_DICOM).read_bytes()
+    small = (indexed.sample / indexed.rows[0]["path"]).read_bytes()
+    with make_client(settings, indexed.model, submitter=make_submitter(settings)) as c:
+        budget = c.app.state.api.decode_budget
+        need_small, need_big = estimate_cost(small).bytes, estimate_cost(big).bytes
+        room = (need_small + need_big) // 2  # enough for the small one, not for the big one
+        with budget.reserve(DecodeCost(0, budget.capacity - room)):  # other decodes hold the rest
+            files = [("file", ("a.dcm", big, "application/dicom")), ("file", ("b.jpg", small, "image/jpeg"))]
+            r = c.post("/v1/index", files=files)
+            assert r.status_code == 202, r.text
+            assert r.json()["accepted"] == 1 and [x["code"] for x in r.json()["refused"]] == ["busy"]
+            alone = c.post("/v1/index", files=[("file", ("a.dcm", big, "application/dicom"))])
+            assert alone.status_code == 503 and alone.headers["Retry-After"] and alone.json()["reason"] == "busy"

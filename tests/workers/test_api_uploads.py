@@ -98,3 +98,20 @@ def test_a_retention_keeps_uploads_until_it_has_passed(
     assert release_uploads(settings, ledger) == 0
     assert release_uploads(settings, ledger, now=kept.stat().st_mtime + 2 * 3600 + 60) == 1
     assert not kept.exists()
+
+
+def test_an_upload_no_item_names_is_deleted_once_an_hour_old(tmp_path: Path, cxr_public: Path) -> None:
+    import os
+    import time
+
+    from services.config import Settings
+    from services.pipeline.uploads import keep_upload
+
+    settings = Settings(data_dir=tmp_path / "data", patient_salt="s")
+    film = real_images(cxr_public, 1)[0].read_bytes()
+    orphan = keep_upload(uploads_dir(settings), film, "jpeg")  # kept, then the API died before recording it
+    ledger = Ledger(settings.ledger_path)
+    assert release_uploads(settings, ledger) == 0  # a fresh one may still be on its way to the ledger
+    hour_ago = time.time() - 3700
+    os.utime(orphan, (hour_ago, hour_ago))
+    assert release_uploads(settings, ledger) == 1 and not orphan.exists()
