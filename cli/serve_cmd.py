@@ -88,6 +88,13 @@ def serve(
     from services.api.app import create_app
     from services.api.server import server_config
 
-    app = create_app(settings, submitter=submitter)
+    purge = None
+    if settings.redis_url:
+        from workers.purge import purge_keys
+
+        def purge(keys: set[str]) -> int:
+            return purge_keys(settings.redis_url, keys)
+
+    app = create_app(settings, submitter=submitter, purge=purge)
     stderr.print(f"viewer: http://{host}:{port}/viewer/  API docs: http://{host}:{port}/docs", markup=False)
     uvicorn.Server(server_config(app, settings, host=host, port=port, log_level=log_level)).run()

@@ -22,6 +22,7 @@ from services.api.tokens import (
     revoke_token,
     tokens_path,
 )
+from services.governance.audit import record_cli
 
 token_app = typer.Typer(
     help="Named API tokens with scopes, kept in CXR_API_TOKENS_FILE (only a hash of each secret).",
@@ -59,8 +60,10 @@ def add(
         scopes = parse_scopes(scope)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scope") from None
-    path = tokens_path(load_settings())
+    settings = load_settings()
+    path = tokens_path(settings)
     token, secret = add_token(path, name, scopes)
+    record_cli(settings, "token.add", token=token.name, scopes=list(token.scopes))
     typer.echo(secret)
     stderr.print(
         f"added token {token.name!r} ({', '.join(token.scopes)}) to {path}; keep the secret printed above now: "
@@ -102,8 +105,10 @@ def revoke(name: NameArg) -> None:
 
     Example: cxr token revoke ward-viewer
     """
-    path = tokens_path(load_settings())
+    settings = load_settings()
+    path = tokens_path(settings)
     revoke_token(path, name)
+    record_cli(settings, "token.revoke", token=name)
     typer.echo(f"revoked {name}")
     _warn(read_token_file(path))
 

@@ -15,7 +15,7 @@ request first passes the Host and cross-site checks (services.api.same_origin), 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from services.api import explain_routes, health, index_routes, point_routes, search_routes
-from services.api.access import INDEX, SEARCH, install_access, require_scope
+from services.api import admin_routes, explain_routes, health, index_routes, point_routes, search_routes
+from services.api.access import ADMIN, INDEX, SEARCH, install_access, require_scope
 from services.api.audit_trail import AuditMiddleware
 from services.api.same_origin import SameOriginGuard, parse_allowed_hosts
 from services.api.security import BodyLimitMiddleware, install_error_handlers
@@ -44,15 +44,21 @@ the CLI's syntax (`label=covid19`, `view=PA,AP`, `label!=normal`).
 
 
 def create_app(
-    settings: Settings, *, runtime: RuntimeLike | None = None, submitter: Submitter | None = None
+    settings: Settings,
+    *,
+    runtime: RuntimeLike | None = None,
+    submitter: Submitter | None = None,
+    purge: Callable[[set[str]], int] | None = None,
 ) -> FastAPI:
     """The app over `runtime` (default: a services.pipeline.Runtime of `settings`); `submitter` hands files to
-    the background queue (POST /v1/index answers 503 without one)."""
+    the background queue (POST /v1/index answers 503 without one); `purge` takes a forgotten patient's waiting
+    messages out of it (workers.purge)."""
     if runtime is None:
         from services.pipeline.runtime import Runtime
 
         runtime = Runtime(settings)
     state = ApiState(settings, runtime, submitter)
+    state.purge = purge
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -88,6 +94,7 @@ def create_app(
         (point_routes.router, SEARCH),
         (explain_routes.router, SEARCH),
         (index_routes.router, INDEX),
+        (admin_routes.router, ADMIN),
     ):
         app.include_router(router, dependencies=[Depends(require_scope(scope))])
     app.mount("/viewer", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")

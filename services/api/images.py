@@ -78,6 +78,12 @@ class ThumbnailCache:
                 self._items.move_to_end(key)
             return png
 
+    def clear(self) -> None:
+        """Drop every rendered image (after a forget: nothing of an erased patient stays in memory)."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
     def put(self, key: str, png: bytes) -> None:
         with self._lock:
             if key in self._items:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -108,3 +109,30 @@ def test_an_answer_whose_record_cannot_be_written_is_not_sent(indexed: Indexed, 
             holder.join()
         assert r.status_code == 503 and "audit trail" in r.json()["detail"] and "hits" not in r.text
         assert c.post("/v1/search", files={"file": ("q.jpg", query, "image/jpeg")}).status_code == 200
+
+
+def test_admin_routes_read_the_trail_and_forget_a_patient(indexed: Indexed, tmp_path: Path, dicom_dir: Path) -> None:
+    from services.pipeline import IngestOptions, Ingestor, Runtime, build_items
+
+    settings = indexed.with_(data_dir=tmp_path / "data")
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for name in ("RG1_UNCI.dcm", "RG1_UNCR.dcm"):
+        (folder / name).write_bytes((dicom_dir / name).read_bytes())
+    (folder / "other.jpg").write_bytes(_film(indexed))
+    patient = str(pydicom.dcmread(dicom_dir / "RG1_UNCR.dcm", stop_before_pixels=True).PatientID)
+    with Runtime(settings, model_path=indexed.model) as rt:
+        opts = IngestOptions(collection=settings.collection, batch_size=4, decode_workers=1)
+        items, _ = build_items([folder])
+        assert Ingestor(rt.encoder, rt.store, opts, salt=settings.salt, refs=rt.ledger.put_refs).run(items).indexed == 3
+    with make_client(settings, indexed.model) as c:
+        c.app.state.api.wait_ready(60)
+        dry = c.post("/v1/admin/forget", json={"patient_id": patient, "dry_run": True})
+        assert dry.status_code == 200 and dry.json()["points"] == {settings.collection: 2}
+        done = c.post("/v1/admin/forget", json={"patient_id": patient})
+        assert done.status_code == 200 and done.json()["points"] == {settings.collection: 2}
+        assert c.get("/v1/collections").json()["collections"][0]["count"] == 1
+        trail = c.get("/v1/admin/audit", params={"action": "api.forget"}).json()
+        assert trail["verified"] and [r["objects"]["dry_run"] for r in trail["records"]] == [True, False]
+        assert patient not in json.dumps(trail)
+        assert c.post("/v1/admin/forget", json={"patient_id": patient, "sop_uid": "1.2.3"}).status_code == 422

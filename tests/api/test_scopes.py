@@ -33,6 +33,8 @@ SCOPE_OF = {
     ("GET", "/v1/explain"): SEARCH,
     ("POST", "/v1/explain"): SEARCH,
     ("POST", "/v1/index"): INDEX,
+    ("GET", "/v1/admin/audit"): ADMIN,
+    ("POST", "/v1/admin/forget"): ADMIN,
 }
 # No patient data: health, the redirect to the viewer, the OpenAPI schema and its pages, and static files.
 PUBLIC_ROUTES = {"/livez", "/readyz", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}

@@ -67,6 +67,11 @@ def test_add_prints_only_the_secret_and_stores_only_its_hash(tmp_path: Path) -> 
     assert token.sha256 not in listed.stdout and secret not in listed.stdout
     as_json = json.loads(cxr_token(tokens, "list", "--json").stdout)
     assert as_json == [{"name": "ward-viewer", "scopes": ["search", "index"], "created_at": token.created_at}]
+    from services.governance.audit import AuditLog
+
+    (change,) = AuditLog(tmp_path / "data" / "audit.sqlite3").records(action="token.add")  # the change is audited
+    assert change.actor.startswith("os:") and change.objects == {"token": "ward-viewer", "scopes": ["search", "index"]}
+    assert secret not in json.dumps(change.to_dict())
 
 
 def test_add_refuses_a_taken_name_an_unknown_scope_and_a_bad_name(tmp_path: Path) -> None:
