@@ -18,6 +18,10 @@ CollectionOpt = Annotated[
     typer.Option("--collection", "-c", help="Collection name (default: $CXR_COLLECTION or 'cxr')."),
 ]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Images per encoder batch.")]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus /metrics on CXR_METRICS_BIND:PORT."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ManifestOpt = Annotated[
     Path | None, typer.Option("--manifest", help="CSV with path,label,patient_id,... (paths relative to it).")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from cli.errors import EXIT_PARTIAL
-from cli.options import CollectionOpt, JsonOpt, load_settings
+from cli.options import CollectionOpt, JsonOpt, MetricsPortOpt, load_settings
 from services.governance.audit import audit_log, record_cli
 from services.governance.tombstones import tombstones_at
 
@@ -94,6 +94,7 @@ def dicom_listen(
         bool, typer.Option("--dispatch/--no-dispatch", help="Send what lands to the queue (needs Redis).")
     ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every stored instance (UIDs only).")] = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Receive X-rays over DICOM (C-STORE, C-ECHO) into the spool; success only once each is durable.
 
@@ -133,6 +134,10 @@ def dicom_listen(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     receiver.start()
+    if metrics_port:
+        from workers.metrics import serve_metrics
+
+        serve_metrics(settings, metrics_port)
     typer.echo(f"cxr receiver {cfg.ae_title} ready on {cfg.host}:{receiver.port}", err=True)
     stop.wait()
     receiver.stop()

@@ -8,40 +8,17 @@ from __future__ import annotations
 import faulthandler
 import json
 import signal
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from cli.errors import cell, stderr
-from cli.options import JsonOpt, load_settings
-from workers.queues import EMBED_QUEUE, INDEX_QUEUE, PRIORITY_SUFFIXES, QUEUES
+from cli.options import JsonOpt, MetricsPortOpt, load_settings
+from workers.queues import EMBED_QUEUE, INDEX_QUEUE, QUEUES, queue_depths
 
 # kombu keeps a queue's messages in the list named after it, plus one list per priority step (sep \x06\x16).
-
-
-def queue_depths(redis_url: str, *, timeout_s: float = 0.5) -> dict[str, Any]:
-    """Messages waiting per queue and unacknowledged (running or held by a dead worker), read from Redis;
-    {"error": ...} when Redis does not answer within `timeout_s`."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-    try:
-        pipe = client.pipeline()
-        for q in QUEUES:
-            for suffix in PRIORITY_SUFFIXES:
-                pipe.llen(q + suffix)
-        pipe.hlen("unacked")
-        counts = pipe.execute()
-    except (redis.RedisError, OSError) as exc:
-        return {"error": f"Redis at {redis_url} does not answer ({type(exc).__name__}: {exc})"}
-    finally:
-        client.close()
-    n = len(PRIORITY_SUFFIXES)
-    out: dict[str, Any] = {q: sum(counts[i * n : (i + 1) * n]) for i, q in enumerate(QUEUES)}
-    out["unacked"] = counts[-1]
-    return out
 
 
 def status(as_json: JsonOpt = False) -> None:
@@ -163,6 +140,7 @@ def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Embed processes.")] = 1,
     loglevel: Annotated[str, typer.Option("--loglevel", help="Celery log level.")] = "INFO",
     sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Re-send due ledger items periodically.")] = True,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run the background workers: N embed processes and the single index writer, plus the ledger sweep.
 
@@ -180,6 +158,11 @@ def worker(
     if unknown or not wanted:
         raise typer.BadParameter(f"unknown queue(s) {unknown}; use {' and/or '.join(QUEUES)}", param_hint="--queues")
     settings = load_settings()
+    if metrics_port:  # before any celery child starts: they write their metrics where the parent reads them
+        from workers.metrics import serve_metrics, use_multiprocess_dir
+
+        use_multiprocess_dir()
+        serve_metrics(settings, metrics_port, multiprocess=True)
     # `kill -USR1 <pid>` writes every thread's stack to stderr: how to see where a stuck worker waits
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     supervisor = Supervisor(

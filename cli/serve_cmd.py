@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.errors import stderr
-from cli.options import CollectionOpt, ModelOpt, load_settings
+from cli.options import CollectionOpt, MetricsPortOpt, ModelOpt, load_settings
 from services.api.same_origin import is_loopback_host
 from services.api.tokens import auth_configured
 
@@ -57,6 +57,7 @@ def serve(
     collection: CollectionOpt = None,
     model: ModelOpt = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Serve the REST API and the viewer (open http://HOST:PORT/viewer/).
 
@@ -96,5 +97,9 @@ def serve(
             return purge_keys(settings.redis_url, keys)
 
     app = create_app(settings, submitter=submitter, purge=purge)
+    if metrics_port:  # besides /metrics on the API: a token-free listener on CXR_METRICS_BIND, like the workers'
+        from workers.metrics import serve_metrics
+
+        serve_metrics(settings, metrics_port)
     stderr.print(f"viewer: http://{host}:{port}/viewer/  API docs: http://{host}:{port}/docs", markup=False)
     uvicorn.Server(server_config(app, settings, host=host, port=port, log_level=log_level)).run()

@@ -249,6 +249,11 @@ class Settings(BaseSettings):
     )
     pacs_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout (s) of each PACS HTTP request.")
     pacs_retries: int = Field(4, ge=0, description="Retries of a PACS request after a timeout or a 5xx/429 answer.")
+    metrics_bind: str = Field(
+        "127.0.0.1",
+        description="Address the --metrics-port endpoints of `cxr worker` and `cxr dicom-listen` listen on (no patient"
+        " data, no token: loopback unless set).",
+    )
     audit_enabled: bool = Field(
         True,
         description="Keep the audit trail (DATA_DIR/audit.sqlite3): who searched, viewed, indexed, received or"

@@ -6,6 +6,8 @@ and not each other.
 
 from __future__ import annotations
 
+from typing import Any
+
 EMBED_QUEUE = "embed"
 INDEX_QUEUE = "index"
 QUEUES = (EMBED_QUEUE, INDEX_QUEUE)  # what `cxr worker` runs and `cxr status` counts
@@ -24,3 +26,26 @@ def broker_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisError
 
     return (OperationalError, RedisError, *_BROKER_ERRORS)
+
+
+def queue_depths(redis_url: str, *, timeout_s: float = 0.5) -> dict[str, Any]:
+    """Messages waiting per queue and unacknowledged (running or held by a dead worker), read from Redis;
+    {"error": ...} when Redis does not answer within `timeout_s`."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        pipe = client.pipeline()
+        for q in QUEUES:
+            for suffix in PRIORITY_SUFFIXES:
+                pipe.llen(q + suffix)
+        pipe.hlen("unacked")
+        counts = pipe.execute()
+    except (redis.RedisError, OSError) as exc:
+        return {"error": f"Redis at {redis_url} does not answer ({type(exc).__name__}: {exc})"}
+    finally:
+        client.close()
+    n = len(PRIORITY_SUFFIXES)
+    out: dict[str, Any] = {q: sum(counts[i * n : (i + 1) * n]) for i, q in enumerate(QUEUES)}
+    out["unacked"] = counts[-1]
+    return out

@@ -24,6 +24,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
+from services.governance.metrics import EMBED_SECONDS, INDEX_SECONDS
 from services.governance.tombstones import tombstones_at
 from workers.queues import EMBED_TASK, INDEX_QUEUE, INDEX_TASK
 
@@ -126,15 +127,16 @@ def embed(task: Task, keys: list[str], collection: str | None = None) -> dict[st
         log.error("cannot load the model: %s", exc)
         _retry_or_release(task, ctx, keys, "encode", exc, collection=collection)
         return {"indexed": 0}
-    out = embed_keys(
-        ctx.ledger,
-        encoder,
-        keys,
-        opts=_opts(settings),
-        salt=settings.salt,
-        max_attempts=settings.max_attempts,
-        collection=collection,
-    )
+    with EMBED_SECONDS.time():
+        out = embed_keys(
+            ctx.ledger,
+            encoder,
+            keys,
+            opts=_opts(settings),
+            salt=settings.salt,
+            max_attempts=settings.max_attempts,
+            collection=collection,
+        )
     stats = {"embedded": sum(len(b.points) for b in out.batches), "failed": out.failed, "gave_up": out.gave_up}
     for batch in out.batches:
         if settings.qdrant_url:  # a server takes writes from every worker
@@ -163,7 +165,8 @@ def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
     points = PointBatch.from_json(batch)
     store = ctx.runtime.store
     try:
-        out = ctx.writer.write(points)
+        with INDEX_SECONDS.time():
+            out = ctx.writer.write(points)
     except (*TRANSIENT_STORE_ERRORS, sqlite3.OperationalError) as exc:  # store or ledger busy past its wait
         _retry_or_release(task, ctx, [p.key for p in points.points], "upsert", exc, collection=points.collection)
         return {"indexed": 0}

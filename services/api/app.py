@@ -24,9 +24,10 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from services.api import admin_routes, explain_routes, health, index_routes, point_routes, search_routes
+from services.api import admin_routes, explain_routes, health, index_routes, metrics_routes, point_routes, search_routes
 from services.api.access import ADMIN, INDEX, SEARCH, install_access, require_scope
 from services.api.audit_trail import AuditMiddleware
+from services.api.metrics_routes import MetricsMiddleware
 from services.api.same_origin import SameOriginGuard, parse_allowed_hosts
 from services.api.security import BodyLimitMiddleware, install_error_handlers
 from services.api.state import ApiState, RuntimeLike, Submitter
@@ -87,8 +88,10 @@ def create_app(
     app.add_middleware(SameOriginGuard, check_host=gate.open or bool(allowed_hosts), allowed_hosts=allowed_hosts)
     # added last, so it runs first: every /v1 answer, refusals included, is recorded before it is sent
     app.add_middleware(AuditMiddleware, audit=state.audit)
+    app.add_middleware(MetricsMiddleware)  # outermost: every answer counted and timed, refusals included
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     for router, scope in (
         (search_routes.router, SEARCH),
         (point_routes.router, SEARCH),

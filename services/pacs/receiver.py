@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 
 from services.governance.audit import AuditLog
+from services.governance.metrics import CSTORES
 from services.pacs.acceptance import ACCEPTED_SOP_CLASSES, CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 from services.pacs.admission import Admission, parse_aets, parse_allow_list, reject_reason
 from services.pacs.association_audit import AssociationAudit
@@ -231,6 +232,7 @@ class Receiver:
                     source=f"AE {calling} at {_peer(event)}",
                 )
         self.stats.note(outcome)
+        CSTORES.labels(f"0x{outcome.status:04X}").inc()
         self.associations.note(event.assoc, outcome.status)
         if outcome.ok:
             if outcome.new:

@@ -26,6 +26,4 @@ def test_failure_lines_show_control_characters_and_markup_escaped(tmp_path: Path
 
     printed = cxr("index", str(folder))
     assert "\x1b" not in printed and "\r" not in printed
-    assert (
-        "\\x1b[31mred\\x1b[0m.png" in printed and "over\\rwrite.png" in printed and "[bold]loud[red].png" in printed
-    )
+    assert "\\x1b[31mred\\x1b[0m.png" in printed and "over\\rwrite.png" in printed and "[bold]loud[red].png" in printed

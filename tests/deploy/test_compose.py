@@ -22,7 +22,7 @@ from tests.deploy.compose import (
 )
 
 CXR_SERVICES = {"worker-embed", "worker-index", "api", "dicom"}
-INFRA_SERVICES = {"qdrant", "redis"}
+INFRA_SERVICES = {"qdrant", "redis", "prometheus"}
 WORKERS = {"worker-embed", "worker-index"}
 SETTINGS_VARS = {f"CXR_{name.upper()}" for name in Settings.model_fields}
 PROBES = {"http", "tcp", "dicom", "worker"}
@@ -78,6 +78,7 @@ def test_published_ports_are_loopback_unless_the_env_file_binds_the_receiver(
     assert published["worker-embed"] == published["worker-index"] == []
     assert published["qdrant"] == [("127.0.0.1", 6333, 6333)]
     assert published["api"] == [("127.0.0.1", 8000, 8000)]
+    assert published["prometheus"] == [("127.0.0.1", 9090, 9090)]
     # The receiver is reachable from the hospital network only once .env names the address to publish it on.
     assert published["dicom"] == [("127.0.0.1", 11112, 11112)]
     assert _published(services["dicom"], {"CXR_DICOM_BIND": "10.1.2.3"}) == [("10.1.2.3", 11112, 11112)]
@@ -243,3 +244,16 @@ def test_cxr_services_read_the_env_file_and_pin_their_paths(services: dict[str, 
         assert env["CXR_QDRANT_URL"] == "http://qdrant:6333" and env["CXR_REDIS_URL"].startswith("redis://redis:")
         assert "CXR_QDRANT_PATH" not in env, "a path and a URL together are refused"
         assert svc["init"] is True and svc["restart"] == "unless-stopped", name
+
+
+def test_prometheus_is_optional_and_scrapes_every_cxr_metrics_port(services: dict[str, dict[str, Any]]) -> None:
+    import yaml
+
+    assert services["prometheus"]["profiles"] == ["metrics"], "`docker compose up` starts without it"
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for cfg in job["static_configs"] for t in cfg["targets"]}
+    expected = {f"{name}:{_option(services[name]['command'], '--metrics-port')}" for name in CXR_SERVICES}
+    assert targets == expected
+    for name in CXR_SERVICES:  # reachable by the scraper inside the network, never published
+        assert environment(services[name])["CXR_METRICS_BIND"] == "0.0.0.0"
+        assert all(port[2] != 9100 for port in _published(services[name]))
