@@ -14,6 +14,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
@@ -138,3 +139,20 @@ def write_corpus(cases: list[Case], folder: Path) -> dict[Path, Case]:
         path.write_bytes(case.data)
         out[path] = case
     return out
+
+
+def expected_outcomes(cases: list[Case]) -> dict[str, tuple]:
+    """Per case, what a ledger item of it must say after the workers: indexed, or failed at decode with its reason."""
+    return {c.id: ("indexed",) if c.good else ("failed", "decode", c.says) for c in cases}
+
+
+def ledger_outcomes(cases: list[Case], items: dict[str, Any]) -> dict[str, tuple]:
+    """Per case, what its ledger item says (its reason shortened to the case's expected words when it has them)."""
+    got: dict[str, tuple] = {}
+    for case in cases:
+        item = items[case.id]
+        if item is None or item.state == "indexed":
+            got[case.id] = (item.state,) if item else ("missing",)
+        else:
+            got[case.id] = (item.state, item.stage, case.says if case.says in (item.reason or "") else item.reason)
+    return got

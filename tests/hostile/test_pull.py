@@ -21,7 +21,7 @@ from services.pacs.pull_batch import PullOptions, PullReport
 from services.pacs.spool import Spool
 from services.pipeline.ledger import Item, Ledger, sop_key
 from tests.hostile.conftest import INDEXING_CEILING_MB
-from tests.hostile.corpus import Case, write_corpus
+from tests.hostile.corpus import Case, expected_outcomes, ledger_outcomes, write_corpus
 from tests.hostile.memory import reset_peak, status_mb
 from tests.pacs.conftest import SALT, index_inline, stored_payloads
 from tests.pacs.dicom_factory import send_as_is
@@ -83,15 +83,7 @@ def test_orthanc_holds_every_instance_and_the_pull_stores_each_one(pull_run: Pul
 
 
 def test_each_instance_is_indexed_or_fails_at_decode_with_its_reason(pull_run: PullRun) -> None:
-    got, want = {}, {}
-    for case in pull_run.cases:
-        item = pull_run.items[case.id]
-        want[case.id] = ("indexed",) if case.good else ("failed", "decode", case.says)
-        if item is None or item.state == "indexed":
-            got[case.id] = (item.state,) if item else ("missing",)
-        else:
-            got[case.id] = (item.state, item.stage, case.says if case.says in (item.reason or "") else item.reason)
-    assert got == want
+    assert ledger_outcomes(pull_run.cases, pull_run.items) == expected_outcomes(pull_run.cases)
 
 
 def test_the_good_films_of_the_pull_are_in_the_store(pull_run: PullRun) -> None:

@@ -16,7 +16,7 @@ from services.config import Settings
 from services.pacs.acceptance import SUCCESS
 from services.pipeline.ledger import Item, Ledger, sop_key
 from tests.hostile.conftest import INDEXING_CEILING_MB
-from tests.hostile.corpus import Case, write_corpus
+from tests.hostile.corpus import Case, expected_outcomes, ledger_outcomes, write_corpus
 from tests.hostile.memory import reset_peak, status_mb
 from tests.pacs.conftest import SALT, ReceiverProcess, index_inline, pacs_env, stored_payloads
 from tests.pacs.dicom_factory import send_as_is
@@ -71,15 +71,7 @@ def test_every_parsable_chest_instance_is_stored_and_answered_success(receiver_r
 
 
 def test_each_instance_is_indexed_or_fails_at_decode_with_its_reason(receiver_run: ReceiverRun) -> None:
-    got, want = {}, {}
-    for case in receiver_run.cases:
-        item = receiver_run.items[case.id]
-        want[case.id] = ("indexed",) if case.good else ("failed", "decode", case.says)
-        if item is None or item.state == "indexed":
-            got[case.id] = (item.state,) if item else ("missing",)
-        else:
-            got[case.id] = (item.state, item.stage, case.says if case.says in (item.reason or "") else item.reason)
-    assert got == want
+    assert ledger_outcomes(receiver_run.cases, receiver_run.items) == expected_outcomes(receiver_run.cases)
 
 
 def test_the_good_films_of_the_association_are_in_the_store(receiver_run: ReceiverRun) -> None:

@@ -96,6 +96,8 @@ def test_a_forgotten_patient_is_gone_everywhere_and_stays_gone(
         wait_for(lambda: ledger.counts().get("failed", 0) == 1, timeout=60, what="the resent file to fail")
         (failed,) = ledger.failures()
         assert failed.stage == "forgotten"
+        inline = cxr(env, "index", str(queued[A][0].parent))  # and `cxr index` run inline refuses it too
+        assert inline.returncode == 1 and "[forgotten]" in inline.stdout + inline.stderr
         wait_for(lambda: b"sop:" not in redis_bodies(url), timeout=60, what="the queues to drain")
     finally:
         receiver.stop()

@@ -22,8 +22,15 @@ def runtime(data_dir: Path, tiny_checkpoint: Path):
         yield rt
 
 
-def films(cxr_public: Path, n: int) -> list[Path]:
-    return sorted((cxr_public / "images" / "normal").iterdir())[:n]
+def export(tmp_path: Path, cxr_public: Path, dicom_dir: Path) -> tuple[Path, Path]:
+    """export/ with film.jpg, other.jpg and chest.dcm (real files); and a third film to write over film.jpg."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    a, b, c = sorted((cxr_public / "images" / "normal").iterdir())[:3]
+    shutil.copy(a, folder / "film.jpg")
+    shutil.copy(b, folder / "other.jpg")
+    shutil.copy(dicom_dir / "RG1_UNCR.dcm", folder / "chest.dcm")
+    return folder, c
 
 
 def rewrite_pixels(path: Path) -> None:
@@ -50,12 +57,7 @@ def points_by_ref(rt: Runtime) -> dict[str, list]:
 def test_a_file_changed_in_place_replaces_its_point_inline(
     runtime: Runtime, cxr_public: Path, dicom_dir: Path, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "export"
-    folder.mkdir()
-    a, b, c = films(cxr_public, 3)
-    shutil.copy(a, folder / "film.jpg")
-    shutil.copy(b, folder / "other.jpg")
-    shutil.copy(dicom_dir / "RG1_UNCR.dcm", folder / "chest.dcm")
+    folder, c = export(tmp_path, cxr_public, dicom_dir)
     first = index(runtime, folder)
     assert (first.indexed, first.skipped, first.failed) == (3, 0, [])
     before = points_by_ref(runtime)

@@ -11,8 +11,8 @@ from pathlib import Path
 from services.index import QdrantEdgeStore
 from services.pipeline.sources import build_items
 from services.pipeline.submission import submit
-from tests.pipeline.test_changed_files import rewrite_pixels
-from tests.workers.conftest import WorkerProcess, queue_env, real_images, settings_of, wait_ledger
+from tests.pipeline.test_changed_files import export, rewrite_pixels
+from tests.workers.conftest import WorkerProcess, queue_env, settings_of, wait_ledger
 from workers.dispatch import make_publish
 
 
@@ -21,12 +21,9 @@ def test_a_file_changed_in_place_replaces_its_point_through_the_queue(
 ) -> None:
     env = queue_env(tmp_path / "data", redis_db_url, tiny_checkpoint)
     settings = settings_of(env)
-    folder = tmp_path / "export"
-    folder.mkdir()
-    a, b, c = real_images(cxr_public, 3)
-    shutil.copy(a, folder / "film.jpg")
-    shutil.copy(b, folder / "other.jpg")
-    shutil.copy(dicom_dir / "RG1_UNCR.dcm", folder / "chest.dcm")
+    folder, c = export(tmp_path, cxr_public, dicom_dir)
+    a = folder / "film.jpg"
+    a_sha = hashlib.sha256(a.read_bytes()).hexdigest()
     publish = make_publish(settings)
     assert submit(settings, build_items([folder])[0], publish=publish).recorded == 3
     workers.append(WorkerProcess(env, tmp_path / "worker.log"))
@@ -48,6 +45,6 @@ def test_a_file_changed_in_place_replaces_its_point_through_the_queue(
     by_ref = {p.payload["source_ref"]: p for p in after}
     shas = {p.payload["content_sha256"] for p in after}
     assert hashlib.sha256(c.read_bytes()).hexdigest() in shas
-    assert hashlib.sha256(a.read_bytes()).hexdigest() not in shas
+    assert a_sha not in shas
     changed = {ref for ref in by_ref if by_ref[ref].payload != before[ref].payload}
     assert len(changed) == 2
