@@ -108,9 +108,18 @@ def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
 
 
 @pytest.fixture()
-def redis_db_url(redis_server) -> str:  # noqa: ANN001
-    """A fresh database number on the session's Redis, so tests never see each other's queues."""
-    return redis_server.url.rsplit("/", 1)[0] + f"/{next(_db) % 16}"
+def redis_db_url(redis_server) -> Iterator[str]:  # noqa: ANN001
+    """A database of the session's Redis, emptied before and after the test, so tests never see each other's
+    queues (there are 16 numbers and more tests: an earlier test's unacknowledged message, restored into a later
+    test's queue, once ran there as a duplicate delivery)."""
+    import redis
+
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{next(_db) % 16}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
 
 
 def real_images(cxr_public: Path, n: int) -> list[Path]:
