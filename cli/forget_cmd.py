@@ -29,21 +29,15 @@ def forget(
     from services.governance.forget import forget as run_forget
     from services.governance.tombstones import Target, target_hashes
     from services.pipeline import Runtime
+    from workers.purge import purger
 
-    given = [(k, v) for k, v in (("patient", patient_id), ("study", study_uid), ("sop", sop_uid)) if v]
-    if len(given) != 1:
-        raise typer.BadParameter("give exactly one of --patient-id, --study-uid, --sop-uid")
-    target = Target(*given[0])
+    try:
+        target = Target.given(patient_id, study_uid, sop_uid)
+    except ValueError:
+        raise typer.BadParameter("give exactly one of --patient-id, --study-uid, --sop-uid") from None
     settings = load_settings()
-    purge = None
-    if settings.redis_url:
-        from workers.purge import purge_keys
-
-        def purge(keys: set[str]) -> int:
-            return purge_keys(settings.redis_url, keys)
-
     with Runtime(settings) as rt:
-        report = run_forget(settings, target, store=rt.store, ledger=rt.ledger, dry_run=dry_run, purge=purge)
+        report = run_forget(settings, target, store=rt.store, ledger=rt.ledger, dry_run=dry_run, purge=purger(settings))
     tomb = target_hashes(target, settings.salt)[0][1]  # the salted hash only, never the id itself
     action = "forget.dry-run" if dry_run else "forget"
     record_cli(

@@ -88,15 +88,9 @@ def serve(
 
     from services.api.app import create_app
     from services.api.server import server_config
+    from workers.purge import purger
 
-    purge = None
-    if settings.redis_url:
-        from workers.purge import purge_keys
-
-        def purge(keys: set[str]) -> int:
-            return purge_keys(settings.redis_url, keys)
-
-    app = create_app(settings, submitter=submitter, purge=purge)
+    app = create_app(settings, submitter=submitter, purge=purger(settings))
     if metrics_port:  # besides /metrics on the API: a token-free listener on CXR_METRICS_BIND, like the workers'
         from workers.metrics import serve_metrics
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from services.config import Settings
 from workers.queues import PRIORITY_SUFFIXES, QUEUES
 
 
@@ -22,6 +23,13 @@ def _body(raw: bytes) -> bytes:
         return body.encode() if isinstance(body, str) else b""
     except (ValueError, TypeError, AttributeError):
         return raw
+
+
+def purger(settings: Settings) -> Callable[[set[str]], int] | None:
+    """`purge_keys` on this deployment's broker, as services.governance.forget takes it (None without Redis)."""
+    if not settings.redis_url:
+        return None
+    return lambda keys: purge_keys(settings.redis_url, keys)
 
 
 def purge_keys(redis_url: str, keys: Iterable[str], *, timeout_s: float = 5.0) -> int:

@@ -45,19 +45,16 @@ async def forget(request: Request, body: ForgetIn, state: Annotated[ApiState, De
     from services.governance.forget import forget as run_forget
     from services.governance.tombstones import Target, target_hashes
 
-    given = [(k, v) for k, v in (("patient", body.patient_id), ("study", body.study_uid), ("sop", body.sop_uid)) if v]
-    if len(given) != 1:
-        raise HTTPException(422, "give exactly one of patient_id, study_uid, sop_uid")
-    target = Target(*given[0])
+    try:
+        target = Target.given(body.patient_id, body.study_uid, body.sop_uid)
+    except ValueError:
+        raise HTTPException(422, "give exactly one of patient_id, study_uid, sop_uid") from None
     settings = state.settings
     note(request, kind=target.kind, target_hash=target_hashes(target, settings.salt)[0][1], dry_run=body.dry_run)
 
     def work() -> dict[str, Any]:
-        purge = None
-        if settings.redis_url and state.purge is not None:
-            purge = state.purge
         report = run_forget(
-            settings, target, store=state.store(), ledger=state.runtime.ledger, dry_run=body.dry_run, purge=purge
+            settings, target, store=state.store(), ledger=state.runtime.ledger, dry_run=body.dry_run, purge=state.purge
         )
         state.thumbnails.clear()
         return report.to_dict()

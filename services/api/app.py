@@ -58,8 +58,7 @@ def create_app(
         from services.pipeline.runtime import Runtime
 
         runtime = Runtime(settings)
-    state = ApiState(settings, runtime, submitter)
-    state.purge = purge
+    state = ApiState(settings, runtime, submitter, purge)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -7,7 +7,6 @@ any other needs an admin-scope token, like the audit trail. Not itself audited (
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from typing import Annotated
 
@@ -17,17 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.access import ADMIN, _bearer, require_scope
+from services.api.same_origin import is_loopback_host
 from services.api.state import ApiState, get_state
 from services.governance.metrics import API_LATENCY, API_REQUESTS, MODEL_LOAD
 
 router = APIRouter(tags=["health"])
-
-
-def _loopback(request: Request) -> bool:
-    try:
-        return request.client is not None and ipaddress.ip_address(request.client.host).is_loopback
-    except ValueError:
-        return False
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -37,7 +30,7 @@ async def metrics(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> Response:
     """Prometheus exposition: loopback clients as they are, others with an admin token."""
-    if not _loopback(request):
+    if request.client is None or not is_loopback_host(request.client.host):
         await require_scope(ADMIN)(request, credentials)
     if state.readiness.seconds is not None:
         MODEL_LOAD.set(state.readiness.seconds)

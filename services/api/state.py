@@ -77,6 +77,7 @@ class ApiState:
     settings: Settings
     runtime: RuntimeLike
     submitter: Submitter | None = None
+    purge: Callable[[set[str]], int] | None = None  # a forgotten patient's queued messages out (workers.purge)
     readiness: Readiness = field(default_factory=Readiness)
 
     def __post_init__(self) -> None:
@@ -84,7 +85,6 @@ class ApiState:
 
         self.thumbnails = ThumbnailCache()
         self.audit = audit_log(self.settings)
-        self.purge: Callable[[set[str]], int] | None = None  # set by create_app (workers.purge through the shell)
         self.decode_budget = DecodeBudget(self.settings.api_decode_memory_mb * 2**20, self.settings.api_decode_wait_s)
         self._explainer: Explainer | None = None
         self._explainer_lock = threading.Lock()

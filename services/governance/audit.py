@@ -124,7 +124,7 @@ class AuditLog(SqliteFile):
         if not self.enabled:
             return None
         blob = _plain(objects or {})
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = _utc(datetime.now(UTC))
         with self._tx() as db:
             last = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
@@ -207,17 +207,20 @@ def record_cli(settings: Any, action: str, outcome: str = "ok", **objects: Any) 
     audit_log(settings).record(cli_actor(), action, outcome, client="cli", objects=objects)
 
 
+def _utc(when: datetime) -> str:
+    """A UTC time as the records hold it: ISO 8601, milliseconds, `Z` (so text order is time order)."""
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def since_from(text: str) -> str:
     """`--since`: an ISO date or time, or an age such as 30m, 12h, 7d; the ISO UTC time it means."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if m:
         seconds = float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
-        return (
-            datetime.fromtimestamp(time.time() - seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        )
+        return _utc(datetime.fromtimestamp(time.time() - seconds, UTC))
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"--since takes an ISO date or time, or an age like 12h or 7d, not {text!r}") from None
     when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _utc(when.astimezone(UTC))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
-from services.governance.tombstones import Target, Tombstones, target_hashes, uid_forms
+from services.governance.tombstones import Target, target_hashes, tombstones_at, uid_forms
 from services.index import SearchFilter, VectorStore
 from services.index.payload import patient_hash
 from services.pipeline.ledger import Item, Ledger
@@ -84,7 +84,7 @@ def forget(
     report.notes.append("reports already sent to a PACS are the PACS's to delete")
     if dry_run:
         return report
-    Tombstones(settings.ledger_path, salt).add(target_hashes(target, salt))  # first: nothing comes back meanwhile
+    tombstones_at(settings.ledger_path, salt).add(target_hashes(target, salt))  # first: nothing comes back meanwhile
     for name, ids in doomed.items():
         store.delete_points(name, ids)
     ledger.erase(keys, refs)

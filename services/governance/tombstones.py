@@ -25,7 +25,6 @@ from services.sqlite_file import SqliteFile
 
 KINDS = ("patient", "study", "sop")
 _DOMAIN = b"cxr tombstone uid\0"
-_FIELDS = {"study": "study_uid", "sop": "sop_uid"}
 
 
 class ForgottenError(CxrError):
@@ -44,6 +43,14 @@ class Target:
     def __post_init__(self) -> None:
         if self.kind not in KINDS or not self.value.strip():
             raise ValueError(f"forget what? kind must be one of {KINDS} with a value, got {self.kind}={self.value!r}")
+
+    @classmethod
+    def given(cls, patient_id: str | None, study_uid: str | None, sop_uid: str | None) -> Target:
+        """The one target named by a command's or a request's options; ValueError unless exactly one is given."""
+        named = [(k, v) for k, v in zip(KINDS, (patient_id, study_uid, sop_uid), strict=True) if v]
+        if len(named) != 1:
+            raise ValueError("give exactly one of a patient id, a study UID, a SOP instance UID")
+        return cls(*named[0])
 
 
 def uid_hash(uid: str, salt: bytes) -> str:

@@ -61,9 +61,10 @@ def estimate_cost(data: bytes) -> DecodeCost:
 def _dicom_size(data: bytes) -> int | None:
     import pydicom
 
-    inflated = inflated_size(data, max_file_bytes(DEFAULT_MAX_PIXELS))
+    bound = max_file_bytes(DEFAULT_MAX_PIXELS)
+    inflated = inflated_size(data, bound)
     if inflated is not None:  # never parsed here: pydicom would inflate it whole first
-        return None if inflated > max_file_bytes(DEFAULT_MAX_PIXELS) else max(1, inflated // DICOM_BPP)
+        return None if inflated > bound else max(1, inflated // DICOM_BPP)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=not has_dicm_magic(data), stop_before_pixels=True)
         rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)

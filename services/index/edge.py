@@ -31,7 +31,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from services.errors import CollectionNotFoundError, StoreError, StoreLockedError
-from services.index.edge_params import edge_config, edge_optimizers
+from services.index.edge_params import edge_config, edge_optimizers, index_fields
 from services.index.edge_shards import LeasedShards
 from services.index.grouping import collect_groups
 from services.index.store import (
@@ -57,7 +57,6 @@ from services.index.translate import engine_filter, engine_search_params, found_
 from services.index.tuning import IndexTuning
 
 META_FILE = "cxr-collection.json"
-_SCHEMA = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer}
 
 
 def _edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
@@ -96,6 +95,7 @@ class QdrantEdgeStore(LeasedShards):
         self._threshold = indexing_threshold_kb
         self._pending: dict[str, int] = {}  # points upserted since this object's last optimize(), per collection
         self._dims: dict[str, int] = {}
+        self._indexed: set[str] = set()  # collections whose INDEXED_FIELDS indexes are known to exist
 
     def __enter__(self) -> QdrantEdgeStore:
         return self
@@ -159,6 +159,7 @@ class QdrantEdgeStore(LeasedShards):
         with self._lock:
             if self.has_collection(name):
                 check_same_dim(name, self._dim(name), dim)
+                self._ensure_indexes(name)
                 return
             with self._leased():  # a failed create gives the lease back
                 shard = self._create(path, dim)
@@ -173,9 +174,7 @@ class QdrantEdgeStore(LeasedShards):
         path.mkdir(parents=True)
         try:
             shard = qe.EdgeShard.create(str(path), self._config(dim, creating=True))
-            for key, kind in INDEXED_FIELDS.items():
-                shard.update(qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]))
-            shard.flush()
+            index_fields(shard, INDEXED_FIELDS)
         except Exception as exc:
             raise self._engine_error(exc, path, "create") from exc
         record = {"dim": dim, "distance": "Cosine", "created_at": datetime.now(UTC).isoformat()}
@@ -183,6 +182,14 @@ class QdrantEdgeStore(LeasedShards):
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path / META_FILE)
         return shard
+
+    def _ensure_indexes(self, name: str) -> None:
+        """Give a collection made by an older cxr the payload indexes added since (once per store object)."""
+        if name not in self._indexed:
+            with self._using(name) as shard:
+                have = set(self._call(name, "info", shard.info).payload_schema)
+                index_fields(shard, {k: v for k, v in INDEXED_FIELDS.items() if k not in have})
+            self._indexed.add(name)
 
     def _clear_partial(self, path: Path) -> None:
         try:  # take its lock first, so a create in progress elsewhere is not wiped
@@ -210,6 +217,7 @@ class QdrantEdgeStore(LeasedShards):
             self._shards.pop(name, None)
             self._dims.pop(name, None)
             self._dirty.discard(name)
+            self._indexed.discard(name)
             (path / META_FILE).unlink()
             shutil.rmtree(path)
             self._after_call()

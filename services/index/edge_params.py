@@ -1,5 +1,5 @@
-"""IndexTuning -> qdrant-edge's shard config (the engine's own classes, KB-sized); search parameters come from
-IndexTuning.search_plan through services.index.translate, as for the server."""
+"""IndexTuning -> qdrant-edge's shard config (the engine's own classes, KB-sized), and the payload indexes a shard
+gets; search parameters come from IndexTuning.search_plan through services.index.translate, as for the server."""
 
 from __future__ import annotations
 
@@ -41,3 +41,14 @@ def edge_config(
     optimizers = None if dim is None else edge_optimizers(tuning, dim, threshold_kb)
     vectors = None if dim is None else qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
     return qe.EdgeConfig(vectors=vectors, optimizers=optimizers, hnsw_config=edge_hnsw(tuning) if creating else None)
+
+
+_SCHEMA = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer}
+
+
+def index_fields(shard: qe.EdgeShard, fields: dict[str, str]) -> None:
+    """Create these payload indexes (name -> "keyword" or "integer") on `shard` and make them durable."""
+    for key, kind in fields.items():
+        shard.update(qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+    if fields:
+        shard.flush()

@@ -75,6 +75,7 @@ class QdrantServerStore:
             else QdrantClient(location=location)
         )
         self._dims: dict[str, int] = {}
+        self._indexed: set[str] = set()  # collections whose INDEXED_FIELDS indexes are known to exist
         self.tuning = tuning or IndexTuning()
 
     def __enter__(self) -> QdrantServerStore:
@@ -90,6 +91,7 @@ class QdrantServerStore:
         except UnexpectedResponse as exc:
             if exc.status_code == 404 and name is not None:
                 self._dims.pop(name, None)
+                self._indexed.discard(name)
                 raise CollectionNotFoundError(f"no collection {name!r} on Qdrant at {self.where}") from exc
             if exc.status_code in (401, 403):
                 raise StoreError(
@@ -102,6 +104,7 @@ class QdrantServerStore:
         except ValueError as exc:  # local mode reports unknown collections and bad input this way
             if name is not None and "not found" in str(exc):
                 self._dims.pop(name, None)
+                self._indexed.discard(name)
                 raise CollectionNotFoundError(f"no collection {name!r} on Qdrant at {self.where}") from exc
             raise StoreError(f"{doing} failed on Qdrant at {self.where}: {exc}") from exc
 
@@ -136,12 +139,20 @@ class QdrantServerStore:
             except StoreError:
                 if not self.has_collection(name):  # else another process created it first: check its dim
                     raise
-            else:
-                with warnings.catch_warnings():  # local mode warns that it ignores payload indexes
-                    warnings.simplefilter("ignore", UserWarning)
-                    for key, kind in INDEXED_FIELDS.items():
-                        self._call(name, "index", self._client.create_payload_index, name, key, _SCHEMA[kind])
         check_same_dim(name, self._dim(name), dim)
+        self._ensure_indexes(name)
+
+    def _ensure_indexes(self, name: str) -> None:
+        """The INDEXED_FIELDS payload indexes, for a new collection or one made by an older cxr (once per object)."""
+        if name in self._indexed:
+            return
+        have = self._call(name, "info", self._client.get_collection, name).payload_schema or {}
+        with warnings.catch_warnings():  # local mode warns that it ignores payload indexes
+            warnings.simplefilter("ignore", UserWarning)
+            for key, kind in INDEXED_FIELDS.items():
+                if key not in have:
+                    self._call(name, "index", self._client.create_payload_index, name, key, _SCHEMA[kind])
+        self._indexed.add(name)
 
     def _size(self, name: str, filters: Sequence[SearchFilter | None]) -> int | None:
         """The collection's (approximate) point count when the tuning needs it to choose exact search, else None:
@@ -179,6 +190,7 @@ class QdrantServerStore:
             raise CollectionNotFoundError(f"no collection {name!r} on Qdrant at {self.where}")
         self._call(name, "delete collection", self._client.delete_collection, name)
         self._dims.pop(name, None)
+        self._indexed.discard(name)
 
     # -- points
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from services.pipeline.ledger_file import LedgerFile
+from services.pipeline.ledger_file import LedgerFile, put_cursor
 from services.pipeline.ledger_rows import Item, _record, _row
 from services.pipeline.refs import file_ref, sop_key
 
@@ -258,16 +258,23 @@ class Ledger(LedgerFile):
         )
         return [_row(r) for r in recs]
 
-    def release_files(self, origin: str, *, before: float, release: Callable[[str], bool], limit: int = 1000) -> int:
+    def release_files(self, origin: str, *, before: float, release: Callable[[str], bool]) -> int:
         """Call `release(path)` on the files of `origin` items done in every collection (indexed or failed) and
-        untouched since `before`, under the write lock (no item can be re-armed meanwhile); how many it took."""
+        last touched after the previous call's bound and up to `before`, under the write lock (no item can be
+        re-armed meanwhile); how many it took. A cursor keeps the bound, so a file is offered once each time it is
+        finished (a re-armed item is touched again), not on every call for as long as its rows exist."""
+        name = f"released:{origin}"
         with self._tx() as db:
+            rec = db.execute("SELECT value FROM cursors WHERE name=?", (name,)).fetchone()
+            after = float(rec["value"]) if rec else 0.0
             recs = db.execute(
-                "SELECT path FROM items WHERE origin=? GROUP BY path"
-                " HAVING SUM(state NOT IN ('indexed','failed'))=0 AND MAX(updated_at) <= ? LIMIT ?",
-                (origin, before, limit),
+                "SELECT path, MAX(updated_at) AS t FROM items WHERE origin=? GROUP BY path"
+                " HAVING SUM(state NOT IN ('indexed','failed'))=0 AND t > ? AND t <= ?",
+                (origin, after, before),
             ).fetchall()
-            return sum(bool(release(r["path"])) for r in recs)
+            taken = sum(bool(release(r["path"])) for r in recs)
+            put_cursor(db, name, repr(max(after, before)))
+        return taken
 
     def has_file(self, origin: str, path: str | Path) -> bool:
         """True when some item of `origin` (any collection) has its bytes at `path`."""

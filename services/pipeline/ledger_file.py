@@ -7,12 +7,22 @@ services.pipeline.ledger.Ledger builds the items (what happened to each image) o
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from services.pipeline.ledger_schema import ensure_schema
 from services.sqlite_file import SqliteFile
+
+
+def put_cursor(db: sqlite3.Connection, name: str, value: str) -> None:
+    """Set cursor `name` inside the caller's transaction."""
+    db.execute(
+        "INSERT INTO cursors(name, value, updated_at) VALUES (?,?,?)"
+        " ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+        (name, value, time.time()),
+    )
 
 
 class LedgerFile(SqliteFile):
@@ -30,11 +40,7 @@ class LedgerFile(SqliteFile):
 
     def set_cursor(self, name: str, value: str) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO cursors(name, value, updated_at) VALUES (?,?,?)"
-                " ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
-                (name, value, time.time()),
-            )
+            put_cursor(db, name, value)
 
     # -- opaque source references: payloads carry the ref, this machine knows the path
 

@@ -161,8 +161,8 @@ def plan_existing(
     if not update:
         return write, [], skipped
     # in update mode every point is written: the stored vector is kept where the content did not change
-    present = store.existing_ids(collection, [p.point_id for p in write])
-    stored = {r.id: r for r in store.retrieve(collection, sorted(present), with_vectors=True)} if present else {}
+    ids = [p.point_id for p in write]
+    stored = {r.id: r for r in store.retrieve(collection, ids, with_vectors=True)} if ids else {}  # the stored ones
     todo: list[Prepared] = []
     reuse: list[tuple[Prepared, np.ndarray]] = []
     for p in write:

@@ -137,6 +137,22 @@ def test_payload_indexes_and_hnsw_build(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_collection_of_an_older_cxr_gains_the_payload_indexes_added_since(tmp_path: Path) -> None:
+    import qdrant_edge as qe
+
+    store = QdrantEdgeStore(tmp_path)
+    store.create_collection("old", 16)
+    shard = store._shard("old")  # engine internals: make it look like a collection from before source_ref
+    shard.update(qe.UpdateOperation.delete_field_index("source_ref"))
+    shard.flush()
+    assert "source_ref" not in shard.info().payload_schema
+    store.close()
+    again = QdrantEdgeStore(tmp_path)
+    again.create_collection("old", 16)  # what every indexing run does first
+    assert set(again._shard("old").info().payload_schema) == set(INDEXED_FIELDS)
+    again.close()
+
+
 def test_unreadable_collection_record(tmp_path: Path) -> None:
     store = _store_with_points(tmp_path)
     store.close()
