@@ -123,14 +123,46 @@ def save(ds: Dataset, folder: Path) -> Path:
     return path
 
 
-def send(paths: list[Path], host: str, port: int, *, called: str, calling: str, nodelay: bool = True) -> dict[str, int]:
-    """C-STORE the files in one association (each in its own transfer syntax); {SOP UID: status}."""
+def send(
+    paths: list[Path],
+    host: str,
+    port: int,
+    *,
+    called: str,
+    calling: str,
+    nodelay: bool = True,
+    dimse_timeout: float = 180,
+    resend_lost: bool = False,
+) -> dict[str, int]:
+    """C-STORE the files in one association (each in its own transfer syntax); {SOP UID: status}, -1 where no
+    answer came. With `resend_lost`, instances left unanswered are sent once more on a new association, as a
+    modality retries: pynetdicom's requestor can lose a response that arrives very fast (its reactor takes it off
+    the queue before send_c_store waits; pydicom/pynetdicom#875), then aborts after `dimse_timeout`."""
+    datasets = [pydicom.dcmread(p) for p in paths]
+    out = _send_once(datasets, host, port, called, calling, nodelay, dimse_timeout, keep_going=resend_lost)
+    lost = [d for d in datasets if out.get(str(d.SOPInstanceUID), -1) == -1]
+    if resend_lost and lost:
+        out.update(_send_once(lost, host, port, called, calling, nodelay, dimse_timeout, keep_going=False))
+    return out
+
+
+def _send_once(  # noqa: PLR0913 - the association's parameters, passed through
+    datasets: list,
+    host: str,
+    port: int,
+    called: str,
+    calling: str,
+    nodelay: bool,
+    dimse_timeout: float,
+    *,
+    keep_going: bool,
+) -> dict[str, int]:
     from pynetdicom import AE
 
-    datasets = [pydicom.dcmread(p) for p in paths]
     ae = AE(ae_title=calling)
     # A loaded 2-core machine can take longer than pynetdicom's 30 s defaults to answer; real modalities wait too.
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 180
+    ae.acse_timeout = ae.network_timeout = 180
+    ae.dimse_timeout = dimse_timeout
     for pair in sorted({(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}):
         ae.add_requested_context(*pair)
     assoc = ae.associate(host, port, ae_title=called)
@@ -143,6 +175,9 @@ def send(paths: list[Path], host: str, port: int, *, called: str, calling: str, 
     try:
         out = {}
         for d in datasets:
+            if keep_going and not assoc.is_established:  # aborted after a lost answer: the rest is resent
+                out[str(d.SOPInstanceUID)] = -1
+                continue
             status = assoc.send_c_store(d)
             out[str(d.SOPInstanceUID)] = int(status.Status) if "Status" in status else -1
         return out

@@ -120,7 +120,15 @@ def test_100_instances_over_8_parallel_associations_are_all_spooled_and_indexed(
     lock = threading.Lock()
 
     def sender(chunk: list[Path]) -> None:
-        got = send(chunk, "127.0.0.1", stack.receiver.port, called="CXR", calling="MODALITY")
+        got = send(
+            chunk,
+            "127.0.0.1",
+            stack.receiver.port,
+            called="CXR",
+            calling="MODALITY",
+            dimse_timeout=30,
+            resend_lost=True,
+        )
         with lock:
             statuses.update(got)
 
