@@ -2,15 +2,17 @@
 
 Rows: (1) raw pixels, (2) frozen ImageNet EfficientNet-Lite0 features (224 px, no training), (3) random-init
 ViT, (4) cross-entropy on CLS features, (5) contrastive without memory, (6) plus a cross-batch memory, (7) plus
-KoLeo 0.3 (the paper's full recipe). Every trained row uses the same
-split file, backbone, image size, step budget and seed; each trains at its recipe's learning rate (the one it
-was validated at, `services.training.recipes`) unless --lr sets one for all, and the table prints each row's
-own rate. A finished run in OUT/<row> is reused only when its recorded recipe, learning rate, steps, shape,
-size, batch, seed and split match the current arguments; otherwise the script stops and names the
-difference. Every row is scored by
-`services.evaluation.scoring.score_retrieval`, the function `cxr eval` uses: test queries against the train
-gallery, exact cosine ranking, the query's own patient excluded. The only difference from `cxr eval` is that
-embeddings are computed in memory, not read back from a vector store.
+KoLeo 0.3 (the paper's full recipe). Every trained row uses the same split file, backbone, image size, step budget
+and seed; each trains at its recipe's learning rate (the one it was validated at, `services.training.recipes`)
+unless --lr sets one for all; the table prints each row's own rate and the JSON each row's full training config.
+A finished run in OUT/<row> is reused only when its recorded recipe, learning rate, steps, shape, size, batch, seed
+and split match the current arguments; otherwise the script stops and names the difference.
+
+Every row is scored by `services.evaluation.scoring.score_retrieval`, the function `cxr eval` uses: queries
+against the train gallery, exact cosine ranking, the query's own patient excluded; embeddings are computed in
+memory, not read back from a vector store. The queries are the VALIDATION split (`--score-on val`, the default):
+a recipe is chosen on validation, and only the chosen one is scored on test (`benchmarks.headline`).
+`--score-on test` reproduces older tables, which were scored on test, and the output says so.
 
 Classes with fewer than --min-class-images train images (cxr-public's other_* labels) are left out of both
 queries and gallery, as the trainer leaves them out of training, so the table reads "4-class" and, with the
@@ -39,7 +41,7 @@ from services.evaluation.imagenet import ImagenetBaseline
 from services.evaluation.report import shape_summary
 from services.evaluation.scoring import score_retrieval
 from services.evaluation.types import RetrievalSet
-from services.manifest import ManifestRow, file_sha256, read_manifest
+from services.manifest import ManifestRow, file_sha256, read_manifests
 from services.splits import load_or_make_split, merge_labels, split_rows
 from services.training.config import TrainConfig
 from services.training.data import ImageCache, load_image_cache
@@ -89,7 +91,8 @@ def losses(memory_size: int) -> dict[str, LossConfig]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, action="append", required=True, help="repeatable: the union is split")
+    p.add_argument("--score-on", choices=("val", "test"), default="val", help="queries: validation (default) or test")
     p.add_argument("--model", choices=("vit-tiny", "vit-small"), default="vit-small")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=2000)
@@ -117,13 +120,12 @@ def say(msg: str) -> None:
 
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Data]:
-    """Write (or reuse) out/split.json and decode the train and test images at model size and 32 px."""
-    rows = read_manifest(args.manifest)
-    root = Path(args.manifest).parent
+    """Write (or reuse) out/split.json and decode the train images and the scored queries (val, or test with
+    --score-on test) at model size and 32 px."""
+    manifests = read_manifests(args.manifest)
+    rows, root = manifests.rows, manifests.root
     split_path = args.out / "split.json"
-    split, made = load_or_make_split(
-        split_path, rows, root=root, manifest_sha256=file_sha256(args.manifest), seed=args.seed
-    )  # refuses a split.json left by another manifest
+    split, made = load_or_make_split(split_path, manifests, seed=args.seed)  # refuses another manifest's split
     say(f"wrote split {split_path}" if made else f"reusing split {split_path}")
     parts = split_rows(rows, split, root)
     counts = Counter(row.label for row in parts["train"])
@@ -132,9 +134,9 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Data]:
     if dropped:
         say(f"leaving out classes with < {args.min_class_images} train images: {', '.join(dropped)}")
     train_rows = [r for r in parts["train"] if r.label in keep]
-    test_rows = [r for r in parts["test"] if r.label in keep]
+    test_rows = [r for r in parts[args.score_on] if r.label in keep]
     workers, cache = args.threads or 2, args.out / "cache"
-    say(f"decoding {len(train_rows)} train and {len(test_rows)} test images")
+    say(f"decoding {len(train_rows)} train and {len(test_rows)} {args.score_on} images")
     train = load_image_cache(train_rows, args.image_size, workers=workers, cache_dir=cache)
     test = load_image_cache(test_rows, args.image_size, workers=workers, cache_dir=cache)
     train_raw = load_image_cache(train_rows, RAW_PIXEL_SIZE, workers=workers, cache_dir=cache)
@@ -234,6 +236,7 @@ def embed_row(name: str, args: argparse.Namespace, split_path: Path, data: Data)
         else:
             result = Trainer(cfg, on_event=lambda msg: say(f"{name}: {msg}")).run()
             record = {
+                "config": cfg.recipe(),
                 "lr": cfg.lr,
                 "status": result.status,
                 "steps": result.steps,
@@ -294,7 +297,8 @@ def render(results: list[dict], chance: dict, variants: list[str], args: argpars
     rates = "lr " + (f"{args.lr:g} for every row" if args.lr is not None else "per row (each recipe's own)")
     head = (
         f"# Ablation: {args.model}, {args.image_size} px, {args.steps} steps, batch {args.batch_size}, {rates}\n\n"
-        "Micro means over test queries against the train gallery (own patient excluded); full mAP divides by R, "
+        f"Micro means over {args.score_on} queries against the train gallery (own patient excluded); full mAP "
+        "divides by R, "
         "not by the hits. 95% CIs are in ablation.json.\n\n"
     )
     return head + "\n".join(lines) + "\n"
@@ -335,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": {"file": str(split_path), "sha256": file_sha256(split_path)},
         "n_gallery": len(data.train.paths),
         "n_queries": len(data.test.paths),
+        "scored_on": args.score_on,
         "variants": {k: list(v) for k, v in variants.items()},
         "chance": chance,
         "rows": results,

@@ -27,13 +27,21 @@ def _ks(text: str) -> tuple[int, ...]:
 def eval_(
     model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint folder (a `cxr train` run).")],
     manifest: Annotated[
-        Path, typer.Option("--manifest", help="Gallery CSV (path,label,patient_id,...); in-split also the queries.")
+        list[Path],
+        typer.Option(
+            "--manifest",
+            help="Gallery CSV (path,label,patient_id,...); in-split also the queries. Repeat to join several.",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder: report.json, report.md, PNGs.")],
     split: Annotated[Path | None, typer.Option("--split", help="Split file (default: MODEL/split.json).")] = None,
     queries: Annotated[
         Path | None,
         typer.Option("--queries", help="Another manifest: every row queries the gallery (instead of the test split)."),
+    ] = None,
+    query_manifest: Annotated[
+        list[Path] | None,
+        typer.Option("--query-manifest", help="Only test images of this joined --manifest query (repeatable)."),
     ] = None,
     gallery: Annotated[
         str, typer.Option("--gallery", help="Gallery: 'train' (the split's train part) or 'all' (needs --queries).")
@@ -75,10 +83,11 @@ def eval_(
     settings = load_settings()
     cfg = EvalConfig(
         model=model,
-        manifest=manifest,
+        manifest=tuple(manifest),
         out_dir=out,
         split_file=split,
         queries=queries,
+        query_manifests=tuple(query_manifest or ()),
         gallery=gallery,
         exclude_leaks=exclude_leaks,
         allow_split_mismatch=allow_split_mismatch,

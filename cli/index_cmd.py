@@ -44,16 +44,18 @@ def index(
     """Index X-rays into a collection. Re-indexing a file never duplicates it.
 
     Example: cxr index ./studies --manifest studies/manifest.csv --collection chest
+
+    Several data sets: cxr index --manifest public/manifest.csv --manifest adult/manifest.csv
     """
-    from services.manifest import read_manifest
+    from services.manifest import read_manifests
     from services.pipeline import FileError, IngestOptions, Ingestor, Runtime, build_items
 
     if label_from not in {"auto", "manifest", "folder", "none"}:
         raise typer.BadParameter("must be manifest, folder or none", param_hint="--label-from")
-    if not paths and manifest is None:
+    if not paths and not manifest:
         raise typer.BadParameter("give PATH(s) to index, or --manifest", param_hint="PATHS")
     settings = load_settings(collection=collection, model=model, batch_size=batch_size, decode_workers=workers)
-    rows = read_manifest(manifest) if manifest else None
+    rows = read_manifests(manifest).rows if manifest else None
     mode = ("manifest" if rows is not None else "none") if label_from == "auto" else label_from
     items, unfound = build_items(paths or [], manifest=rows, label_from=mode)  # type: ignore[arg-type]
     items = items[:limit] if limit else items

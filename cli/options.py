@@ -24,7 +24,8 @@ MetricsPortOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ManifestOpt = Annotated[
-    Path | None, typer.Option("--manifest", help="CSV with path,label,patient_id,... (paths relative to it).")
+    list[Path] | None,
+    typer.Option("--manifest", help="CSV with path,label,patient_id,... (paths relative to it); repeatable."),
 ]
 
 

@@ -12,7 +12,10 @@ from cli.progress import progress_bar
 
 
 def train(
-    manifest: Annotated[Path, typer.Option("--manifest", help="CSV with path,label,patient_id,...")],
+    manifest: Annotated[
+        list[Path],
+        typer.Option("--manifest", help="CSV with path,label,patient_id,...; repeat to train on the union."),
+    ],
     out: Annotated[
         Path,
         typer.Option(
@@ -53,6 +56,12 @@ def train(
     min_class_images: Annotated[
         int, typer.Option("--min-class-images", min=1, help="Leave out classes with fewer train images.")
     ] = 20,
+    sampler: Annotated[
+        str,
+        typer.Option(
+            "--sampler", help="Batches balance label_source (labels, and sources within a label) or label only."
+        ),
+    ] = "label_source",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads.")] = None,
     no_bf16: Annotated[bool, typer.Option("--no-bf16", help="Train in fp32.")] = False,
@@ -62,6 +71,8 @@ def train(
     The default (hybrid-lite0 at 128 px, in-batch contrastive) is what the ablation picked (README, Results).
 
     Example: cxr train --manifest data/manifest.csv --max-minutes 45 --threads 1 --out runs/hybrid128
+
+    Several data sets: cxr train --manifest public/manifest.csv --manifest adult/manifest.csv --out runs/both
     """
     import torch
 
@@ -84,7 +95,7 @@ def train(
         koleo_weight=base.koleo_weight if koleo_weight is None else koleo_weight,
     )
     cfg = TrainConfig(
-        manifest=manifest,
+        manifest=tuple(manifest),
         out_dir=out,
         split_file=split,
         shape=model,
@@ -103,6 +114,7 @@ def train(
         ckpt_every=ckpt_every,
         seed=seed,
         min_class_images=min_class_images,
+        sampler=sampler,
         holdout_source=holdout_source,
         cache_dir=out / "cache",
     )

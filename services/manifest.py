@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,3 +92,74 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ManifestSet:
+    """The union of one or more manifests, as training, evaluation and indexing read it.
+
+    `root` is the deepest folder holding every manifest: split files name images relative to it, so one
+    manifest keeps today's paths (relative to its own folder) and several get paths like
+    `cxr-adult/images/...`. `sha256` is the file's hash for one manifest; for several, a hash over their hashes
+    (order-independent), so a split records which union it was made from. `hashes` maps each manifest, named
+    relative to `root`, to its own hash.
+    """
+
+    paths: tuple[Path, ...]
+    rows: list[ManifestRow]
+    root: Path
+    sha256: str
+    hashes: dict[str, str]
+    manifest_of: dict[Path, str] = field(default_factory=dict)  # image path -> its manifest's name (in `hashes`)
+
+    def name_of(self, manifest: Path) -> str:
+        """The name (relative to `root`) of one of the joined manifests; DataError when it is not one of them."""
+        name = Path(manifest).resolve().relative_to(self.root).as_posix() if _under(manifest, self.root) else None
+        if name not in self.hashes:
+            raise DataError(
+                f"{manifest} is not one of the joined manifests", hint=f"Use one of: {', '.join(self.hashes)}."
+            )
+        return name
+
+    @property
+    def labels(self) -> list[str]:
+        """Every label the manifests bring, sorted: labels are data, never a fixed list."""
+        return sorted({row.label for row in self.rows})
+
+
+def _under(path: Path, root: Path) -> bool:
+    return Path(path).resolve().is_relative_to(root)
+
+
+def read_manifests(paths: Path | Sequence[Path]) -> ManifestSet:
+    """Read and join manifests; each one's relative image paths resolve against its own folder.
+
+    DataError when none is given, one is listed twice, or two manifests name the same image file.
+    """
+    given = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    if not given:
+        raise DataError("no manifest given", hint="Pass --manifest CSV (more than once to join several).")
+    resolved = [p.resolve() for p in given]
+    if len(set(resolved)) != len(resolved):
+        raise DataError("the same manifest is given twice", hint="Pass each --manifest once.")
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    rows: list[ManifestRow] = []
+    hashes: dict[str, str] = {}
+    seen: dict[Path, Path] = {}
+    for path in given:
+        name = path.resolve().relative_to(root).as_posix()
+        for row in read_manifest(path):
+            if row.path in seen and seen[row.path] != path:
+                raise DataError(
+                    f"{row.path} is listed by both {seen[row.path]} and {path}",
+                    hint="An image may belong to one manifest only; remove it from one of them.",
+                )
+            seen[row.path] = path
+            rows.append(row)
+        hashes[name] = file_sha256(path)
+    if len(given) == 1:
+        sha = next(iter(hashes.values()))
+    else:
+        sha = hashlib.sha256("".join(f"{h}\n" for h in sorted(hashes.values())).encode()).hexdigest()
+    names = {p: path.resolve().relative_to(root).as_posix() for p, path in seen.items()}
+    return ManifestSet(paths=tuple(given), rows=rows, root=root, sha256=sha, hashes=hashes, manifest_of=names)

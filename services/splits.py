@@ -1,4 +1,4 @@
-"""Patient-level, label-stratified train/val/test splits, saved as portable JSON, and label merging.
+"""Patient-level train/val/test splits stratified by label and source, saved as portable JSON, and label merging.
 
 Every image of a patient lands in one split, so no patient is both queried and retrieved across splits. A row
 without a patient_id is treated as its own patient (we cannot know better; it may leak if the source reuses a
@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from services.errors import DataError
-from services.manifest import ManifestRow
+from services.manifest import ManifestRow, ManifestSet
 
 SPLIT_FORMAT = "cxr-split/1"
 SPLIT_NAMES = ("train", "val", "test")
@@ -33,6 +33,7 @@ class Split:
     fractions: tuple[float, float, float]
     holdout_source: str | None
     manifest_sha256: str | None
+    manifests: dict[str, str] = field(default_factory=dict)  # each joined manifest (relative name) -> sha256
 
     def parts(self) -> dict[str, list[str]]:
         """The three path lists by name, in train/val/test order."""
@@ -62,8 +63,13 @@ def _matches_source(row: ManifestRow, needle: str) -> bool:
     return any(needle in (value or "").lower() for value in (row.source, row.origin_dataset))
 
 
+def source_of(row: ManifestRow) -> str:
+    """The source a row is balanced and reported by: origin_dataset, else source, else "unknown"."""
+    return row.origin_dataset or row.source or "unknown"
+
+
 def _assign_groups(counts: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Greedy stratified assignment of patient groups (rows of `counts`, images per label) to splits.
+    """Greedy stratified assignment of patient groups (rows of `counts`, images per stratum) to splits.
 
     Groups go largest first (ties in a seeded random order); each goes to the split whose per-label targets
     are least filled, weighting each label by the group's images of it relative to the label's size, so rare
@@ -97,8 +103,10 @@ def make_split(
     seed: int = 0,
     holdout_source: str | None = None,
     manifest_sha256: str | None = None,
+    manifests: dict[str, str] | None = None,
 ) -> Split:
-    """Split manifest rows by patient into train/val/test, stratified by label and deterministic for a seed.
+    """Split manifest rows by patient into train/val/test, stratified by label and source (each (label, source)
+    pair is a stratum, so every split holds each source's share of each label) and deterministic for a seed.
 
     `holdout_source` (a case-insensitive substring of `source` or `origin_dataset`) sends every image of the
     matching source to test, together with any patient that has an image there; everything else is split by
@@ -120,10 +128,10 @@ def make_split(
     ]
     group_ids: dict[str, int] = {}
     group_of = np.array([group_ids.setdefault(key, len(group_ids)) for key in keys], dtype=np.int64)
-    labels = sorted({row.label for row in rows})
-    label_index = {label: i for i, label in enumerate(labels)}
-    label_of = np.array([label_index[row.label] for row in rows], dtype=np.int64)
-    counts = np.zeros((len(group_ids), len(labels)), dtype=np.int64)
+    strata = sorted({(row.label, source_of(row)) for row in rows})
+    stratum_index = {stratum: i for i, stratum in enumerate(strata)}
+    label_of = np.array([stratum_index[(row.label, source_of(row))] for row in rows], dtype=np.int64)
+    counts = np.zeros((len(group_ids), len(strata)), dtype=np.int64)
     np.add.at(counts, (group_of, label_of), 1)
 
     held = np.zeros(len(group_ids), dtype=bool)
@@ -154,6 +162,7 @@ def make_split(
         fractions=fracs,
         holdout_source=holdout_source,
         manifest_sha256=manifest_sha256,
+        manifests=dict(manifests or {}),
     )
 
 
@@ -165,6 +174,7 @@ def write_split(split: Split, path: Path) -> str:
         "fractions": list(split.fractions),
         "holdout_source": split.holdout_source,
         "manifest_sha256": split.manifest_sha256,
+        "manifests": split.manifests,
         "counts": {name: len(items) for name, items in split.parts().items()},
         **split.parts(),
     }
@@ -175,16 +185,22 @@ def write_split(split: Split, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def split_of(manifests: ManifestSet, *, seed: int = 0, holdout_source: str | None = None) -> Split:
+    """A new split of the manifests' union, recording the union's hash and each manifest's."""
+    return make_split(
+        manifests.rows,
+        root=manifests.root,
+        seed=seed,
+        holdout_source=holdout_source,
+        manifest_sha256=manifests.sha256,
+        manifests=manifests.hashes,
+    )
+
+
 def load_or_make_split(
-    path: Path,
-    rows: Sequence[ManifestRow],
-    *,
-    root: Path,
-    manifest_sha256: str,
-    seed: int = 0,
-    holdout_source: str | None = None,
+    path: Path, manifests: ManifestSet, *, seed: int = 0, holdout_source: str | None = None
 ) -> tuple[Split, bool]:
-    """The split at `path` if it was made from this manifest (and holdout), else a new one written there.
+    """The split at `path` if it was made from these manifests (and holdout), else a new one written there.
 
     A split.json left in a run folder by another manifest would otherwise be reused silently, and fail later
     with a misleading message (or quietly train on the wrong images). So a split whose recorded manifest hash
@@ -192,8 +208,9 @@ def load_or_make_split(
     no manifest hash (written by hand) is used as it is. Returns (split, newly made).
     """
     path = Path(path)
+    manifest_sha256 = manifests.sha256
     if not path.exists():
-        split = make_split(rows, root=root, seed=seed, holdout_source=holdout_source, manifest_sha256=manifest_sha256)
+        split = split_of(manifests, seed=seed, holdout_source=holdout_source)
         write_split(split, path)
         return split, True
     split = read_split(path)
@@ -252,6 +269,9 @@ def read_split(path: Path) -> Split:
     manifest_hash = payload.get("manifest_sha256")
     if not isinstance(holdout, str | None) or not isinstance(manifest_hash, str | None):
         raise DataError(f"split file {path}: holdout_source and manifest_sha256 must be strings or null")
+    manifests = payload.get("manifests") or {}
+    if not isinstance(manifests, dict) or not all(isinstance(v, str) for v in manifests.values()):
+        raise DataError(f"split file {path}: 'manifests' must map manifest names to sha256 strings")
     return Split(
         train=parts["train"],
         val=parts["val"],
@@ -260,6 +280,7 @@ def read_split(path: Path) -> Split:
         fractions=_fractions(payload, path),
         holdout_source=holdout,
         manifest_sha256=manifest_hash,
+        manifests=manifests,
     )
 
 
@@ -305,3 +326,17 @@ def merge_labels(labels: Sequence[str], merges: Sequence[str]) -> list[str]:
     """
     mapping = parse_merges(merges)
     return [mapping.get(label, label) for label in labels]
+
+
+def merges_present(labels: Sequence[str], merges: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """For each merge target, which of its named labels the data had and which it did not.
+
+    A merge names labels that may be absent (3-class specs list `lung_opacity` whether or not a manifest
+    brings it); the report says which were merged, so a figure is never read as covering a label it lacked.
+    """
+    present = set(labels)
+    out: dict[str, dict[str, list[str]]] = {}
+    for old, new in parse_merges(merges).items():
+        entry = out.setdefault(new, {"merged": [], "absent": []})
+        entry["merged" if old in present else "absent"].append(old)
+    return out

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data"))
 CXR_PUBLIC = SHARED_DATA / "cxr-public"
+CXR_ADULT = SHARED_DATA / "cxr-adult"
 
 
 # The suite runs the eager encoder (bf16 where supported), as before openvino became the default: converting each
@@ -37,6 +38,13 @@ def cxr_public() -> Path:
     if not (CXR_PUBLIC / "manifest.csv").exists():
         pytest.fail(f"the public data set is missing at {CXR_PUBLIC}; set CXR_SHARED_DATA")
     return CXR_PUBLIC
+
+
+@pytest.fixture(scope="session")
+def cxr_adult() -> Path:
+    if not (CXR_ADULT / "manifest.csv").exists():
+        pytest.fail(f"the adult data set is missing at {CXR_ADULT}; set CXR_SHARED_DATA")
+    return CXR_ADULT
 
 
 @pytest.fixture(scope="session")

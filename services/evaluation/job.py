@@ -29,13 +29,13 @@ from services.evaluation.leakage import find_leaks, leak_summary
 from services.evaluation.scoring import AUDIT_K, score_retrieval
 from services.evaluation.types import EvalConfig
 from services.index import open_store
-from services.manifest import ManifestRow, file_sha256, read_manifest
-from services.splits import Split, make_split, read_split, split_rows, write_split
+from services.manifest import ManifestRow, ManifestSet, file_sha256, read_manifest, read_manifests
+from services.splits import Split, merges_present, read_split, split_of, split_rows, write_split
 
 Say = Callable[[str], None]
 
 
-def resolve_split(cfg: EvalConfig, rows: list[ManifestRow], recipe: dict, say: Say) -> tuple[Split, Path, bool]:
+def resolve_split(cfg: EvalConfig, manifests: ManifestSet, recipe: dict, say: Say) -> tuple[Split, Path, bool]:
     """The split to use: --split, else the model's own (its folder, or the file its recipe names), else an
     earlier eval's, else a new seeded one written to out_dir. Returns (split, file, newly made)."""
     if cfg.split_file:
@@ -51,7 +51,7 @@ def resolve_split(cfg: EvalConfig, rows: list[ManifestRow], recipe: dict, say: S
             say(f"using split {path}")
             return read_split(path), path, False
     path = Path(cfg.out_dir) / "split.json"
-    split = make_split(rows, root=Path(cfg.manifest).parent, seed=cfg.seed, manifest_sha256=file_sha256(cfg.manifest))
+    split = split_of(manifests, seed=cfg.seed)
     write_split(split, path)
     say(f"wrote a new patient-level split to {path} (the model's own split was not found)")
     return split, path, True
@@ -82,17 +82,17 @@ def check_training_split(cfg: EvalConfig, split_path: Path, split_sha: str, trai
     return False
 
 
-def _select(cfg: EvalConfig, rows: list[ManifestRow], recipe: dict, say: Say) -> tuple[list, list, Path, dict, str]:
+def _select(cfg: EvalConfig, manifests: ManifestSet, recipe: dict, say: Say) -> tuple[list, list, Path, dict, str]:
     """(gallery rows, query rows, query root, split block for the report, collection tag)."""
-    manifest_sha = file_sha256(cfg.manifest)
+    rows, manifest_sha = manifests.rows, manifests.sha256
     recorded = recipe.get("split_sha256")
     if cfg.gallery == "all":
         split_meta = {"file": None, "sha256": None, "gallery": "all", "model_split_sha256": recorded}
         gallery_rows, tag = rows, f"all{manifest_sha[:8]}"
         test_rows: list[ManifestRow] = []
     else:
-        split, split_path, created = resolve_split(cfg, rows, recipe, say)
-        parts = split_rows(rows, split, Path(cfg.manifest).parent)
+        split, split_path, created = resolve_split(cfg, manifests, recipe, say)
+        parts = split_rows(rows, split, manifests.root)
         split_sha = file_sha256(split_path)
         matches = check_training_split(cfg, split_path, split_sha, recorded, say)
         split_meta = {
@@ -104,6 +104,7 @@ def _select(cfg: EvalConfig, rows: list[ManifestRow], recipe: dict, say: Say) ->
             "matches_training_split": None if not recorded else matches,
             "mismatch_allowed": not matches,
             "manifest_matches": None if not split.manifest_sha256 else split.manifest_sha256 == manifest_sha,
+            "manifests": split.manifests or manifests.hashes,
             "seed": split.seed,
             "holdout_source": split.holdout_source,
             "counts": {name: len(items) for name, items in split.parts().items()},
@@ -112,7 +113,11 @@ def _select(cfg: EvalConfig, rows: list[ManifestRow], recipe: dict, say: Say) ->
     if cfg.queries is not None:
         query_rows, query_root = read_manifest(cfg.queries), Path(cfg.queries).parent
     else:
-        query_rows, query_root = test_rows, Path(cfg.manifest).parent
+        query_rows, query_root = test_rows, manifests.root
+    if cfg.query_manifests:
+        names = {manifests.name_of(path) for path in cfg.query_manifests}
+        query_rows = [row for row in query_rows if manifests.manifest_of.get(row.path) in names]
+        say(f"queries: the {len(query_rows)} test images of {', '.join(sorted(names))}")
     if not gallery_rows or not query_rows:
         raise DataError("the evaluation needs both gallery (train) and query (test) images")
     return gallery_rows, query_rows, query_root, split_meta, tag
@@ -128,11 +133,11 @@ def run_eval(cfg: EvalConfig, settings: Settings, *, on_event: Say | None = None
     t0 = time.perf_counter()
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = read_manifest(cfg.manifest)
-    root = Path(cfg.manifest).parent
+    manifests = read_manifests(cfg.manifests)
+    root = manifests.root
     encoder = BatchEncoder.from_checkpoint(cfg.model, batch_size=cfg.batch_size, bf16=settings.bf16)
     recipe = dict(encoder.encoder.config.recipe)
-    g_rows, q_rows, q_root, split_meta, tag = _select(cfg, rows, recipe, say)
+    g_rows, q_rows, q_root, split_meta, tag = _select(cfg, manifests, recipe, say)
     collection = cfg.collection or default_collection(encoder.model_id or "model", tag)
 
     say(f"decoding {len(q_rows)} queries and {len(g_rows)} gallery images")
@@ -173,6 +178,7 @@ def run_eval(cfg: EvalConfig, settings: Settings, *, on_event: Say | None = None
             + (" (excluded)" if cfg.exclude_leaks and leaks.any.any() else "")
         )
         keep = ~leaks.any if cfg.exclude_leaks else np.ones(len(query.labels), dtype=bool)
+        query_labels_before, gallery_labels_before = query.labels.tolist(), gallery.labels.tolist()
         query = query.subset(keep).relabelled(cfg.merges)
         gallery = gallery.relabelled(cfg.merges)
         score_args = {"ks": cfg.ks, "n_boot": cfg.n_boot, "seed": cfg.seed, "min_class_queries": cfg.min_class_queries}
@@ -205,7 +211,11 @@ def run_eval(cfg: EvalConfig, settings: Settings, *, on_event: Say | None = None
             baselines[IMAGENET] = (lite_scored.summary, lite_scored.audit)
 
     meta = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "config": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "manifest": [str(p) for p in cfg.manifests],
+        },
+        "merges": merges_present([*gallery_labels_before, *query_labels_before], cfg.merges),
         "collection": collection,
         "model_id": encoder.model_id,
         "model_recipe": recipe,
@@ -213,6 +223,7 @@ def run_eval(cfg: EvalConfig, settings: Settings, *, on_event: Say | None = None
         "queries": {
             "manifest": str(cfg.queries) if cfg.queries else None,
             "from": "query manifest" if cfg.queries else "test split",
+            "only_from_manifests": [str(p) for p in cfg.query_manifests],
             "n_rows": len(q_rows),
         },
         "gallery_from": "all rows of the manifest" if cfg.gallery == "all" else "train split",

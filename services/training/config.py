@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,10 @@ from services.errors import ConfigError
 from services.training.augment import AugmentConfig
 from services.training.losses import LossConfig
 from services.training.recipes import RECIPES
+
+# "label_source": each batch balances labels and, within a label, its sources (so positives of a label come from
+# more than one source wherever the data has them); "label": labels only (the sampler before issue 17).
+SAMPLERS = ("label_source", "label")
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,7 @@ class TrainConfig:
     step/steps and elapsed/max_minutes, so a time-bounded run still anneals to zero.
     """
 
-    manifest: Path
+    manifest: Path | Sequence[Path]  # one manifest, or several joined (split by patient as one set)
     out_dir: Path
     split_file: Path | None = None  # default out_dir/split.json, created when missing
     shape: str = "vit-small"
@@ -44,10 +49,20 @@ class TrainConfig:
     collapse_cosine: float = 0.95  # mean pairwise cosine of val embeddings above this = collapsed
     patience_evals: int = 0  # stop after this many evaluations without a better val MAP@R (0 = never)
     min_class_images: int = 20  # classes with fewer train images are left out of training (still evaluated)
+    sampler: str = "label_source"
     cache_dir: Path | None = None
     workers: int = 2
 
+    @property
+    def manifests(self) -> tuple[Path, ...]:
+        """The manifest(s) as a tuple of paths."""
+        if isinstance(self.manifest, str | Path):
+            return (Path(self.manifest),)
+        return tuple(Path(p) for p in self.manifest)
+
     def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}", f"Use one of: {', '.join(SAMPLERS)}.")
         if self.steps is None and self.max_minutes is None:
             raise ConfigError("a training run needs --steps or --max-minutes", "Pass one (or both).")
         if self.batch_size < 4:
@@ -59,6 +74,8 @@ class TrainConfig:
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)
+        paths = [str(p) for p in self.manifests]
+        out["manifest"] = paths[0] if len(paths) == 1 else paths
         out.pop("cache_dir", None)
         out.pop("workers", None)
         return out

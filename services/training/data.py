@@ -1,4 +1,5 @@
-"""Training data: every image decoded once into an in-memory uint8 cache, and a class-balanced batch sampler.
+"""Training data: every image decoded once into an in-memory uint8 cache, and a label- and source-balanced
+batch sampler.
 
 Decoding a radiograph costs far more than a training step's share of it, so the trainer decodes each file
 once, at model resolution. The result can be kept on disk: a second run with the same files and size then
@@ -24,6 +25,7 @@ from services.config import Settings
 from services.errors import DataError, DecodeError
 from services.imaging import decode_image, to_model_input
 from services.manifest import ManifestRow
+from services.splits import source_of
 
 CACHE_VERSION = 1  # bump when the decoder or the stored layout changes, to invalidate old disk caches
 _DEFAULT_MAX_PIXELS: int = Settings.model_fields["max_pixels"].default
@@ -44,6 +46,7 @@ class ImageCache:
     labels: list[str]
     patient_ids: list[str | None]
     errors: list[tuple[str, str]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # per image, as `splits.source_of` names it
 
     def __post_init__(self) -> None:
         self.classes: list[str] = sorted(set(self.labels))
@@ -112,6 +115,7 @@ def _from_rows(rows: Sequence[ManifestRow], images: np.ndarray, kept: list[int],
         labels=[rows[i].label for i in kept],
         patient_ids=[rows[i].patient_id for i in kept],
         errors=[(str(p), str(r)) for p, r in errors],
+        sources=[source_of(rows[i]) for i in kept],
     )
 
 
@@ -218,10 +222,23 @@ class ClassBalancedBatchSampler:
     classes. So every class present in a batch has at least two images there, unless the class has only
     one (or, in a tiny data set, the chosen classes run out of images). Batches always hold exactly
     `batch_size` distinct indices.
+
+    With `sources`, a class's images in a batch are spread evenly over its sources (round robin, in a random
+    order), so the positives of a label come from more than one source wherever the data has them, and a
+    source cannot stand in for the label. A source with fewer than `min_source_images` images of a class is
+    drawn with the class's largest source instead of getting its own share (a handful of films shown in every
+    batch would be memorised).
     """
 
     def __init__(
-        self, labels: Sequence[str] | np.ndarray, batch_size: int, m_per_class: int | None = None, seed: int = 0
+        self,
+        labels: Sequence[str] | np.ndarray,
+        batch_size: int,
+        m_per_class: int | None = None,
+        seed: int = 0,
+        *,
+        sources: Sequence[str] | None = None,
+        min_source_images: int = 20,
     ) -> None:
         labels = np.asarray(labels)
         classes, inverse = np.unique(labels, return_inverse=True)
@@ -234,8 +251,38 @@ class ClassBalancedBatchSampler:
         if not 2 <= self.m_per_class <= batch_size:
             raise ValueError(f"m_per_class must be in [2, batch_size] to form positives, got {self.m_per_class}")
         self.members = [np.flatnonzero(inverse == c) for c in range(len(classes))]
+        self.pools = [self._source_pools(m, sources, min_source_images) for m in self.members]
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+
+    @staticmethod
+    def _source_pools(members: np.ndarray, sources: Sequence[str] | None, min_images: int) -> list[np.ndarray]:
+        """A class's images grouped by source, small sources folded into the largest (one pool without sources)."""
+        if sources is None:
+            return [members]
+        names = np.asarray(sources)[members]
+        found, counts = np.unique(names, return_counts=True)
+        big = [s for s, n in zip(found, counts, strict=True) if n >= min_images] or [found[np.argmax(counts)]]
+        largest = max(big, key=lambda s: int((names == s).sum()))
+        home = {s: (s if s in big else largest) for s in found}
+        return [members[np.array([home[n] == s for n in names])] for s in big]
+
+    def _pick(self, c: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        """k distinct images of class c, spread evenly over its source pools."""
+        pools = self.pools[c]
+        if len(pools) == 1:
+            return rng.choice(pools[0], size=k, replace=False)
+        take = np.zeros(len(pools), dtype=np.int64)
+        order = rng.permutation(len(pools)).tolist()
+        left = k
+        while left:
+            for s in order:
+                if left and take[s] < len(pools[s]):
+                    take[s] += 1
+                    left -= 1
+        return np.concatenate(
+            [rng.choice(pool, size=n, replace=False) for pool, n in zip(pools, take, strict=True) if n]
+        )
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Batches continue from the sampler's current state (after `load_state_dict`, where a run left off)."""
@@ -271,5 +318,5 @@ class ClassBalancedBatchSampler:
             c = int(room[rng.integers(len(room))])
             counts[c] = counts.get(c, 0) + 1
             remaining -= 1
-        picks = [rng.choice(self.members[c], size=k, replace=False) for c, k in counts.items()]
+        picks = [self._pick(c, k, rng) for c, k in counts.items()]
         return np.concatenate(picks).astype(np.int64)

@@ -21,7 +21,7 @@ from torch import nn
 
 from services.embedding import bf16_supported, create_encoder, load_checkpoint, save_checkpoint
 from services.errors import ConfigError, DataError
-from services.manifest import file_sha256, read_manifest
+from services.manifest import file_sha256, read_manifests
 from services.splits import load_or_make_split, split_rows
 from services.training.augment import augment
 from services.training.config import TrainConfig
@@ -110,21 +110,14 @@ class Trainer:
     # ---- data ---------------------------------------------------------------------------------------------
     def _prepare_data(self) -> tuple[ImageCache, ImageCache, list[str], str, str]:
         cfg = self.cfg
-        rows = read_manifest(cfg.manifest)
-        manifest_sha = file_sha256(cfg.manifest)
+        manifests = read_manifests(cfg.manifests)
+        rows, manifest_sha = manifests.rows, manifests.sha256
         split_path = Path(cfg.split_file) if cfg.split_file else self.out / "split.json"
         # A split left in the run folder by another manifest (or holdout) is refused, not silently reused.
-        split, made = load_or_make_split(
-            split_path,
-            rows,
-            root=Path(cfg.manifest).parent,
-            manifest_sha256=manifest_sha,
-            seed=cfg.seed,
-            holdout_source=cfg.holdout_source,
-        )
+        split, made = load_or_make_split(split_path, manifests, seed=cfg.seed, holdout_source=cfg.holdout_source)
         self.say(f"wrote patient-level split to {split_path}" if made else f"using split {split_path}")
         split_sha = file_sha256(split_path)
-        parts = split_rows(rows, split, Path(cfg.manifest).parent)
+        parts = split_rows(rows, split, manifests.root)
         counts = Counter(row.label for row in parts["train"])
         rare = sorted(label for label, n in counts.items() if n < cfg.min_class_images)
         if rare:
@@ -181,7 +174,13 @@ class Trainer:
             model=model,
             criterion=criterion,
             opt=opt,
-            sampler=ClassBalancedBatchSampler(train.labels, cfg.batch_size, seed=cfg.seed),
+            sampler=ClassBalancedBatchSampler(
+                train.labels,
+                cfg.batch_size,
+                seed=cfg.seed,
+                sources=train.sources if cfg.sampler == "label_source" else None,
+                min_source_images=cfg.min_class_images,
+            ),
             gen=torch.Generator().manual_seed(cfg.seed + 1),
             recipe={
                 **cfg.recipe(),

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from services.errors import DataError
-from services.manifest import ManifestRow, file_sha256, read_manifest
+from services.manifest import ManifestRow, file_sha256, read_manifest, read_manifests
 from services.splits import (
     Split,
     load_or_make_split,
     make_split,
     merge_labels,
+    merges_present,
     parse_merges,
     read_split,
     split_rows,
@@ -177,22 +178,72 @@ def _labels_by_patient(manifest: list[ManifestRow]) -> dict[str, set[str]]:
     return out
 
 
+def _csv(folder: Path, n: int, *, prefix: str = "img", source: str = "s1") -> Path:
+    """A real manifest file: n rows of two labels, one patient each, paths relative to `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["path,label,patient_id,source"]
+    lines += [f"images/{prefix}{i}.png,{'a' if i % 2 else 'b'},{prefix}{i},{source}" for i in range(n)]
+    path = folder / "manifest.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def test_a_split_of_another_manifest_is_refused_not_reused(tmp_path: Path) -> None:
-    rows = [
-        ManifestRow(path=tmp_path / f"img{i}.png", label="a" if i % 2 else "b", patient_id=f"p{i}") for i in range(40)
-    ]
+    manifests = read_manifests(_csv(tmp_path / "data", 40))
     path = tmp_path / "run" / "split.json"
-    first, made = load_or_make_split(path, rows, root=tmp_path, manifest_sha256="1" * 64, seed=0)
-    assert made and read_split(path) == first and first.manifest_sha256 == "1" * 64
-    again, made = load_or_make_split(path, rows, root=tmp_path, manifest_sha256="1" * 64, seed=0)
+    first, made = load_or_make_split(path, manifests, seed=0)
+    assert made and read_split(path) == first and first.manifest_sha256 == manifests.sha256
+    again, made = load_or_make_split(path, manifests, seed=0)
     assert not made and again == first
+    other = read_manifests(_csv(tmp_path / "other", 30))
     with pytest.raises(DataError, match="made from another manifest") as info:
-        load_or_make_split(path, rows[:30], root=tmp_path, manifest_sha256="2" * 64, seed=0)
-    assert "111111111111" in info.value.message and "222222222222" in info.value.message
+        load_or_make_split(path, other, seed=0)
+    assert manifests.sha256[:12] in info.value.message and other.sha256[:12] in info.value.message
     assert "--out" in info.value.hint and str(path) in info.value.hint
     with pytest.raises(DataError, match="holdout source"):
-        load_or_make_split(path, rows, root=tmp_path, manifest_sha256="1" * 64, holdout_source="x")
+        load_or_make_split(path, manifests, holdout_source="s1")
     # A hand-written split without a manifest hash cannot be checked, so it is used as it is.
     write_split(Split(**{**first.__dict__, "manifest_sha256": None}), path)
-    unchecked, made = load_or_make_split(path, rows, root=tmp_path, manifest_sha256="2" * 64)
+    unchecked, made = load_or_make_split(path, other)
     assert not made and unchecked.train == first.train
+
+
+def test_several_manifests_split_as_one_set_and_record_each_hash(tmp_path: Path) -> None:
+    one = _csv(tmp_path / "public", 40, prefix="p", source="kids")
+    two = _csv(tmp_path / "adult", 30, prefix="q", source="adults")
+    joined = read_manifests([one, two])
+    assert joined.root == tmp_path.resolve() and len(joined.rows) == 70
+    assert joined.hashes == {"public/manifest.csv": file_sha256(one), "adult/manifest.csv": file_sha256(two)}
+    # The union's hash does not depend on the order the manifests are given in.
+    assert read_manifests([two, one]).sha256 == joined.sha256 != file_sha256(one)
+    split, _ = load_or_make_split(tmp_path / "run" / "split.json", joined, seed=0)
+    assert split.manifests == joined.hashes
+    assert read_split(tmp_path / "run" / "split.json").manifests == joined.hashes
+    every = split.train + split.val + split.test
+    assert {p.split("/")[0] for p in every} == {"public", "adult"}
+    # Stratified by label and source: every (label, source) pair has images in train and test.
+    parts = split_rows(joined.rows, split, joined.root)
+    for part in ("train", "test"):
+        strata = {(r.label, r.source) for r in parts[part]}
+        assert strata == {(lab, src) for lab in "ab" for src in ("kids", "adults")}, part
+    # One manifest alone keeps paths relative to its own folder, as before.
+    alone = make_split(read_manifests(one).rows, root=read_manifests(one).root, seed=0)
+    assert all(p.startswith("images/") for p in alone.train)
+
+
+def test_an_image_in_two_manifests_is_refused(tmp_path: Path) -> None:
+    one = _csv(tmp_path / "a", 4)
+    two = tmp_path / "b.csv"
+    two.write_text("path,label\na/images/img0.png,b\n")
+    with pytest.raises(DataError, match="listed by both"):
+        read_manifests([one, two])
+    with pytest.raises(DataError, match="given twice"):
+        read_manifests([one, one])
+
+
+def test_merges_report_which_named_labels_were_present() -> None:
+    spec = ("pneumonia_bacterial,pneumonia_viral,lung_opacity=pneumonia",)
+    assert merges_present(["normal", "pneumonia_viral", "lung_opacity"], spec) == {
+        "pneumonia": {"merged": ["pneumonia_viral", "lung_opacity"], "absent": ["pneumonia_bacterial"]}
+    }
+    assert merge_labels(["lung_opacity", "normal"], spec) == ["pneumonia", "normal"]

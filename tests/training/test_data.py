@@ -156,3 +156,26 @@ def test_impossible_batches_are_refused() -> None:
         ClassBalancedBatchSampler(["a", "a", "b"], batch_size=4)
     with pytest.raises(ValueError):
         ClassBalancedBatchSampler(_labels(), batch_size=8, m_per_class=1)
+
+
+def test_the_source_balanced_sampler_spreads_a_labels_positives_over_its_sources() -> None:
+    # Label "normal" comes from a big pediatric source and a smaller adult one; "covid" from one source only.
+    labels = ["normal"] * 300 + ["normal"] * 60 + ["normal"] * 5 + ["covid"] * 200
+    sources = ["kids"] * 300 + ["adults"] * 60 + ["tiny"] * 5 + ["papers"] * 200
+    plain = iter(ClassBalancedBatchSampler(labels, 32, seed=0))
+    balanced = iter(ClassBalancedBatchSampler(labels, 32, seed=0, sources=sources, min_source_images=20))
+    src = np.asarray(sources)
+    adult_share_plain, adult_share_balanced, tiny = [], [], 0
+    for _ in range(200):
+        for batches, out in ((plain, adult_share_plain), (balanced, adult_share_balanced)):
+            batch = next(batches)
+            assert len(set(batch.tolist())) == 32
+            normal = batch[batch < 365]
+            out.append(float((src[normal] == "adults").mean()))
+        tiny += int((src[batch] == "tiny").sum())
+    # Label-only sampling follows the sources' sizes (60 of 365 normals); balanced gives each source half.
+    assert np.mean(adult_share_plain) < 0.25
+    assert 0.45 < np.mean(adult_share_balanced) < 0.55
+    assert min(adult_share_balanced) > 0.3  # every batch, not only on average
+    # The 5 "tiny" films have no share of their own: drawn with the largest source, about 5/305 of its half.
+    assert tiny / 200 < 0.5
