@@ -139,7 +139,17 @@ def chance_summary(
     scored: Scored, labels: np.ndarray, *, ks: Sequence[int], n_boot: int, seed: int, min_class_queries: int = 1
 ) -> dict:
     """The chance row: every metric's random-ranking expectation per scored query, summarised like a method
-    (same queries, same bootstrap, same macro classes), so its CIs reflect which queries were drawn."""
+    (same queries, same patient bootstrap, same macro classes, same per-source block when `scored.queries` is
+    known), so its CIs reflect which queries and patients were drawn."""
     v = scored.valid
     per_query = chance_per_query(scored.n_relevant[v], scored.n_eligible[v], ks, LENIENT_K)
-    return summarize(per_query, np.asarray(labels)[v], n_boot=n_boot, seed=seed, min_class_queries=min_class_queries)
+    queries = scored.queries
+    return summarize(
+        per_query,
+        np.asarray(labels)[v],
+        groups=None if queries is None else queries.groups[v],
+        sources=None if queries is None else queries.sources[v],
+        n_boot=n_boot,
+        seed=seed,
+        min_class_queries=min_class_queries,
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.ages import age_years
 from services.config import Settings
 from services.embedding import BatchEncoder
 from services.errors import DataError, StoreError
@@ -38,6 +39,15 @@ def source_of(origin_dataset: str | None, source: str | None) -> str:
     return str(origin_dataset or source or "unknown")
 
 
+def age_of(*values: object) -> float:
+    """The first known age among `values` in whole years (top-coded, services.ages), else NaN."""
+    for value in values:
+        years = age_years(value)
+        if years is not None:
+            return float(years)
+    return float("nan")
+
+
 def relative(path: Path, root: Path) -> str:
     """`path` relative to `root` (POSIX), or the path itself when it lies elsewhere."""
     try:
@@ -55,6 +65,7 @@ def query_set(rows: Sequence[ManifestRow], salt: bytes, emb: np.ndarray, root: P
         groups=np.array(groups),
         sources=np.array([source_of(r.origin_dataset, r.source) for r in rows]),
         paths=tuple(relative(row.path, root) for row in rows),
+        ages=np.array([age_of(row.age) for row in rows], dtype=np.float64),
     )
 
 
@@ -101,7 +112,8 @@ def read_gallery(
     salt: bytes,
     root: Path,
 ) -> tuple[RetrievalSet, list[int], int]:
-    """The gallery as stored (vectors, labels, patient hashes, sources), restricted to `rows`.
+    """The gallery as stored (vectors, labels, patient hashes, sources), restricted to `rows`; ages come from
+    the manifest row, else the payload (which may carry a DICOM header age).
 
     Returns the set (sorted by path), the position in `rows` of each gallery image, and the number of store
     points that match no row (a shared collection), which are ignored. A patient hash that matches none of its
@@ -136,5 +148,6 @@ def read_gallery(
         sources=np.array([source_of(p.payload.get("origin_dataset"), p.payload.get("source")) for p, _ in points]),
         paths=tuple(relative(rows[i].path, root) for _, i in points),
         ids=tuple(p.id for p, _ in points),
+        ages=np.array([age_of(rows[i].age, p.payload.get("age")) for p, i in points], dtype=np.float64),
     )
     return gallery, [i for _, i in points], ignored

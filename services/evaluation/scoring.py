@@ -58,8 +58,9 @@ def score_retrieval(
     """Rank the whole gallery for each query (exact cosine, own patient excluded) and score it.
 
     Equal scores are ordered by a hash of (seed, gallery id), not by gallery position. Queries with no
-    relevant gallery item (R = 0) have no defined AP; they are dropped from the metrics. The macro mean counts
-    the classes with at least `min_class_queries` scored queries.
+    relevant gallery item (R = 0) have no defined AP; they are dropped from the metrics. The bootstrap resamples
+    patients (`query.groups`); the summary holds a per (label, source) block. The macro mean counts the classes
+    with at least `min_class_queries` scored queries.
     """
     if len(gallery.labels) < max(ks):
         raise DataError(f"the gallery has {len(gallery.labels)} images, fewer than k={max(ks)}")
@@ -79,7 +80,15 @@ def score_retrieval(
     if not valid.any():
         raise DataError("no query has a relevant gallery image", hint="Check the split and the labels.")
     per_query = per_query_metrics(rel[valid], n_rel[valid], ks)
-    summary = summarize(per_query, query.labels[valid], n_boot=n_boot, seed=seed, min_class_queries=min_class_queries)
+    summary = summarize(
+        per_query,
+        query.labels[valid],
+        groups=query.groups[valid],
+        sources=query.sources[valid],
+        n_boot=n_boot,
+        seed=seed,
+        min_class_queries=min_class_queries,
+    )
     audit = shortcut_audit(
         order[valid],
         query.labels[valid],
@@ -89,5 +98,7 @@ def score_retrieval(
         gallery.sources,
         gallery.groups,
         k=AUDIT_K,
+        query_ages=query.ages[valid],
+        gallery_ages=gallery.ages,
     )
-    return Scored(order, rel, n_rel, n_eligible, valid, per_query, summary, audit)
+    return Scored(order, rel, n_rel, n_eligible, valid, per_query, summary, audit, queries=query)

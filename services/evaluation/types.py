@@ -28,10 +28,11 @@ class EvalConfig:
     """
 
     model: Path  # checkpoint folder
-    manifest: Path  # the gallery's manifest (and, in-split, the queries')
+    manifest: Path | tuple[Path, ...]  # the gallery's manifest(s) (and, in-split, the queries'), joined
     out_dir: Path
     split_file: Path | None = None  # default: the model's own split, else out_dir/split.json (made if missing)
     queries: Path | None = None  # another manifest whose every row is a query
+    query_manifests: tuple[Path, ...] = ()  # in-split: only test images from these joined manifests query
     gallery: str = "train"  # "train" (the split's train part) or "all" (every row of `manifest`; needs queries)
     merges: tuple[str, ...] = ()  # e.g. ("pneumonia_bacterial,pneumonia_viral=pneumonia",)
     ks: tuple[int, ...] = (1, 5, 10)
@@ -44,6 +45,13 @@ class EvalConfig:
     exclude_leaks: bool = False  # drop queries whose file or near-duplicate is in the gallery before scoring
     near_duplicate_bits: int = 10  # 256-bit dHash distance at or below which two images are near-duplicates
     allow_split_mismatch: bool = False  # evaluate on a split other than the model's training split
+
+    @property
+    def manifests(self) -> tuple[Path, ...]:
+        """The manifest(s) as a tuple of paths."""
+        if isinstance(self.manifest, str | Path):
+            return (Path(self.manifest),)
+        return tuple(Path(p) for p in self.manifest)
 
     def __post_init__(self) -> None:
         if self.gallery not in GALLERIES:
@@ -61,7 +69,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RetrievalSet:
-    """Images as scoring sees them: unit embeddings plus label, patient group and source per image."""
+    """Images as scoring sees them: unit embeddings plus label, patient group, source and age per image."""
 
     emb: np.ndarray  # (N, D) float32, L2-normalised
     labels: np.ndarray  # (N,) str
@@ -69,6 +77,14 @@ class RetrievalSet:
     sources: np.ndarray  # (N,) str: origin_dataset, else source, else "unknown"
     paths: tuple[str, ...]
     ids: tuple[str, ...] = ()  # store point ids (gallery only); ties are broken by a seeded hash of these
+    ages: np.ndarray | None = None  # (N,) float years (top-coded), NaN when unknown; None means all unknown
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        ages = np.full(n, np.nan) if self.ages is None else np.asarray(self.ages, dtype=np.float64)
+        if ages.shape != (n,):
+            raise ValueError(f"ages has shape {ages.shape}, labels ({n},)")
+        object.__setattr__(self, "ages", ages)  # frozen: normalised once, here
 
     def relabelled(self, merges: Sequence[str]) -> RetrievalSet:
         """The same set with `--merge` specs applied to its labels."""
@@ -91,6 +107,7 @@ class RetrievalSet:
             sources=self.sources[keep],
             paths=tuple(self.paths[i] for i in idx),
             ids=tuple(self.ids[i] for i in idx) if self.ids else (),
+            ages=self.ages[keep],
         )
 
     @property
@@ -111,3 +128,4 @@ class Scored:
     per_query: dict[str, np.ndarray]  # metric -> values over valid queries
     summary: dict  # `summarize` output over valid queries
     audit: dict
+    queries: RetrievalSet | None = None  # the query set scored (all Q rows; `valid` picks the scored ones)

@@ -151,6 +151,16 @@ def test_baseline_chance_and_audit_present(first: dict) -> None:
         overall = report["audit"][method]["overall"]
         assert 0 <= overall["same_source"] <= 1 and 0 <= overall["same_label"] <= 1
         assert set(report["audit"][method]["per_class"]) == set(MAIN_CLASSES)
+        assert set(report["audit"][method]["per_source"]) == set(MAIN_CLASSES)
+        assert 0 <= overall["n_queries_with_age"] <= overall["n_queries"]
+    # Intervals resample patients; every method has a per (label, source) block over the same queries.
+    assert report["bootstrap"]["resample"] == "patients"
+    assert 0 < report["bootstrap"]["n_patients"] <= report["n_queries"]
+    for block in (report, report["chance"], *report["baselines"].values()):
+        cells = [c for by_source in block["per_source"].values() for c in by_source.values()]
+        assert sum(c["n_queries"] for c in cells) == report["n_queries"]
+        assert all({"map", "map_at_r", "precision_at_1"} <= set(c) for c in cells)
+    assert "## Per label and source" in (first["cfg"].out_dir / "report.md").read_text()
 
 
 def _patients(manifest: Path) -> dict[str, str]:

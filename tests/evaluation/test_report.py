@@ -10,16 +10,19 @@ import pytest
 from services.evaluation.audit import shortcut_audit
 from services.evaluation.baselines import (
     chance_per_query,
+    chance_summary,
     expected_hit_at_k,
     expected_lenient_ap,
     expected_map_at_r,
     raw_pixel_embeddings,
 )
+from services.evaluation.gallery import age_of, query_set
 from services.evaluation.metrics import hit_at_k, lenient_map_at_k, map_at_r
 from services.evaluation.plots import interpolated_pr
 from services.evaluation.report import NAMES, build_report, render_markdown, shape_summary
 from services.evaluation.scoring import per_query_metrics, score_retrieval
 from services.evaluation.types import EvalConfig, RetrievalSet
+from services.manifest import ManifestRow
 
 
 @pytest.mark.parametrize(("r", "n"), [(1, 12), (4, 12), (9, 15), (12, 12), (3, 30)])
@@ -81,6 +84,39 @@ def test_shortcut_audit_by_hand() -> None:
     assert overall["same_source_other_label"] == 0.5
     assert overall["chance_same_source"] == pytest.approx(3 / 4)
     assert overall["chance_same_label"] == pytest.approx(2 / 4)
+    assert overall["chance_same_source_other_label"] == pytest.approx(1 / 4)
+    # No ages given: the age shares are undefined, not zero.
+    assert overall["n_queries_with_age"] == 0 and overall["other_age_group"] is None
+    assert audit["per_source"] == {"A": {"s1": overall}}
+
+
+def test_shortcut_audit_age_groups_by_hand() -> None:
+    # Gallery as above, ages: g0 child (5), g1 adult, g2 unknown, g3 adult, own patient adult (never counted).
+    # Query 0 (child, A, s1) ranks [2, 0, 3, 1, 4]: its top 2 are g2 (no age) and g0 (child) -> 0 of 1 known
+    # is adult; the eligible known-age gallery is g0, g1, g3 -> 2 of 3 adult. Query 1 has no age.
+    order = np.array([[2, 0, 3, 1, 4], [3, 1, 0, 2, 4]])
+    audit = shortcut_audit(
+        order,
+        np.array(["A", "B"]),
+        np.array(["s1", "s2"]),
+        np.array(["p", "p"]),
+        np.array(["A", "A", "B", "B", "A"]),
+        np.array(["s1", "s1", "s1", "s2", "s2"]),
+        np.array(["g0", "g1", "g2", "g3", "p"]),
+        k=2,
+        query_ages=np.array([10.0, np.nan]),
+        gallery_ages=np.array([5.0, 30.0, np.nan, 40.0, 50.0]),
+    )
+    assert audit["adult_age"] == 18 and audit["n_gallery"] == 5 and audit["n_gallery_with_age"] == 4
+    overall = audit["overall"]
+    assert overall["n_queries"] == 2 and overall["n_queries_with_age"] == 1
+    assert overall["other_age_group"] == 0.0
+    assert overall["chance_other_age_group"] == pytest.approx(2 / 3)
+    assert audit["per_class"]["B"]["other_age_group"] is None and audit["per_class"]["B"]["n_queries_with_age"] == 0
+    # Per (label, source): query 1 is (B, s2); its top 2 are g3 (B, s2) and g1 (A, s1).
+    cell = audit["per_source"]["B"]["s2"]
+    assert cell["n_queries"] == 1 and cell["same_source"] == 0.5 and cell["same_label"] == 0.5
+    assert cell["chance_same_source"] == pytest.approx(1 / 4)
 
 
 def test_audit_and_scoring_exclude_own_patient() -> None:
@@ -91,10 +127,29 @@ def test_audit_and_scoring_exclude_own_patient() -> None:
     gallery = RetrievalSet(emb, labels, np.array([f"p{i}" for i in range(8)]), np.array(["s"] * 8), ("x",) * 8)
     query = RetrievalSet(emb[:2], labels[:2], np.array(["p0", "p1"]), np.array(["s", "s"]), ("q0", "q1"))
     scored = score_retrieval(query, gallery, ks=(1, 5), n_boot=10)
+    assert scored.summary["resample"] == "patients" and scored.summary["n_patients"] == 2
+    assert scored.summary["per_source"]["A"]["s"]["n_queries"] == 1
+    assert scored.queries is query and np.isnan(query.ages).all()
+    chance = chance_summary(scored, query.labels, ks=(1, 5), n_boot=10, seed=0)
+    assert chance["resample"] == "patients" and set(chance["per_source"]) == {"A", "B"}
     assert list(scored.n_eligible) == [7, 7] and list(scored.n_relevant) == [3, 3]
     assert scored.order[0, -1] == 0 and scored.order[1, -1] == 1  # own image ranked last, never counted
     assert scored.audit["overall"]["same_label"] <= 1.0
     assert scored.summary["metrics"]["map"]["micro"]["mean"] > 0
+
+
+def test_retrieval_sets_carry_ages() -> None:
+    rows = [
+        ManifestRow(Path("/d/a.png"), "A", "p1", age=7, origin_dataset="kids"),
+        ManifestRow(Path("/d/b.png"), "B", None, source="icu"),
+    ]
+    query = query_set(rows, b"salt", np.zeros((2, 3), np.float32), Path("/d"))
+    assert query.ages[0] == 7.0 and np.isnan(query.ages[1])
+    assert list(query.sources) == ["kids", "icu"]
+    assert query.subset(np.array([False, True])).ages.shape == (1,)
+    assert age_of(None, "045Y") == 45.0 and np.isnan(age_of(None, "?"))  # manifest first, then payload
+    with pytest.raises(ValueError, match="ages"):
+        RetrievalSet(query.emb, query.labels, query.groups, query.sources, query.paths, ages=np.zeros(3))
 
 
 def test_interpolated_pr_by_hand() -> None:
@@ -110,12 +165,21 @@ def _fake_summary(classes: list[str], ks: tuple[int, ...]) -> dict:
     names = ["map", "map_at_r", "r_precision", "lenient_map_at_10"]
     names += [f"{m}_{k}" for m in ("precision_at", "recall_at", "hit_at") for k in ks]
     cell = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    other = {"mean": 0.25, "ci_low": 0.2, "ci_high": 0.3}
+    per_class = {c: {**cell, "n_queries": 1 + i, "n_patients": 1} for i, c in enumerate(classes)}
     metrics = {
-        n: {"micro": cell, "macro": cell, "per_class": {c: {**cell, "n_queries": 1 + i} for i, c in enumerate(classes)}}
-        for n in names
+        n: {"micro": cell, "macro": cell, "micro_in_macro_classes": other, "per_class": per_class} for n in names
+    }
+    per_source = {
+        c: {"siteX": {"map": cell, "map_at_r": cell, "precision_at_1": other, "n_queries": 1, "n_patients": 1}}
+        for c in classes
     }
     return {
         "n_queries": 3,
+        "n_patients": 2,
+        "resample": "patients",
+        "n_queries_in_macro_classes": 2,
+        "per_source": per_source,
         "n_boot": 10,
         "seed": 0,
         "alpha": 0.05,
@@ -139,6 +203,8 @@ def test_build_report_layout_and_markdown() -> None:
             "n_queries": 3,
         },
         "per_class": {},
+        "n_gallery": 9,
+        "n_gallery_with_age": 4,
     }
     meta = {
         "model_id": "m-1",
@@ -178,7 +244,13 @@ def test_build_report_layout_and_markdown() -> None:
         "ci_low": 0.4,
         "ci_high": 0.6,
         "macro": {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6},
+        "micro_in_macro_classes": {"mean": 0.25, "ci_low": 0.2, "ci_high": 0.3},
     }
+    assert report["bootstrap"]["resample"] == "patients" and report["bootstrap"]["n_patients"] == 2
+    assert "over patients" in report["definitions"]["ci"]
+    assert report["per_source"]["a"]["siteX"]["precision_at_1"]["mean"] == 0.25
+    assert report["chance"]["per_source"] == report["baselines"]["raw_pixels"]["per_source"] == report["per_source"]
+    assert report["per_class"]["b"]["n_patients"] == 1
     assert report["per_class"]["a"]["few_queries"] and not report["per_class"]["b"]["few_queries"]
     assert report["per_class"]["b"]["precision_at_k"]["10"]["mean"] == 0.5
     assert "LENIENT" in report["lenient_map_at_10"]["note"]
@@ -196,8 +268,22 @@ def test_build_report_layout_and_markdown() -> None:
         "classes": ["b"],
         "left_out": ["a"],
         "fallback_all_classes": False,
+        "n_queries": 2,
     }
     assert "N = 2 scored queries: b); left out, listed per class below: a" in md
+    # Which classes each mean covers, and the micro mean over the macro classes beside the others.
+    assert "micro mean over all 3 scored queries, 95% bootstrap CI over 2 patients" in md
+    assert "The micro mean covers every class: a, b." in md
+    assert "Micro mean over the 2 queries of the macro classes only (b; without a):" in md
+    assert md.count("| model | 0.250 [0.200, 0.300]") == 1
+    # The per-source table: every method under each (label, source), chance included.
+    assert "| class | source | queries | patients | method | full mAP | MAP@R | P@1 |" in md
+    assert "| a | siteX | 1 | 1 | model | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.250 [0.200, 0.300] |" in md
+    assert "| a | siteX | 1 | 1 | chance |" in md and "| b | siteX | 1 | 1 | raw pixels |" in md
+    # The audit says what each share means and shows it beside its chance level; unknown shares show "-".
+    assert "**other age group**: among the top-K images of known age" in md
+    assert "Ages are known for 4 of 9 gallery images" in md
+    assert "| model | all | 3 | 0.900 | 0.500 | 0.500 | 0.500 | 0.400 | - | - | - | - |" in md
     # Provenance and leakage are stated, not hidden: the external manifest, the split mismatch, the leaked pair.
     assert "queries from the query manifest `theirs.csv`" in md
     assert "**Split mismatch.**" in md and "cdcdcdcdcdcd" in md
