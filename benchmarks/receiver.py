@@ -11,10 +11,13 @@ Rows, in one run, on DX instances built around real cxr-public JPEGs (JPEG basel
   second Orthanc (which also answers only after storing and indexing);
 - latency: with Redis and `cxr worker` running (embed x1 + the index writer, warmed up), instances are sent one
   every `--gap` seconds; latency = the ledger's indexed_at (the point is upserted and searchable) minus the moment
-  the C-STORE success came back. p50/p95 over `--latency-n` instances.
+  the C-STORE success came back. p50/p95 over `--latency-n` instances. The worker embeds with `--model DIR` (a
+  trained checkpoint folder; default Settings.model_path, else a random-init vit-tiny) on `--backend` (default
+  Settings.inference_backend, the back end the service runs); the JSON records the checkpoint's id, shape and image
+  size, the back end, and the load average before and after the run.
 
-Run `python -m benchmarks.receiver`; prints a table and writes benchmarks/results/receiver.json. `run()` is what
-benchmarks/queue.py calls for its receiver section.
+Run `python -m benchmarks.receiver [--model DIR]`; prints a table and writes benchmarks/results/receiver.json.
+`run()` is what benchmarks/queue.py calls for its receiver section.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def orthanc_push_rate(files: list[Path], tmp: Path, *, to: str = "cxr") -> float
     return len(files) / seconds
 
 
-def latency(files: list[Path], warm: list[Path], model: Path, gap: float, tmp: Path) -> dict:
+def latency(files: list[Path], warm: list[Path], model: Path, backend: str, gap: float, tmp: Path) -> dict:
     from pynetdicom import AE
 
     from tests.services import RedisServer
@@ -170,6 +173,7 @@ def latency(files: list[Path], warm: list[Path], model: Path, gap: float, tmp: P
     env = _env(
         data_dir,
         model=model,
+        inference_backend=backend,
         redis_url=redis.url,
         sweep_interval_s=2,
         broker_timeout_s=1,
@@ -235,15 +239,47 @@ def latency(files: list[Path], warm: list[Path], model: Path, gap: float, tmp: P
     }
 
 
-def run(n: int = 240, latency_n: int = 40, gap: float = 0.25, model: Path | None = None) -> dict:
-    """All rows in one run; returns the JSON-able result (benchmarks/queue.py calls this)."""
+def default_backend() -> str:
+    """The back end the service runs when CXR_INFERENCE_BACKEND is unset (Settings' default; "" = eager)."""
+    from services.config import Settings
+
+    return Settings.model_fields["inference_backend"].default or ""
+
+
+def describe_model(ckpt: Path, note: str) -> dict:
+    """What the latency row embedded with: the checkpoint's id, path and shape, from its config.json."""
+    from services.embedding.checkpoint_meta import checkpoint_id, read_checkpoint_config
+
+    enc = read_checkpoint_config(ckpt)["encoder"]
+    return {
+        "id": checkpoint_id(ckpt),
+        "path": str(ckpt),
+        "shape": enc.get("shape"),
+        "image_size": enc.get("image_size"),
+        "embed_dim": enc.get("embed_dim"),
+        "note": note,
+    }
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run(
+    n: int = 240, latency_n: int = 40, gap: float = 0.25, model: Path | None = None, backend: str | None = None
+) -> dict:
+    """All rows in one run; returns the JSON-able result (benchmarks/queue.py calls this). `backend` None = the
+    service's default back end."""
     from benchmarks.queue import checkpoint
     from tests.pacs.dicom_factory import public_jpegs
 
+    backend = default_backend() if backend is None else backend
+    load_start, started = _load(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
     jpegs = public_jpegs(DATA, n + latency_n + 8)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         ckpt, model_note = checkpoint(model, tmp)
+        model_info = describe_model(ckpt, model_note)
         rows = {
             "durability floor (intake alone, 1 thread)": durability_floor(
                 build(tmp / "f", jpegs[:n], "f"), tmp / "floor"
@@ -257,13 +293,15 @@ def run(n: int = 240, latency_n: int = 40, gap: float = 0.25, model: Path | None
         rows["baseline: Orthanc push to a 2nd Orthanc"] = orthanc_push_rate(orth, tmp, to="orthanc")
         lat_files = build(tmp / "lat", jpegs[n : n + latency_n], "lat")
         warm = build(tmp / "warm", jpegs[n + latency_n :], "warm")
-        lat = latency(lat_files, warm, ckpt, gap, tmp)
+        lat = latency(lat_files, warm, ckpt, backend, gap, tmp)
     return {
+        "when": {"start": started, "end": time.strftime("%Y-%m-%d %H:%M:%S %Z")},
         "n_per_row": n,
         "instance_kb_mean": round(float(np.mean([p.stat().st_size for p in jpegs[:n]]) / 1024), 1),
         "cores": os.cpu_count(),
-        "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
-        "model": model_note,
+        "load_avg_1_5_15min": {"start": load_start, "end": _load()},
+        "model": model_info,
+        "backend": backend or "eager",
         "instances_per_s": {k: round(v, 1) for k, v in rows.items()},
         "cstore_to_searchable": lat,
     }
@@ -274,20 +312,23 @@ def main() -> None:
     p.add_argument("--n", type=int, default=240, help="instances per throughput row")
     p.add_argument("--latency-n", type=int, default=40)
     p.add_argument("--gap", type=float, default=0.25, help="seconds between sends in the latency row")
-    p.add_argument("--model", type=Path)
+    p.add_argument("--model", type=Path, metavar="DIR", help="trained checkpoint folder for the latency row")
+    p.add_argument("--backend", help="inference back end for the latency row; default the service's default")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    result = run(args.n, args.latency_n, args.gap, args.model)
+    result = run(args.n, args.latency_n, args.gap, args.model, args.backend)
+    load = result["load_avg_1_5_15min"]
     print(
         f"{result['n_per_row']} DX instances per row (~{result['instance_kb_mean']} kB), {result['cores']} cores,"
-        f" load {result['load_avg_1min_at_end']}"
+        f" load {load['start']} at start, {load['end']} at end"
     )
     print(f"{'row':44} {'instances/s':>11}")
     for name, rate in result["instances_per_s"].items():
         print(f"{name:44} {rate:11.1f}")
-    lat = result["cstore_to_searchable"]
+    lat, m = result["cstore_to_searchable"], result["model"]
     print(
-        f"C-STORE -> searchable ({lat['n']} sent {lat['gap_s']} s apart, worker running, {result['model']}):"
+        f"C-STORE -> searchable ({lat['n']} sent {lat['gap_s']} s apart, worker running,"
+        f" {m['id']} ({m['shape']}, {m['image_size']} px) on {result['backend']}):"
         f" p50 {lat['p50_s']} s, p95 {lat['p95_s']} s, max {lat['max_s']} s"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
