@@ -198,6 +198,15 @@ def _provenance(report: Mapping[str, Any]) -> list[str]:
         out += ["The model records no training split, so the split could not be checked against it.", ""]
     if split.get("manifest_matches") is False:
         out += ["The split was made from another version of the manifest (its manifest_sha256 differs).", ""]
+    manifests = split.get("manifests") or {}
+    if len(manifests) > 1:
+        joined = ", ".join(f"`{name}` (sha256 {sha[:12]})" for name, sha in manifests.items())
+        out += [f"Manifests joined and split by patient as one set: {joined}.", ""]
+    if queries.get("only_from_manifests"):
+        out += [f"Only test images of {', '.join(queries['only_from_manifests'])} query.", ""]
+    for target, labels in (report.get("merges") or {}).items():
+        absent = f"; named but not in the data: {', '.join(labels['absent'])}" if labels["absent"] else ""
+        out += [f"Label `{target}` merges {', '.join(labels['merged']) or 'nothing present'}{absent}.", ""]
     return out
 
 

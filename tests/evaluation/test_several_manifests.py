@@ -83,6 +83,9 @@ def test_a_merge_names_what_it_grouped_and_the_new_label_is_reported(joined: dic
     assert merged["absent"] == []
     assert "pneumonia" in report["per_class"] and "lung_opacity" not in report["per_class"]
     assert report["split"]["manifests"] == read_split(joined["tmp"] / "run" / "split.json").manifests
+    markdown = (joined["tmp"] / "merged" / "report.md").read_text()
+    assert "Label `pneumonia` merges pneumonia_bacterial, pneumonia_viral, lung_opacity" in markdown
+    assert "`public/manifest.csv`" in markdown and "`adult/manifest.csv`" in markdown
 
 
 def test_queries_can_be_restricted_to_one_joined_manifest(joined: dict) -> None:
