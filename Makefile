@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 LOCK := requirements.lock
-DATA ?= ../shared/data/cxr-public
+DATA ?= ../shared/data/cxr-public ../shared/data/cxr-adult
 DEMO_MINUTES ?= 5
 # -qq: progress and the machine's own index warnings stay quiet; errors still print.
 PIP_QUIET := -qq
@@ -22,7 +22,7 @@ setup: $(BIN)/cxr
 
 # The main job on the embedded default: train a short checkpoint if none, index, search, print.
 demo: setup
-	$(BIN)/cxr demo --data $(DATA) --train-minutes $(DEMO_MINUTES)
+	$(BIN)/cxr demo $(addprefix --data ,$(DATA)) --train-minutes $(DEMO_MINUTES)
 
 # The test suite, with the services it needs started on loopback (non-default ports) and stopped after.
 test: setup

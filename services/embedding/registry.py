@@ -22,7 +22,8 @@ class ModelShape:
     num_heads: int
     mlp_dim: int
     patch_size: int = 16
-    stem: str = "patch"  # "patch": linear patch embedding; "lite0": pretrained EfficientNet-Lite0 to stride 16
+    # "patch": linear patch embedding; "lite0"/"lite1": pretrained EfficientNet-Lite0/-Lite1 to stride 16
+    stem: str = "patch"
 
 
 SHAPES: dict[str, ModelShape] = {
@@ -34,13 +35,16 @@ SHAPES: dict[str, ModelShape] = {
         # Hybrid ViT (Dosovitskiy et al. 2021): tokens from the ImageNet EfficientNet-Lite0 feature map at
         # stride 16, then a 6-layer ViT-Tiny-width encoder with a CLS token.
         ModelShape("hybrid-lite0", hidden_size=192, num_layers=6, num_heads=3, mlp_dim=768, stem="lite0"),
+        # The same with EfficientNet-Lite1's stem: depth 1.1 (15 blocks to stride 16, not 11), same 112 channels.
+        ModelShape("hybrid-lite1", hidden_size=192, num_layers=6, num_heads=3, mlp_dim=768, stem="lite1"),
     )
 }
 
 # The shape name recorded for a checkpoint initialised from a Hugging Face ViT that matches no registry shape.
 CUSTOM_SHAPE = "custom"
 HEADS = ("linear", "none")
-STEMS = ("patch", "lite0")
+LITE_STEMS = ("lite0", "lite1")  # EfficientNet-Lite variants to stride 16 (services/embedding/lite.py)
+STEMS = ("patch", *LITE_STEMS)
 POOLINGS = ("cls",)
 
 
@@ -137,8 +141,10 @@ class EncoderConfig:
             )
         if self.stem not in STEMS:
             raise ModelError(f"encoder config: unknown stem {self.stem!r}; known: {', '.join(STEMS)}")
-        if self.stem == "lite0" and self.patch_size != 16:
-            raise ModelError("encoder config: the lite0 stem makes tokens at stride 16, so patch_size must be 16")
+        if self.stem in LITE_STEMS and self.patch_size != 16:
+            raise ModelError(
+                f"encoder config: the {self.stem} stem makes tokens at stride 16, so patch_size must be 16"
+            )
         if self.pooling not in POOLINGS:
             raise ModelError(f"encoder config: unknown pooling {self.pooling!r}; known: {', '.join(POOLINGS)}")
         if not self.norm_std > 0:

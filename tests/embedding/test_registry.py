@@ -14,6 +14,7 @@ EXPECTED = {
     "vit-small": (384, 12, 6, 1536),
     "vit-base": (768, 12, 12, 3072),
     "hybrid-lite0": (192, 6, 3, 768),
+    "hybrid-lite1": (192, 6, 3, 768),
 }
 
 
@@ -39,7 +40,7 @@ def test_each_shape_builds_with_its_sizes(name: str) -> None:
     assert sum(m.weight.shape == (mlp, hidden) for m in linears) == layers
     assert all(m.bias is not None for m in linears)  # qkv_bias, like timm
     assert vit.config.num_attention_heads == heads
-    tokens_from = (112, 1, 1) if SHAPES[name].stem == "lite0" else (1, 16, 16)  # CNN map or 16 px patches
+    tokens_from = (112, 1, 1) if SHAPES[name].stem != "patch" else (1, 16, 16)  # CNN map or 16 px patches
     assert vit.embeddings.patch_embeddings.projection.weight.shape == (hidden, *tokens_from)
     assert vit.embeddings.position_embeddings.shape == (1, (64 // 16) ** 2 + 1, hidden)
     assert vit.layernorm.eps == pytest.approx(1e-6)
