@@ -42,6 +42,7 @@ def test_bearer_token_is_required_where_data_is(guarded, indexed: Indexed) -> No
         ("post", "/v1/index", {"files": {"file": ("q", _jpeg(indexed))}}),
         ("post", "/v1/render", {"files": {"file": ("q", _jpeg(indexed))}}),
         ("get", f"/v1/explain?query={some_id}&result={some_id}", {}),
+        ("post", f"/v1/explain?result={some_id}", {"files": {"file": ("q", _jpeg(indexed))}}),
     ]
     for method, url, kwargs in calls:
         r = getattr(guarded, method)(url, **kwargs)
@@ -166,9 +167,31 @@ def test_path_traversal_never_reaches_a_file(client, path: str) -> None:
     assert b"root:" not in r.content and b"[project]" not in r.content
 
 
-def test_similar_and_index_ids_are_uuids_only(client) -> None:
-    for bad in ("../../etc/passwd", "/etc/passwd", "file:///etc/passwd", "1; DROP TABLE"):
+def test_similar_and_index_ids_are_uuids_only(
+    client, indexed: Indexed, redis_server, tmp_path: Path, dicom_dir: Path
+) -> None:
+    bad_ids = ("../../etc/passwd", "/etc/passwd", "file:///etc/passwd", "1; DROP TABLE")
+    for bad in bad_ids:
         assert client.post("/v1/search/similar", json={"positive": [bad]}).status_code == 422
+    # POST /v1/index over the real ledger and Redis queue: a name that is not a file inside the import folder is
+    # refused for the whole request and reaches neither; a real file there is queued, so the route does work.
+    from cli.serve_cmd import make_submitter
+    from services.pipeline.ledger import Ledger, file_key
+
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    (imports / "film.dcm").write_bytes((dicom_dir / QUERY_DICOM).read_bytes())
+    settings = indexed.with_(redis_url=redis_server.url, data_dir=tmp_path / "data", api_import_dir=imports)
+    with make_client(settings, indexed.model, submitter=make_submitter(settings)) as queued:
+        for bad in bad_ids:
+            r = queued.post("/v1/index", data={"path": [bad, "film.dcm"]})
+            assert r.status_code in (403, 404), (bad, r.status_code, r.text)
+            assert b"root:" not in r.content
+        assert sum(Ledger(settings.ledger_path).counts().values()) == 0
+        ok = queued.post("/v1/index", data={"path": "film.dcm"})
+    assert ok.status_code == 202 and ok.json()["accepted"] == 1, ok.text
+    ledger = Ledger(settings.ledger_path)
+    assert sum(ledger.counts().values()) == 1 and ledger.get(file_key((imports / "film.dcm").resolve(), settings.salt))
 
 
 def test_openapi_schema_describes_the_api(client) -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from services.errors import DecodeError
 from services.imaging import decode_bytes, decode_image, is_dicom, to_model_input
 from services.imaging.dicom_meta import parse_age, parse_sex
+from services.imaging.reasons import DecodeReason
 
 from .conftest import dicom_bytes, gradient, make_dataset
 
@@ -38,18 +39,52 @@ def test_empty_file(tmp_path: Path) -> None:
         decode_image(tmp_path / "empty.dcm")
 
 
-def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file: the kernel never says EACCES to root")
+def test_permission_denied(tmp_path: Path) -> None:
     path = tmp_path / "locked.png"
     Image.fromarray(gradient().astype(np.uint8)).save(path)
     path.chmod(0)
-    if os.geteuid() == 0:  # root reads any file: make open() refuse as it would for anyone else
-
-        def refuse(*args: object, **kwargs: object) -> None:
-            raise PermissionError(13, "Permission denied")
-
-        monkeypatch.setattr("services.imaging.files._open_nonblocking", refuse)
-    with pytest.raises(DecodeError, match="permission denied"):
+    with pytest.raises(DecodeError, match="permission denied") as info:
         decode_image(path)
+    assert info.value.code == DecodeReason.UNREADABLE
+
+
+def _unreadable_even_as_root(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Paths the kernel refuses to open for reading whoever asks (root included), and the reason each gets."""
+    a_file = tmp_path / "not-a-folder.png"
+    Image.fromarray(gradient().astype(np.uint8)).save(a_file)
+    os.mkfifo(tmp_path / "pipe.png")
+    return {
+        "parent is a file (ENOTDIR)": (a_file / "film.png", "cannot read the file (Not a directory)"),
+        "a directory": (tmp_path, "is a directory, not a file"),
+        "a named pipe": (tmp_path / "pipe.png", "named pipe (FIFO)"),
+    }
+
+
+def test_unreadable_paths_fail_with_their_reason_as_any_user(tmp_path: Path) -> None:
+    for what, (path, reason) in _unreadable_even_as_root(tmp_path).items():
+        with pytest.raises(DecodeError) as info:
+            decode_image(path)
+        got = (info.value.code, info.value.reason, info.value.path)
+        assert got == (DecodeReason.UNREADABLE, reason, str(path)), what
+
+
+def test_ingest_reports_each_unreadable_item_with_its_reason(tmp_path: Path, tiny_checkpoint: Path, data_dir: Path):
+    """Through the real ingest (decode stage, per-item failures), beside a good file that lands."""
+    from services.config import Settings
+    from services.pipeline import IngestItem, IngestOptions, Ingestor, Runtime
+
+    (tmp_path / "odd").mkdir()
+    cases = _unreadable_even_as_root(tmp_path / "odd")
+    good = tmp_path / "good.png"
+    Image.fromarray(gradient(high=255).astype(np.uint8)).save(good)
+    items = [IngestItem(good)] + [IngestItem(path) for path, _ in cases.values()]
+    with Runtime(Settings(), model_path=tiny_checkpoint) as rt:
+        opts = IngestOptions(collection="unreadable", batch_size=4, decode_workers=1)
+        report = Ingestor(rt.encoder, rt.store, opts, salt=rt.settings.salt).run(items)
+    assert report.indexed == 1
+    got = sorted((f.path, f.stage, f.reason) for f in report.failed)
+    assert got == sorted((str(path), "decode", reason) for path, reason in cases.values())
 
 
 def test_extension_is_ignored(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.index import QdrantEdgeStore, QdrantServerStore, VectorStore
+from services.index import Hit, QdrantEdgeStore, QdrantServerStore, VectorStore
 
 SERVER_ENV = "CXR_TEST_QDRANT_URL"
 
@@ -103,6 +103,37 @@ def clustered(n: int = 400, dim: int = 32, clusters: int = 8, noise: float = 0.2
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = [str(uuid.UUID(int=seed * 10**9 + i + 1)) for i in range(n)]
     return Clustered(vectors.astype(np.float32), cluster, centres.astype(np.float32), ids)
+
+
+def held_out(data: Clustered, n: int, *, noise: float, seed: int, clusters: Sequence[int] | None = None) -> np.ndarray:
+    """`n` unit vectors drawn around `data.centres` (those of `clusters` only, if given) as `clustered` draws its
+    points, but from another seed: queries that are not in the index, so a search cannot just find itself."""
+    rng = np.random.default_rng(seed)
+    dim = data.centres.shape[1]
+    pick = rng.choice(np.arange(len(data.centres)) if clusters is None else np.asarray(clusters), size=n)
+    vectors = data.centres[pick] + noise * rng.normal(size=(n, dim)) / np.sqrt(dim)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def assert_like_exact(
+    hits: Sequence[Sequence[Hit]], vectors: np.ndarray, ids: Sequence[str], queries: np.ndarray, k: int
+) -> float:
+    """Compare ranked `hits` with the exact top `k` of `queries` over `vectors` (point `ids[i]`): every score is the
+    exact cosine of its point, in descending order, and no query is answered by a point that is not among
+    `vectors`. Returns the recall@k against the exact top k."""
+    truth, _ = exact_top_k(vectors, queries, k)
+    row_of = {pid: i for i, pid in enumerate(ids)}
+    v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    recalls = []
+    for qi, (row, want) in enumerate(zip(hits, truth, strict=True)):
+        assert len(row) == k and all(h.id in row_of for h in row)
+        scores = np.array([h.score for h in row])
+        exact = np.array([float(q[qi] @ v[row_of[h.id]]) for h in row])
+        np.testing.assert_allclose(scores, exact, atol=1e-4)
+        assert np.all(np.diff(scores) <= 1e-6)
+        recalls.append(len({h.id for h in row} & {ids[i] for i in want}) / k)
+    return float(np.mean(recalls))
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

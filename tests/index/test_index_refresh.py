@@ -17,7 +17,7 @@ from services.config import Settings
 from services.errors import ConfigError, StoreError
 from services.index import IndexTuning, PointRecord, QdrantEdgeStore, SearchFilter, index_tuning, open_store
 from services.index.tuning import points_to_kb
-from tests.index.conftest import clustered, exact_top_k
+from tests.index.conftest import assert_like_exact, clustered, exact_top_k, held_out
 
 DIM = 64  # 256 bytes a point: the KB sizes are exact for every point count
 
@@ -97,22 +97,19 @@ def test_without_a_segment_cap_a_refresh_rewrites_the_indexed_segment(tmp_path: 
 def test_search_stays_right_across_refreshes(tmp_path: Path) -> None:
     store = _store(tmp_path, threshold_points=400, segment_points=800, search_hnsw_ef=64)
     points: list[PointRecord] = []
+    queries = []
     for step in range(4):  # the writer's loop: upsert, refresh when enough is unindexed
         batch = _points(400, seed=20 + step, start=400 * step)
         points += batch
+        # queries near this batch's clusters, not in the index (a query that is a point finds itself)
+        queries.append(held_out(clustered(n=400, dim=DIM, clusters=8, noise=0.5, seed=20 + step), 10, noise=0.5,
+                                seed=200 + step))  # fmt: skip
         store.upsert("cxr", batch)
         if store.unindexed_count("cxr") >= store.tuning.threshold_points:
             store.optimize("cxr")
     assert store.unindexed_count("cxr") == 0
-    vectors = np.stack([p.vector for p in points])
-    queries = vectors[::37] + 0.01
-    truth, _ = exact_top_k(vectors, queries, 10)
-    recall = np.mean(
-        [
-            len({h.id for h in store.search("cxr", q, 10)} & {points[i].id for i in row}) / 10
-            for q, row in zip(queries, truth, strict=True)
-        ]
-    )
+    vectors, ids, found = np.stack([p.vector for p in points]), [p.id for p in points], np.concatenate(queries)
+    recall = assert_like_exact([store.search("cxr", q, 10) for q in found], vectors, ids, found, 10)
     assert recall >= 0.95
     store.close()
 
@@ -164,12 +161,14 @@ def test_filtered_search_with_acorn_returns_only_matches(tmp_path: Path) -> None
     store.optimize("cxr")
     keep = [p for p in points if p.payload["label"] == "b"]  # one in five
     vectors = np.stack([p.vector for p in keep])
-    queries = np.stack([p.vector for p in points[1::97]])
+    # around the points' own clusters (_points draws them with these arguments), but not among them
+    queries = held_out(clustered(n=2000, dim=DIM, clusters=8, noise=0.5, seed=3), 21, noise=0.5, seed=33)
+    hits = [store.search("cxr", q, 10, SearchFilter(must={"label": "b"})) for q in queries]
+    assert all({h.payload["label"] for h in row} == {"b"} for row in hits)
     truth, _ = exact_top_k(vectors, queries, 10)
-    for q, row in zip(queries, truth, strict=True):
-        hits = store.search("cxr", q, 10, SearchFilter(must={"label": "b"}))
-        assert {h.payload["label"] for h in hits} == {"b"}
-        assert len({h.id for h in hits} & {keep[i].id for i in row}) >= 9
+    for row, want in zip(hits, truth, strict=True):
+        assert len({h.id for h in row} & {keep[i].id for i in want}) >= 9
+    assert assert_like_exact(hits, vectors, [p.id for p in keep], queries, 10) >= 0.95
     store.close()
 
 
@@ -192,7 +191,7 @@ def test_a_filter_that_follows_the_clusters_needs_the_exact_policy(
     store.optimize("cxr")
     assert store.unindexed_count("cxr") == 0
     keep = np.flatnonzero(label == "b")
-    queries = data.vectors[np.flatnonzero(data.cluster >= 2)[::60]]
+    queries = held_out(data, 45, noise=0.5, seed=6, clusters=range(2, 8))  # the other clusters, not indexed points
     truth, _ = exact_top_k(data.vectors[keep], queries, 10)
     found = [[h.id for h in store.search("cxr", q, 10, SearchFilter(must={"label": "b"}))] for q in queries]
     store.close()

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from services.pacs.acceptance import (
     BAD_SOP_INSTANCE_UID,
     CANNOT_UNDERSTAND,
     NOT_A_CHEST_RADIOGRAPH,
     OUT_OF_RESOURCES,
+    SOP_CLASS_MISMATCH,
     SUCCESS,
 )
 from services.pacs.deid import Deidentifier
@@ -29,7 +31,7 @@ from tests.pacs.conftest import (
     pacs_env,
     stored_payloads,
 )
-from tests.pacs.dicom_factory import PHI_ID_PREFIX, PHI_NAME_PREFIX, send
+from tests.pacs.dicom_factory import PHI_ID_PREFIX, PHI_NAME_PREFIX, save, send, send_as_is
 from tests.services import free_port
 
 
@@ -90,6 +92,32 @@ def test_a_full_spool_answers_a700_and_records_nothing(pacs_settings, dx_dir: Pa
     assert set(statuses.values()) == {OUT_OF_RESOURCES}
     assert ledger_keys(pacs_settings) == set()
     assert list(Spool(pacs_settings.spool_path).instances()) == []
+
+
+def test_a_request_naming_another_instance_than_its_data_set_gets_a900(
+    pacs_settings, dx_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A C-STORE whose command names one instance (AffectedSOPInstanceUID) while its data set is another
+    (SOPInstanceUID) is refused 0xA900 and nothing of it is kept; the same data set sent under its own UID lands.
+    The sender is a real pynetdicom peer sending files as they are: its command takes the file meta's UID."""
+    from pydicom.filereader import read_file_meta_info
+
+    caplog.set_level(logging.WARNING, logger="cxr.pacs")
+    ds = pydicom.dcmread(dx_files(dx_dir, 1)[0])
+    uid = str(ds.SOPInstanceUID)
+    right = save(ds, tmp_path / "right")
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["cxr-test", "another instance"])
+    wrong = tmp_path / "wrong.dcm"
+    ds.save_as(wrong, enforce_file_format=False)  # as a broken sender keeps it: the meta is written as it is
+    assert str(read_file_meta_info(wrong).MediaStorageSOPInstanceUID) != uid  # what the command will say
+    assert str(pydicom.dcmread(wrong, stop_before_pixels=True).SOPInstanceUID) == uid
+    with _receiver(pacs_settings) as rx:
+        statuses = send_as_is([wrong, right], "127.0.0.1", rx.port, called="CXR", calling="MODALITY")
+    assert statuses == {wrong: SOP_CLASS_MISMATCH, right: SUCCESS}
+    assert ledger_keys(pacs_settings) == {sop_key(uid)}
+    assert [p.stem for p in Spool(pacs_settings.spool_path).instances()] == [uid]
+    assert rx.stats.failed == {SOP_CLASS_MISMATCH: 1} and rx.stats.stored == 1
+    assert f"data set SOPInstanceUID {uid} differs from request" in caplog.text
 
 
 def test_bytes_that_are_not_dicom_or_lack_a_uid_get_c000_range_answers(pacs_settings, dx_dir: Path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,9 +17,9 @@ import pydicom
 import pytest
 
 from services.errors import ConfigError
-from services.pacs.acceptance import OUT_OF_RESOURCES, SUCCESS
+from services.pacs.acceptance import LEDGER_UNAVAILABLE, OUT_OF_RESOURCES, SUCCESS
 from services.pacs.admission import parse_aets, parse_allow_list
-from services.pacs.intake import Intake
+from services.pacs.intake import Intake, reconcile_spool
 from services.pacs.receiver import Receiver, ReceiverConfig
 from services.pacs.spool import Spool
 from services.pipeline.ledger import Ledger, sop_key
@@ -80,6 +82,51 @@ def test_the_right_title_from_the_wrong_address_is_refused_and_the_log_says_why(
         "association from MODALITY at 127.0.0.1 refused: calling AE title 'MODALITY' is allowed only from"
         " 10.9.9.0/24, not from 127.0.0.1"
     ]
+
+
+# Another process writing to the ledger: it takes SQLite's write lock and keeps it until told to go.
+HOLD_LEDGER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_ledger_that_cannot_record_gets_a701_and_the_resend_lands(pacs_settings, dx_dir: Path):
+    """0xA701: the instance is durable in the spool, but the ledger cannot take its row (another process holds the
+    write lock past the busy timeout). The answer is never success; the file is complete (a restart's
+    reconciliation records it), and the sender's resend lands once the ledger is free."""
+    files = dx_files(dx_dir, 2)
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    ledger = Ledger(pacs_settings.ledger_path, busy_timeout_s=0.5)  # dicom-listen waits 30 s; the answer is the same
+    spool = Spool(pacs_settings.spool_path, min_free_mb=0)
+    rx = Receiver(
+        Intake(spool, ledger, collection="cxr"),
+        ReceiverConfig(host="127.0.0.1", port=free_port(), allow_aets=("MODALITY",)),
+    )
+    with rx:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LEDGER, str(pacs_settings.ledger_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            held = send(files[:1], "127.0.0.1", rx.port, called="CXR", calling="MODALITY")
+        finally:
+            holder.kill()
+            holder.wait(timeout=30)
+        assert held == {uids[0]: LEDGER_UNAVAILABLE}
+        assert {p.stem for p in spool.instances()} == {uids[0]} and ledger_keys(pacs_settings) == set()
+        assert reconcile_spool(spool, ledger, collection="cxr") == 1  # what the next start would do
+        assert ledger_keys(pacs_settings) == {sop_key(uids[0])}
+        resent = send(files, "127.0.0.1", rx.port, called="CXR", calling="MODALITY")
+    assert resent == dict.fromkeys(uids, SUCCESS)
+    assert ledger_keys(pacs_settings) == {sop_key(u) for u in uids}
+    assert rx.stats.failed == {LEDGER_UNAVAILABLE: 1} and (rx.stats.stored, rx.stats.duplicates) == (2, 1)
 
 
 def _idle(port: int, n: int) -> list[socket.socket]:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from services.embedding import load_checkpoint
 from services.errors import ConfigError
+from services.imaging import decode_image, to_model_input
 from services.splits import read_split
 from services.training.config import TrainConfig
 from services.training.loop import Trainer, lr_at
 from services.training.losses import LossConfig
+from services.training.recipes import RECIPES
 from services.training.validation import ValScore, chance_map_at_r, collapse_reason
 
 
@@ -55,10 +59,48 @@ def test_tiny_run_writes_checkpoint_log_split_and_resumes(public_sample: Path, t
     assert resumed.steps == 9
 
 
+def _films(sample: Path, size: int) -> torch.Tensor:
+    """Eight of the sample's real films at the model's input size, (8, 1, size, size)."""
+    rows = sorted(sample.glob("images/*/*"))[::3][:8]
+    return torch.from_numpy(np.stack([to_model_input(decode_image(p).pixels, size) for p in rows]))[:, None]
+
+
 def test_crossentropy_baseline_trains_cls_features(public_sample: Path, tmp_path: Path):
-    result = Trainer(_cfg(public_sample, tmp_path / "ce", loss=LossConfig(kind="crossentropy"), steps=3)).run()
-    model = load_checkpoint(result.out_dir)
-    assert model.config.head == "none" and model.config.embed_dim == model.config.hidden_size
+    """The baseline trains the ViT's CLS features (no projection head) with a linear classifier beside them: over a
+    few steps the encoder moves from its init, the CLS token and the classifier included, and the saved checkpoint
+    embeds real films differently from the init. The init is what the trainer itself saves at step 0."""
+    ce = RECIPES["crossentropy"]
+    cfg = _cfg(public_sample, tmp_path / "ce", loss=ce.loss, lr=ce.lr, steps=4, val_every=2, warmup_steps=1)
+    init_run = Trainer(dataclasses.replace(cfg, out_dir=tmp_path / "init", steps=0)).run()
+    losses: list[float] = []
+    result = Trainer(cfg, on_step=lambda _step, rec: losses.append(rec["ce"])).run()
+    assert (init_run.steps, result.status, result.steps) == (0, "finished", 4)
+    assert len(losses) == 4 and all(np.isfinite(losses))
+
+    init, last, best = (load_checkpoint(p) for p in (init_run.out_dir, result.out_dir / "last", result.out_dir))
+    assert last.config.head == "none" and last.config.embed_dim == last.config.hidden_size
+    before, after = init.state_dict(), last.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "vit.embeddings.cls_token" in moved and "vit.layernorm.weight" in moved, sorted(set(before) - moved)
+    assert {k.split(".")[2] for k in moved if k.startswith("vit.layers.")} == {
+        str(i) for i in range(last.config.num_layers)
+    }, "every transformer block is trained"
+
+    def classifier(run_dir: Path) -> torch.Tensor:
+        return torch.load(run_dir / "train_state.pt", weights_only=False)["criterion"]["weight"]
+
+    n_classes = len(json.loads((result.out_dir / "config.json").read_text())["encoder"]["recipe"]["classes"])
+    assert classifier(result.out_dir).shape == (n_classes, last.config.hidden_size)  # on the CLS features
+    assert not torch.equal(classifier(init_run.out_dir), classifier(result.out_dir))
+
+    films = _films(public_sample, cfg.image_size)
+    with torch.no_grad():
+        e_init, e_best = init(films), best(films)
+        f_init, f_best = init.features(films), best.features(films)
+    assert torch.allclose(e_best, torch.nn.functional.normalize(f_best, dim=-1), atol=1e-5)  # embedding = CLS
+    cosine = (e_init * e_best).sum(-1)
+    print(f"\nce baseline: losses {np.round(losses, 3).tolist()}, init/trained cosine {cosine.tolist()}")
+    assert (f_init - f_best).abs().max() > 1e-2 and cosine.max() < 0.999
 
 
 def test_lr_schedule_warms_up_then_anneals(public_sample: Path, tmp_path: Path):

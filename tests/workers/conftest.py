@@ -98,6 +98,23 @@ class WorkerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
+def session_processes(session: int) -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, argv) of every process in the session `session` (a `WorkerProcess` leads its own: the
+    `cxr worker` parent, its celery workers and their pool processes), read from /proc."""
+    found: dict[int, tuple[int, list[str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # after the name: state, ppid, pgrp, sid
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # ended while we looked
+            continue
+        if int(fields[3]) == session:
+            found[int(entry.name)] = (int(fields[1]), argv)
+    return found
+
+
 @pytest.fixture()
 def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
     """Start workers with `WorkerProcess(...)` and append them here; all are stopped at teardown."""
