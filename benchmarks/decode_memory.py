@@ -1,7 +1,8 @@
 """Peak memory per pixel of decoding an upload (decode_bytes, then the model input and the PNG preview), the
 figures services/imaging/budget.py reserves. Each file is decoded in a fresh process; prints a table, writes JSON.
+`--target-side 128` measures the reduced decode a search makes (services.imaging.reduce) instead of a full one.
 
-    python -m benchmarks.decode_memory [--side 4000] [--out decode_memory.json]
+    python -m benchmarks.decode_memory [--side 4000] [--target-side 128] [--out decode_memory.json]
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from services.imaging import decode_bytes, to_model_input
 def field(name):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(name + ":"))
 data = open(sys.argv[1], "rb").read()
+target = int(sys.argv[2]) or None
 open("/proc/self/clear_refs", "w").write("5")
 base = field("VmRSS")
-image = decode_bytes(data, "x", max_pixels=10**9, min_side=1)
-to_model_input(image.pixels, 224)
-to_png(image.pixels, 768)
+image = decode_bytes(data, "x", max_pixels=10**9, min_side=1, target_side=target)
+to_model_input(image.pixels, target or 224, extent=image.extent)
+to_png(image.pixels, target or 768, extent=image.extent)
 print(field("VmHWM") - base)
 """
+
+
+COMPRESSED = {"dicom-j2k": "1.2.840.10008.1.2.4.90", "dicom-jpegls": "1.2.840.10008.1.2.4.80"}
 
 
 def _files(side: int, folder: Path) -> dict[str, Path]:
@@ -39,13 +44,15 @@ def _files(side: int, folder: Path) -> dict[str, Path]:
 
     ramp = np.add.outer(np.linspace(0, 0.6, side), np.linspace(0, 0.3, side))
     names = {"png-8bit": "a.png", "png-16bit": "b.png", "png-rgb": "c.png", "jpeg": "d.jpg"}
-    out = {k: folder / v for k, v in {**names, "dicom-16bit": "e.dcm", "dicom-16bit-window": "f.dcm"}.items()}
+    dicoms = {"dicom-16bit": "e.dcm", "dicom-16bit-window": "f.dcm", "dicom-j2k": "g.dcm", "dicom-jpegls": "h.dcm"}
+    out = {k: folder / v for k, v in {**names, **dicoms}.items()}
     grey = (ramp * 255).astype(np.uint8)
     Image.fromarray(grey).save(out["png-8bit"])
     Image.fromarray((ramp * 65535).astype(np.uint16)).save(out["png-16bit"])
     Image.fromarray(np.stack([grey] * 3, -1)).save(out["png-rgb"])
     Image.fromarray(grey).save(out["jpeg"], quality=85)
-    for key, window in (("dicom-16bit", False), ("dicom-16bit-window", True)):
+    for key in dicoms:
+        window = key != "dicom-16bit"
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -57,6 +64,8 @@ def _files(side: int, folder: Path) -> dict[str, Path]:
         if window:
             ds.WindowCenter, ds.WindowWidth = 2000, 3000
         ds.PixelData = (ramp * 4095).astype(np.uint16).tobytes()
+        if key in COMPRESSED:
+            ds.compress(COMPRESSED[key], encoding_plugin="pylibjpeg" if key == "dicom-j2k" else "pyjpegls")
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         out[key].write_bytes(buf.getvalue())
@@ -66,15 +75,17 @@ def _files(side: int, folder: Path) -> dict[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=4000)
+    parser.add_argument("--target-side", type=int, default=0, help="reduced decode for this side (0: full)")
     parser.add_argument("--out", type=Path, default=Path("decode_memory.json"))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind, path in _files(args.side, Path(tmp)).items():
-            peak = int(subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True,
-                                      check=True).stdout)  # fmt: skip
+            peak = int(subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.target_side)],
+                                      capture_output=True, text=True, check=True).stdout)  # fmt: skip
             rows.append({"kind": kind, "pixels": args.side**2, "file_bytes": path.stat().st_size,
-                         "peak_bytes": peak, "bytes_per_pixel": round(peak / args.side**2, 1)})  # fmt: skip
+                         "target_side": args.target_side or None, "peak_bytes": peak,
+                         "bytes_per_pixel": round(peak / args.side**2, 1)})  # fmt: skip
     print(f"{'kind':<20} {'file KB':>9} {'peak MB':>9} {'B/px':>6}")
     for r in rows:
         kb, mb = r["file_bytes"] / 1024, r["peak_bytes"] / 2**20

@@ -49,14 +49,17 @@ def etag_matches(if_none_match: str | None, tag: str) -> bool:
     return any(t.strip().removeprefix("W/") == bare for t in if_none_match.split(","))
 
 
-def to_png(pixels: np.ndarray, max_side: int) -> bytes:
-    """Grey pixels in [0, 1] as an 8-bit PNG whose longer side is at most `max_side` (aspect kept)."""
+def to_png(pixels: np.ndarray, max_side: int, *, extent: tuple[float, float] | None = None) -> bytes:
+    """Grey pixels in [0, 1] as an 8-bit PNG whose longer side is at most `max_side` (aspect kept). `extent` is a
+    reduced decode's `DecodedImage.extent`: the image's (height, width) in these pixels, whose aspect is kept."""
     grey = np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0)
     image = Image.fromarray((grey * 255).round().astype(np.uint8), mode="L")
-    scale = min(1.0, max_side / max(image.size))
-    if scale < 1.0:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    height, width = extent or (image.height, image.width)
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0 or extent is not None:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        box = None if extent is None else (0.0, 0.0, min(width, image.width), min(height, image.height))
+        image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=2.0)
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()

@@ -83,8 +83,8 @@ async def render_upload(
     note(request, query_sha256=upload.sha256)
 
     def work() -> Response:
-        with decoded_upload(upload, state.settings, state.decode_budget) as decoded:
-            png = to_png(decoded.pixels, size)
+        with decoded_upload(upload, state.settings, state.decode_budget, target_side=size) as decoded:
+            png = to_png(decoded.pixels, size, extent=decoded.extent)
         headers = {
             "Cache-Control": "private, no-store",
             "X-Image-Width": str(decoded.meta.width),

@@ -85,7 +85,9 @@ async def search(
             max_pixels=settings.max_pixels,
             min_side=settings.min_side,
         )
-        with decoded_upload(upload, settings, state.decode_budget) as decoded:
+        # A crop is in the upload's own pixels: that decode keeps them all; otherwise it is reduced to the model's.
+        side = None if box is not None else encoder.image_size
+        with decoded_upload(upload, settings, state.decode_budget, target_side=side) as decoded:
             if box is not None:
                 decoded = apply_crop(decoded, box, settings.min_side)
             result = search_decoded(decoded, upload.sha256, encoder=encoder, store=store, opts=opts, salt=settings.salt)

@@ -54,12 +54,15 @@ async def read_upload(settings: Settings, file: UploadFile) -> Upload:
 
 
 @contextmanager
-def decoded_upload(upload: Upload, settings: Settings, budget: DecodeBudget) -> Iterator[DecodedImage]:
+def decoded_upload(
+    upload: Upload, settings: Settings, budget: DecodeBudget, *, target_side: int | None = None
+) -> Iterator[DecodedImage]:
     """The decoded upload, its estimated memory held in `budget` until the block ends (use the pixels inside it).
+    `target_side` (the model's input side, a preview's) allows a reduced decode, which also costs less.
 
     DecodeError (422), ImageTooLargeError (413: the pixel guard or the whole budget), DecodeBusyError (503).
     """
-    cost = estimate_cost(upload.data)
+    cost = estimate_cost(upload.data, target_side=target_side)
     if cost.pixels > settings.max_pixels:  # the pixel guard speaks first: its limit and hint are the ones that apply
         raise ImageTooLargeError(
             "upload",
@@ -67,7 +70,9 @@ def decoded_upload(upload: Upload, settings: Settings, budget: DecodeBudget) -> 
             "Raise CXR_MAX_PIXELS if the image is genuine.",
         )
     with budget.reserve(cost):
-        yield decode_bytes(upload.data, "upload", max_pixels=settings.max_pixels, min_side=settings.min_side)
+        yield decode_bytes(
+            upload.data, "upload", max_pixels=settings.max_pixels, min_side=settings.min_side, target_side=target_side
+        )
 
 
 async def single_file_part(request: Request) -> None:

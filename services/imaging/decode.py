@@ -14,15 +14,17 @@ from services.imaging.sniff import HEAD_BYTES, is_dicom
 from services.imaging.types import DecodedImage
 
 
-# Bytes a file may hold per allowed pixel (32-bit samples, times two for slack) plus room for headers; larger
-# files are refused before they are read into memory.
 def decode_image(
-    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
+    path: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    target_side: int | None = None,
 ) -> DecodedImage:
     """Decode the file at `path` (DICOM or raster, whatever its extension) into a grey image."""
     name = str(path)
     data = read_regular_file(path, max_file_bytes(max_pixels))
-    return decode_bytes(data, name, max_pixels=max_pixels, min_side=min_side)
+    return decode_bytes(data, name, max_pixels=max_pixels, min_side=min_side, target_side=target_side)
 
 
 def decode_bytes(
@@ -31,14 +33,20 @@ def decode_bytes(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
+    target_side: int | None = None,
 ) -> DecodedImage:
-    """Decode an in-memory file (an upload, a PACS payload); `name` only labels errors."""
+    """Decode an in-memory file (an upload, a PACS payload); `name` only labels errors.
+
+    `target_side` is the side the caller will resize the pixels to (the model's input, a preview): the decoder
+    may then return them shrunk by a whole factor, each side still at least twice `target_side`, which is far
+    cheaper for a large film and leaves `to_model_input`'s result as a full decode gives it (services.imaging
+    .reduce). `meta` always holds the file's own size. None: full size, for callers that need every pixel (crops).
+    """
     if not data:
         raise DecodeError(name, "empty file", code=DecodeReason.NOT_AN_IMAGE)
+    decoder = decode_dicom if is_dicom(data[:HEAD_BYTES]) else decode_raster
     try:
-        if is_dicom(data[:HEAD_BYTES]):
-            return decode_dicom(data, name, max_pixels=max_pixels, min_side=min_side)
-        return decode_raster(data, name, max_pixels=max_pixels, min_side=min_side)
+        return decoder(data, name, max_pixels=max_pixels, min_side=min_side, target_side=target_side)
     except DecodeError:
         raise
     except Exception as exc:  # a path the decoders did not foresee: still a DecodeError, never a 500

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_fragmented_frames
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.errors import DecodeError, ImageTooLargeError
@@ -20,49 +20,76 @@ from services.imaging.codestream import declared_size
 from services.imaging.deflate import inflates_past
 from services.imaging.dicom_meta import int_attr, read_meta, text_attr
 from services.imaging.files import max_file_bytes
+from services.imaging.jpeg2000 import decode_reduced, resolution_level
 from services.imaging.reasons import DecodeReason, decoder_failure
+from services.imaging.reduce import box_reduce, reduction_factors
 from services.imaging.sniff import has_dicm_magic
 from services.imaging.types import DecodedImage
 from services.imaging.validate import (
     check_dimensions,
-    grey_from_colour,
+    refuse_colour,
     refuse_if_blank,
     scale_range,
 )
+from services.imaging.voi import to_unit
 
-# Without a usable window, the 0.5th..99.5th percentiles span black..white: burnt-in labels, collimator edges
-# and dead pixels would otherwise squeeze the anatomy into a few grey levels. Percentiles are taken on a
-# strided sample of about this many pixels, which is deterministic and fast.
-ROBUST_PERCENTILES = (0.5, 99.5)
-PERCENTILE_SAMPLE = 1_000_000
-
+# JPEG 2000 transfer syntaxes whose frames may be decoded at a lower resolution level (services.imaging.jpeg2000).
+# HTJ2K is left to pydicom: no HTJ2K file was at hand to test the reduced path on.
+_J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
 _GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
 _COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422"})
 
 
-def decode_dicom(data: bytes, name: str, *, max_pixels: int, min_side: int) -> DecodedImage:
-    """Decode one single-frame greyscale DICOM held in memory; refuse anything else with a DecodeError."""
+def decode_dicom(
+    data: bytes, name: str, *, max_pixels: int, min_side: int, target_side: int | None = None
+) -> DecodedImage:
+    """Decode one single-frame greyscale DICOM held in memory; refuse anything else with a DecodeError.
+
+    With `target_side`, the pixels come back shrunk by whole factors (services.imaging.reduce): a JPEG 2000 frame
+    is decoded at a lower resolution level, and the rest is box-reduced while the stored values go through the
+    modality and VOI transforms, so no full-size float copy is made. `meta` keeps Rows and Columns.
+    """
     ds = _read_dataset(data, name, max_pixels=max_pixels)
     transfer_syntax = _transfer_syntax(ds)
     photometric, samples, bits = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
     _check_decoder(name, transfer_syntax)
     _check_native_length(ds, name, transfer_syntax, samples)
     _check_frame_size(ds, name, transfer_syntax, max_pixels=max_pixels)
-    raw = _decode_pixels(ds, name, transfer_syntax)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    reduced = None
+    if samples == 1 and str(transfer_syntax) in _J2K_SYNTAXES:
+        reduced = _decode_reduced_j2k(ds, bits, resolution_level(reduction_factors(rows, columns, target_side)))
+    raw, level_scale = reduced or (_decode_pixels(ds, name, transfer_syntax), 1)
+    factors = reduction_factors(raw.shape[0], raw.shape[1], target_side)  # what is left after the codec's own
 
     if samples == 3:
         # Colour models carry rendered values: no modality or VOI transform applies.
-        grey = grey_from_colour(name, raw, float(2**bits - 1))
+        refuse_colour(name, raw, float(2**bits - 1))
+        grey = box_reduce(raw, factors).mean(axis=-1, dtype=np.float64)
         refuse_if_blank(name, grey)
         pixels = scale_range(grey, 0.0, float(2**bits - 1))
     else:
         refuse_if_blank(name, raw)
-        pixels = _to_unit(raw, ds)
+        pixels = to_unit(raw, ds, factors)
         if photometric == "MONOCHROME1":  # MONOCHROME1 shows low values white; make bright mean dense
             pixels = 1.0 - pixels
-    height, width = pixels.shape
-    meta = read_meta(ds, height, width, str(transfer_syntax))
-    return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta)
+    meta = read_meta(ds, rows, columns, str(transfer_syntax))
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    reduction = (level_scale * factors[0], level_scale * factors[1])
+    return DecodedImage(pixels=pixels, meta=meta, reduction=reduction)
+
+
+def _decode_reduced_j2k(ds: Dataset, bits: int, level: int) -> tuple[np.ndarray, int] | None:
+    """(values, 2**level): the frame at a JPEG 2000 resolution level, or None (pydicom decodes it whole)."""
+    if level < 1:
+        return None
+    try:
+        frame = next(generate_fragmented_frames(ds.PixelData, number_of_frames=1))
+    except Exception:  # malformed encapsulation: pydicom refuses it with its own reason
+        return None
+    signed = (int_attr(ds, "PixelRepresentation") or 0) == 1
+    values = decode_reduced(b"".join(frame), level, bits_stored=bits, signed=signed)
+    return None if values is None else (values, 1 << level)
 
 
 def _read_dataset(data: bytes, name: str, *, max_pixels: int) -> Dataset:
@@ -175,68 +202,6 @@ def _decode_pixels(ds: Dataset, name: str, transfer_syntax: UID) -> np.ndarray:
     if arr.ndim != expected_ndim:
         raise DecodeError(name, f"unexpected pixel array shape {arr.shape}", code=DecodeReason.UNSUPPORTED_IMAGE)
     return arr
-
-
-def _to_unit(raw: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Modality LUT, then the first VOI LUT or window scaled by its own output range; else robust percentiles.
-
-    A window that leaves the image constant, or malformed rescale/VOI values, fall back to the percentile
-    stretch: such headers are common and the pixels are still worth having.
-    """
-    try:
-        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
-    except Exception:
-        # Without a trustworthy rescale the window's units are unknown too.
-        return _robust_unit(raw.astype(np.float64))
-    windowed = _apply_window(values, ds)
-    if windowed is not None and windowed.min() < windowed.max():
-        return windowed
-    return _robust_unit(values)
-
-
-def _apply_window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
-    """The first VOI LUT (preferred, as pydicom does) or window, mapped so its output range is [0, 1]."""
-    try:
-        lut_domain = _voi_lut_domain(ds)
-        if lut_domain is not None:
-            # Feed the LUT integers inside its domain: pydicom casts inputs to uint16 and would wrap floats.
-            out = apply_voi_lut(np.clip(np.rint(values), lut_domain[0], lut_domain[-1]).astype(np.int64), ds)
-            table = apply_voi_lut(lut_domain, ds)
-            low, high = float(table.min()), float(table.max())
-        elif "WindowCenter" in ds and "WindowWidth" in ds:
-            out = apply_voi_lut(values, ds)
-            # What the window maps -inf and +inf to is its output range (LINEAR, LINEAR_EXACT and SIGMOID).
-            with np.errstate(over="ignore"):
-                ends = apply_voi_lut(np.array([-np.inf, np.inf]), ds)
-            low, high = float(ends.min()), float(ends.max())
-        else:
-            return None
-    except Exception:  # malformed window or LUT values: ignore the VOI rather than refuse the image
-        return None
-    if not np.isfinite([low, high]).all() or low == high:
-        return None
-    return scale_range(out, low, high)
-
-
-def _voi_lut_domain(ds: Dataset) -> np.ndarray | None:
-    """Every input value the first VOI LUT maps, or None when there is no complete VOI LUT."""
-    sequence = ds.get("VOILUTSequence")
-    if not sequence:
-        return None
-    item = sequence[0]
-    descriptor = item.get("LUTDescriptor")
-    if descriptor is None or item.get("LUTData") is None:
-        return None
-    entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
-    return np.arange(first, first + entries, dtype=np.int64)
-
-
-def _robust_unit(values: np.ndarray) -> np.ndarray:
-    step = max(1, int((values.size / PERCENTILE_SAMPLE) ** 0.5))
-    low, high = np.percentile(values[::step, ::step], ROBUST_PERCENTILES)
-    if high <= low:  # a nearly constant image with a few outliers: use the full range
-        low, high = float(values.min()), float(values.max())
-    return scale_range(values, float(low), float(high))
 
 
 def _refuse_missing_pixels(ds: Dataset, name: str) -> None:

@@ -44,7 +44,8 @@ def parse_sex(value: str | None) -> str | None:
 
 
 def read_meta(ds: Dataset, height: int, width: int, transfer_syntax: str | None) -> ImageMeta:
-    """Collect the header fields cxr uses; `height`/`width` are those of the decoded pixels."""
+    """Collect the header fields cxr uses; `height`/`width` are the image's own (Rows, Columns), also when the
+    pixels were decoded at a reduced size."""
     return ImageMeta(
         format="dicom",
         height=height,

@@ -13,11 +13,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.errors import DecodeError, ImageTooLargeError
 from services.imaging.reasons import DecodeReason, decoder_failure
+from services.imaging.reduce import box_reduce, reduction_factors
 from services.imaging.sniff import describe_unknown
 from services.imaging.types import DecodedImage, ImageMeta
 from services.imaging.validate import (
     check_dimensions,
-    grey_from_colour,
+    refuse_colour,
     refuse_if_blank,
     scale_range,
 )
@@ -27,12 +28,23 @@ from services.imaging.validate import (
 RASTER_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "PPM", "WEBP", "GIF", "JPEG2000")
 
 _EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"})
 
 
-def decode_raster(data: bytes, name: str, *, max_pixels: int, min_side: int) -> DecodedImage:
-    """Decode one single-frame greyscale raster image held in memory; refuse anything else."""
+def decode_raster(
+    data: bytes, name: str, *, max_pixels: int, min_side: int, target_side: int | None = None
+) -> DecodedImage:
+    """Decode one single-frame greyscale raster image held in memory; refuse anything else.
+
+    With `target_side`, the pixels come back box-reduced on their integer samples (services.imaging.reduce), so
+    no full-size float copy is ever made. `meta` keeps the file's own size.
+
+    JPEGs are not decoded at 1/2, 1/4 or 1/8 scale in the DCT (Pillow's `draft`), though it is cheaper: libjpeg's
+    scaled IDCT is not a box average, and on upscaled cxr-public JPEGs it moved embeddings of the 128 px model
+    to cosine 0.981-0.992 against a full decode (benchmarks/decode.py, the `equivalence` rows).
+    """
     try:
         image = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
     except UnidentifiedImageError:
@@ -56,6 +68,7 @@ def decode_raster(data: bytes, name: str, *, max_pixels: int, min_side: int) -> 
         mode = image.mode
         try:
             image.load()
+            turned = image.getexif().get(_EXIF_ORIENTATION, 1) in _QUARTER_TURNS
             image = _upright(image)
             values, full_scale, bits = _grey_values(image, name)
         except DecodeError:
@@ -63,14 +76,20 @@ def decode_raster(data: bytes, name: str, *, max_pixels: int, min_side: int) -> 
         except Exception as exc:  # truncated data, codec errors, out of memory
             raise decoder_failure(name, f"the {fmt} data", exc) from exc
 
-    refuse_if_blank(name, values)
-    if full_scale is None:  # float or wide-integer data has no nominal range: use its own
-        pixels = scale_range(values, float(values.min()), float(values.max()))
-    else:
-        pixels = scale_range(values, 0.0, full_scale)
-    height, width = pixels.shape
+    if values.ndim == 2:
+        refuse_if_blank(name, values)  # on the samples themselves, before any averaging
+    # Float or wide-integer data has no nominal range: it is scaled by its own, taken before averaging.
+    low, high = (0.0, full_scale) if full_scale is not None else (float(values.min()), float(values.max()))
+    factors = reduction_factors(values.shape[0], values.shape[1], target_side)
+    values = box_reduce(values, factors)
+    if values.ndim == 3:  # checked grey by _grey_values: its channels' mean is the grey value
+        values = values.mean(axis=-1, dtype=np.float64)
+        refuse_if_blank(name, values)
+    pixels = scale_range(values, low, high)
+    if turned:
+        width, height = height, width
     meta = ImageMeta(format=fmt, height=height, width=width, bits_stored=bits, photometric=mode)
-    return DecodedImage(pixels=np.ascontiguousarray(pixels), meta=meta)
+    return DecodedImage(pixels=np.ascontiguousarray(pixels), meta=meta, reduction=factors)
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -81,26 +100,28 @@ def _upright(image: Image.Image) -> Image.Image:
 
 
 def _grey_values(image: Image.Image, name: str) -> tuple[np.ndarray, float | None, int]:
-    """(values, full-scale value or None, bits per sample) for a loaded image, refusing colour."""
+    """(values, full-scale value or None, bits per sample) for a loaded image, refusing colour. Values keep the
+    image's own sample type (no float copy): (H, W), or (H, W, 3) for a colour mode that is really grey."""
     mode = image.mode
     if mode == "1":
-        return np.asarray(image, dtype=np.float64), 1.0, 1
+        return np.asarray(image), 1.0, 1
     if mode in ("L", "LA", "La"):
-        return np.asarray(image.getchannel(0), dtype=np.float64), 255.0, 8
+        return np.asarray(image.getchannel(0)), 255.0, 8
     if mode in _SIXTEEN_BIT:
-        return np.asarray(image).astype(np.float64), 65535.0, 16
+        return np.asarray(image), 65535.0, 16
     if mode == "I":
-        values = np.asarray(image).astype(np.float64)
+        values = np.asarray(image)
         # Pillow reads 16-bit PNG and PGM into mode I; their values sit in 0..65535.
         if values.min() >= 0 and values.max() <= 65535:
             return values, 65535.0, 16
         return values, None, 32
     if mode == "F":
-        values = np.asarray(image).astype(np.float64)
+        values = np.asarray(image)
         if not np.isfinite(values).all():
             raise DecodeError(name, "float image with NaN or infinite values", code=DecodeReason.UNSUPPORTED_IMAGE)
         return values, None, 32
     if mode in _COLOUR_MODES:
         rgb = np.asarray(image.convert("RGB"))
-        return grey_from_colour(name, rgb, 255.0), 255.0, 8
+        refuse_colour(name, rgb, 255.0)
+        return rgb, 255.0, 8
     raise DecodeError(name, f"unsupported pixel mode {mode}", code=DecodeReason.UNSUPPORTED_IMAGE)

@@ -7,7 +7,14 @@ import numpy as np
 from services.errors import DecodeError, ImageTooLargeError
 from services.imaging.reasons import DecodeReason, describe_exception
 
-__all__ = ["check_dimensions", "describe_exception", "grey_from_colour", "refuse_if_blank", "scale_range"]
+__all__ = [
+    "check_dimensions",
+    "describe_exception",
+    "grey_from_colour",
+    "refuse_colour",
+    "refuse_if_blank",
+    "scale_range",
+]
 
 # A grey image stored as RGB (a JPEG re-saved in colour, a screenshot) differs between channels by a few
 # levels of noise at most. Refuse as colour when more than GREY_OUTLIER_FRACTION of the pixels differ by
@@ -34,13 +41,22 @@ def check_dimensions(name: str, height: int, width: int, *, max_pixels: int, min
 
 def grey_from_colour(name: str, rgb: np.ndarray, full_scale: float) -> np.ndarray:
     """Collapse an (H, W, 3) array to (H, W) float64 when it is really grey; otherwise refuse as colour."""
-    spread = rgb.max(axis=-1).astype(np.float64) - rgb.min(axis=-1)
+    refuse_colour(name, rgb, full_scale)
+    return rgb.mean(axis=-1, dtype=np.float64)
+
+
+def refuse_colour(name: str, rgb: np.ndarray, full_scale: float) -> None:
+    """Refuse an (H, W, 3) array as colour unless it is really grey (see GREY_TOLERANCE); integer samples are
+    compared as integers, so a full-size image is never copied to float."""
+    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    if rgb.dtype.kind == "i":  # a signed difference could overflow its own type
+        high, low = high.astype(np.int64), low.astype(np.int64)
+    spread = high - low
     outliers = np.count_nonzero(spread > GREY_TOLERANCE * full_scale)
     if outliers > GREY_OUTLIER_FRACTION * spread.size:
         raise DecodeError(
             name, "colour image: only greyscale radiographs are supported", code=DecodeReason.UNSUPPORTED_IMAGE
         )
-    return rgb.mean(axis=-1, dtype=np.float64)
 
 
 def refuse_if_blank(name: str, values: np.ndarray) -> None:

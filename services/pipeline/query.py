@@ -37,23 +37,27 @@ class QueryResult:
     patient_excluded: bool  # False when exclusion was asked for but the query carries no patient id
 
 
-def read_query(path: str | Path, opts: QueryOptions) -> tuple[DecodedImage, str]:
-    """Decode a query file; returns the image and its content SHA-256."""
+def read_query(path: str | Path, opts: QueryOptions, *, target_side: int | None = None) -> tuple[DecodedImage, str]:
+    """Decode a query file; returns the image and its content SHA-256. `target_side` (the encoder's image size)
+    allows a reduced decode that gives the same model input; None keeps every pixel (heat maps, crops)."""
     data = read_regular_file(path, max_file_bytes(opts.max_pixels))
-    return decode_bytes(data, str(path), max_pixels=opts.max_pixels, min_side=opts.min_side), _sha(data)
+    decoded = decode_bytes(data, str(path), max_pixels=opts.max_pixels, min_side=opts.min_side, target_side=target_side)
+    return decoded, _sha(data)
 
 
 def search_bytes(
     data: bytes, name: str, *, encoder: BatchEncoder, store: VectorStore, opts: QueryOptions, salt: bytes
 ) -> QueryResult:
-    decoded = decode_bytes(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side)
+    decoded = decode_bytes(
+        data, name, max_pixels=opts.max_pixels, min_side=opts.min_side, target_side=encoder.image_size
+    )
     return search_decoded(decoded, _sha(data), encoder=encoder, store=store, opts=opts, salt=salt)
 
 
 def search_file(
     path: str | Path, *, encoder: BatchEncoder, store: VectorStore, opts: QueryOptions, salt: bytes
 ) -> QueryResult:
-    decoded, sha = read_query(path, opts)
+    decoded, sha = read_query(path, opts, target_side=encoder.image_size)
     return search_decoded(decoded, sha, encoder=encoder, store=store, opts=opts, salt=salt)
 
 
@@ -71,7 +75,7 @@ def search_decoded(
     pid = opts.patient_id or decoded.meta.patient_id
     p_hash = patient_hash(pid, salt) if opts.exclude_same_patient else None
     flt = parse_filters(opts.filters, exclude_ids=(qid,) if opts.exclude_self else (), exclude_patient=p_hash)
-    vector = encoder.encode(to_model_input(decoded.pixels, encoder.image_size)[None])[0]
+    vector = encoder.encode(to_model_input(decoded.pixels, encoder.image_size, extent=decoded.extent)[None])[0]
     if opts.group_by_patient:
         hits = store.search_groups(opts.collection, vector, opts.k, flt, group_by="patient_hash")
     else:

@@ -78,10 +78,13 @@ def prepare(
     tombstones: Tombstones | None = None,
 ) -> Prepared:
     """Decode stage: read the file once, hash it, decode, resize, and build its payload. ForgottenError when the
-    payload belongs to a patient, study or instance `cxr forget` erased (`tombstones`)."""
+    payload belongs to a patient, study or instance `cxr forget` erased (`tombstones`). The decode is reduced to
+    what an `image_size` model input needs (services.imaging.reduce), which gives the same input as a full one."""
     t0 = time.perf_counter()
     data = read_regular_file(item.path, max_file_bytes(opts.max_pixels))  # never blocks on a FIFO
-    decoded = decode_bytes(data, str(item.path), max_pixels=opts.max_pixels, min_side=opts.min_side)
+    decoded = decode_bytes(
+        data, str(item.path), max_pixels=opts.max_pixels, min_side=opts.min_side, target_side=image_size
+    )
     sha = hashlib.sha256(data).hexdigest()
     payload = build_payload(
         label=item.label,
@@ -95,7 +98,7 @@ def prepare(
     if tombstones is not None:
         tombstones.check_payload(payload, item.path)
     pid = point_id(sop_uid=decoded.meta.sop_uid, content_sha256=sha)
-    pixels = to_model_input(decoded.pixels, image_size)
+    pixels = to_model_input(decoded.pixels, image_size, extent=decoded.extent)
     return Prepared(item, pixels, pid, payload, time.perf_counter() - t0)
 
 
