@@ -74,7 +74,12 @@ class Settings(BaseSettings):
         " openvino, openvino-bf16, int8-dynamic; empty = eager (bf16 where supported). benchmarks/encoder_speed.py"
         " picked openvino (fp32): 2.6x eager bf16 with exact agreement.",
     )
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Inference threads (torch intra-op and OpenVINO); None = torch's default."
+    )
+    model_cache_keep: int = Field(
+        4, ge=1, description="Compiled OpenVINO models kept in DATA_DIR/cache/openvino; least recently used go first."
+    )
     decode_workers: int = Field(2, ge=0, description="Decoder threads overlapped with inference (0 = inline).")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024, description="Refuse images with more pixels (bomb guard).")
     min_side: int = Field(DEFAULT_MIN_SIDE, ge=1, description="Refuse images whose shorter side is smaller.")
@@ -195,7 +200,8 @@ class Settings(BaseSettings):
         6144,
         ge=16,
         description="Memory (MiB) all of the API's concurrent decodes may take, estimated from each upload's header "
-        "(about 30-45 B per pixel); a decode that finds it taken waits, then gets 503.",
+        "(about 30-45 B per pixel; 8-16 for the reduced decode of a search or preview); a decode that finds it taken "
+        "waits, then gets 503.",
     )
     api_decode_wait_s: float = Field(
         5.0, ge=0, description="How long an upload waits for room in the decode memory budget before a 503."
@@ -317,6 +323,11 @@ class Settings(BaseSettings):
     @property
     def model_path(self) -> Path:
         return self.model or self.data_dir / "models" / "default"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Converted and compiled models, one folder per checkpoint, back end and OpenVINO version."""
+        return self.data_dir / "cache" / "openvino"
 
     @cached_property
     def salt(self) -> bytes:

@@ -4,7 +4,8 @@ The recipe follows "Analysis of Transformers for Medical Image Retrieval" (MIDL 
 contrastive training. Training lives in services.training; this package only builds, stores and runs encoders.
 
 Names are imported on first use (PEP 562): `checkpoint_id` and `native_bf16_cpu` come without torch, so light
-commands (`cxr info`) can use them; the rest loads torch and transformers when first touched.
+commands (`cxr info`) can use them. `BatchEncoder` loads torch only when it needs the eager module: with an OpenVINO
+back end and a warm model cache (openvino_cache) it encodes without it. The rest loads torch and transformers.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ by eager PyTorch in fp32 or bf16, torch.compile, ONNX Runtime, OpenVINO, or int8
 `benchmarks/encoder_speed.py` measures each one's speed and its agreement with eager fp32 on real X-rays; the
 default (Settings.inference_backend) is the fastest one that agrees. Every back end but the eager ones is
 optional: a missing package gives a ModelError naming it.
+
+torch is imported inside the functions that use it, so BACKENDS and the OpenVINO path on a warm cache
+(services.embedding.openvino_cache) come without it.
 """
 
 from __future__ import annotations
@@ -14,14 +17,19 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from services.errors import ModelError
 
-from .model import CxrEncoder
+from .cpu_features import inference_threads
+from .openvino_cache import OpenVinoRunner, import_openvino, load_compiled
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .model import CxrEncoder
 
 BACKENDS = ("eager-fp32", "eager-bf16", "compile-bf16", "onnxruntime", "openvino", "openvino-bf16", "int8-dynamic")
 
@@ -29,6 +37,8 @@ Runner = Callable[[np.ndarray], np.ndarray]  # (B, 1, S, S) float32 -> (B, dim) 
 
 
 def _torch_runner(module: nn.Module, *, bf16: bool) -> Runner:
+    import torch
+
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return module(torch.from_numpy(batch)).float().numpy()
@@ -42,6 +52,7 @@ def _quiet_tracing() -> Iterator[None]:
     constant for a fixed image size, torch.jit.trace's deprecation (OpenVINO and the ONNX exporter call it), and
     transformers' notes on attributes the tracer walks (gradient checkpointing, a loss the encoder never computes).
     Any other warning still shows."""
+    import torch
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -63,6 +74,8 @@ def _quiet_tracing() -> Iterator[None]:
 
 def _onnx_file(encoder: CxrEncoder, folder: Path) -> Path:
     """Export the encoder once to ONNX with a dynamic batch axis."""
+    import torch
+
     size = encoder.config.image_size
     path = folder / "encoder.onnx"
     example = torch.rand(2, 1, size, size)
@@ -99,53 +112,47 @@ def _onnxruntime_runner(encoder: CxrEncoder, folder: Path, threads: int) -> Runn
     return run
 
 
-def _openvino_model(encoder: CxrEncoder, cache: Path | None):  # noqa: ANN202 - openvino.Model
-    """The encoder as an OpenVINO model; converted once per checkpoint and kept as IR under `cache`."""
-    import openvino as ov
+def openvino_model(encoder: CxrEncoder) -> Any:  # openvino.Model
+    """The encoder converted to an OpenVINO model with a dynamic batch axis (the slow step the cache saves)."""
+    import torch
 
-    xml = cache / "encoder.xml" if cache else None
-    if xml is not None and xml.is_file():
-        return ov.Core().read_model(str(xml))
+    ov = import_openvino()
     size = encoder.config.image_size
-    with _quiet_tracing():
-        model = ov.convert_model(encoder, example_input=torch.rand(2, 1, size, size))
-    model.reshape({0: ov.PartialShape([-1, 1, size, size])})
-    if xml is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".ir-", dir=cache))
-        ov.save_model(model, str(tmp / "encoder.xml"), compress_to_fp16=False)
-        os.replace(tmp / "encoder.bin", cache / "encoder.bin")  # weights first, then the file that names them
-        os.replace(tmp / "encoder.xml", xml)
-        tmp.rmdir()
+    try:
+        with _quiet_tracing():
+            model = ov.convert_model(encoder, example_input=torch.rand(2, 1, size, size))
+        model.reshape({0: ov.PartialShape([-1, 1, size, size])})
+    except Exception as exc:
+        raise ModelError(f"cannot convert the encoder with OpenVINO: {exc}") from exc
     return model
 
 
-def _openvino_runner(encoder: CxrEncoder, threads: int, *, bf16: bool, cache: Path | None) -> Runner:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise ModelError("the openvino back end needs the openvino package", "pip install openvino") from None
-    try:
-        model = _openvino_model(encoder, cache)
-        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
-        compiled = ov.Core().compile_model(model, "CPU", config)
-    except Exception as exc:
-        raise ModelError(f"cannot convert the encoder with OpenVINO: {exc}") from exc
-    request = compiled.create_infer_request()
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(request.infer({0: batch})[compiled.output(0)], dtype=np.float32)
-
-    return run
+def openvino_runner(
+    get_encoder: Callable[[], CxrEncoder],
+    backend: str,
+    threads: int,
+    cache: Path | None,
+    *,
+    keep_keys: int | None = None,
+) -> OpenVinoRunner:
+    """An OpenVINO runner; `get_encoder` is called only when the cache under `cache` cannot serve the model."""
+    compiled, source = load_compiled(
+        cache, backend, threads, lambda: openvino_model(get_encoder()), keep_keys=keep_keys
+    )
+    return OpenVinoRunner(compiled, source)
 
 
 def make_runner(encoder: CxrEncoder, backend: str, *, threads: int | None = None, cache: Path | None = None) -> Runner:
     """A callable that embeds batches with `backend`; the encoder must be in eval mode on the CPU. `cache` is a
-    folder for this checkpoint's converted model (OpenVINO IR), so later processes skip the conversion."""
+    folder for this checkpoint's OpenVINO model (converted and compiled; services.embedding.openvino_cache), so
+    later processes skip the conversion and the compile; the caller vouches that it belongs to this encoder."""
     if backend not in BACKENDS:
         raise ModelError(f"unknown inference back end {backend!r}; known: {', '.join(BACKENDS)}")
+    import torch
+    from torch import nn
+
     encoder = encoder.eval()
-    threads = threads or torch.get_num_threads()
+    threads = threads or inference_threads()
     if backend in ("eager-fp32", "eager-bf16"):
         return _torch_runner(encoder, bf16=backend == "eager-bf16")
     if backend == "compile-bf16":
@@ -156,4 +163,4 @@ def make_runner(encoder: CxrEncoder, backend: str, *, threads: int | None = None
     if backend == "onnxruntime":
         folder = Path(tempfile.mkdtemp(prefix="cxr-onnx-"))
         return _onnxruntime_runner(encoder, folder, threads)
-    return _openvino_runner(encoder, threads, bf16=backend == "openvino-bf16", cache=cache)
+    return openvino_runner(lambda: encoder, backend, threads, cache)

@@ -29,7 +29,10 @@ class Runtime:
                 f"no checkpoint at {self.model_path}",
                 "Train one with `cxr train --out DIR` (or run `cxr demo`), then pass --model DIR or set CXR_MODEL.",
             )
-        if self.settings.torch_threads:
+        from services.embedding.openvino_cache import OPENVINO_BACKENDS
+
+        backend = self.settings.inference_backend
+        if self.settings.torch_threads and backend not in OPENVINO_BACKENDS:  # OpenVINO takes them as `threads`
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
@@ -39,8 +42,10 @@ class Runtime:
             self.model_path,
             batch_size=self.settings.batch_size,
             bf16=self.settings.bf16,
-            backend=self.settings.inference_backend,
-            cache_root=self.settings.data_dir / "cache" / "models",
+            backend=backend,
+            cache_root=self.settings.model_cache_dir,
+            cache_keep=self.settings.model_cache_keep,
+            threads=self.settings.torch_threads,
         )
 
     @cached_property

@@ -10,7 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cli.main import app
+from cli.main import COMMANDS as TOP_LEVEL
+from cli.main import app, build_app
 
 WIDTH = 80
 
@@ -43,3 +44,17 @@ def test_help_at_80_columns_shows_every_option_name_in_full(path: tuple[str, ...
         for name in [*param.opts, *param.secondary_opts]:
             whole = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)
             assert not name.startswith("-") or whole, f"{name} is cut in `cxr {' '.join(path)} --help`:\n{text}"
+
+
+@pytest.mark.parametrize("path", [p for p, _ in COMMANDS if p], ids=[" ".join(p) for p, _ in COMMANDS if p])
+def test_a_command_built_alone_helps_as_in_the_whole_app(path: tuple[str, ...]) -> None:
+    # `cxr NAME` builds an app of NAME's module only (cli.main.main); it must read and parse the same
+    runner, env = CliRunner(), {"COLUMNS": str(WIDTH)}
+    want = runner.invoke(app, [*path, "--help"], env=env, terminal_width=WIDTH)
+    got = runner.invoke(build_app([path[0]]), [*path, "--help"], env=env, terminal_width=WIDTH)
+    assert got.exit_code == want.exit_code == 0, got.output
+    assert got.output == want.output
+
+
+def test_the_command_table_names_every_command() -> None:
+    assert set(TOP_LEVEL) == {p[0] for p, _ in COMMANDS if len(p) == 1}

@@ -1,5 +1,6 @@
-"""Light commands (`cxr collections`, `cxr info`) never load the model stack, and the ledger module (behind
-`cxr status` / `cxr failures`) imports without it too. Each runs in a fresh interpreter, as a user would run it."""
+"""Light commands (`cxr collections`, `cxr info`, `cxr status`, `cxr failures`, `cxr audit`, `cxr token list`,
+`--help`) never load the model stack, and those that do not read the store do not load its engine either; `cxr
+search` on a warm model cache loads OpenVINO but not torch. Each runs in a fresh interpreter, as a user would."""
 
 from __future__ import annotations
 
@@ -14,20 +15,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "transformers", "qdrant_client")
+from tests.services import free_port
 
-# Runs one command in-process with the real Typer app, then reports which heavy modules got imported.
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "transformers", "qdrant_client", "openvino")
+WATCHED = (*HEAVY, "qdrant_edge", "numpy")
+
+# Runs one command as the `cxr` script does (cli.main.main), then reports which heavy modules got imported.
 _PROBE = """
 import json, sys
-from cli.main import app
+from cli.main import main
+sys.argv = ["cxr", *sys.argv[1:]]
 code = 0
 try:
-    app(args=sys.argv[1:], prog_name="cxr")
+    main()
 except SystemExit as exc:
     code = exc.code or 0
-print(json.dumps({"exit": code, "heavy": [m for m in __HEAVY__ if m in sys.modules]}), file=sys.stderr)
-""".replace("__HEAVY__", repr(HEAVY))
+loaded = [m for m in __WATCHED__ if m in sys.modules]
+print(json.dumps({"exit": code, "heavy": [m for m in __HEAVY__ if m in loaded], "loaded": loaded}), file=sys.stderr)
+""".replace("__HEAVY__", repr(HEAVY)).replace("__WATCHED__", repr(WATCHED))
 
 
 def _run(args: list[str], env: dict[str, str]) -> tuple[dict, str, float]:
@@ -78,6 +84,64 @@ def test_info_reads_the_checkpoint_without_torch(data_dir: Path, tiny_checkpoint
     assert info["model_config"]["encoder"]["image_size"] == 32
     assert probe["heavy"] == [], f"cxr info imported {probe['heavy']} (took {wall:.2f} s)"
     print(f"cxr info --json: {wall:.2f} s wall in a fresh interpreter")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--json"],
+        ["failures", "--json"],
+        ["audit", "--json"],
+        ["audit", "verify"],
+        ["token", "list", "--json"],
+        ["--help"],
+        ["search", "--help"],
+        ["index", "--help"],
+    ],
+    ids=" ".join,
+)
+def test_listing_commands_and_help_load_neither_the_model_nor_the_store(data_dir: Path, args: list[str]) -> None:
+    env = {
+        "CXR_DATA_DIR": str(data_dir),
+        "CXR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens: status says so, at once
+        "CXR_API_TOKENS_FILE": str(data_dir / "tokens.jsonl"),
+    }
+    probe, out, wall = _run(args, env)
+    assert probe["exit"] == 0, out
+    assert probe["heavy"] == [], f"cxr {' '.join(args)} imported {probe['heavy']} (took {wall:.2f} s)"
+    assert "qdrant_edge" not in probe["loaded"], f"cxr {' '.join(args)} loaded the store engine"
+
+
+def test_search_on_a_warm_model_cache_does_not_load_torch(
+    data_dir: Path, tiny_checkpoint: Path, public_sample: Path
+) -> None:
+    env = {
+        "CXR_DATA_DIR": str(data_dir),
+        "CXR_MODEL": str(tiny_checkpoint),
+        "CXR_INFERENCE_BACKEND": "openvino",
+        "CXR_TORCH_THREADS": "1",
+    }
+    probe, out, _ = _run(["index", "--manifest", str(public_sample / "manifest.csv"), "--json"], env)
+    assert probe["exit"] == 0, out  # the index converted the model and filled the cache
+    query = public_sample / (public_sample / "manifest.csv").read_text().splitlines()[1].split(",")[0]
+    probe, out, wall = _run(["search", str(query), "--k", "3", "--json"], env)
+    assert probe["exit"] == 0, out
+    assert len(json.loads(out)) == 3
+    assert "openvino" in probe["loaded"]
+    assert not {"torch", "transformers"} & set(probe["loaded"]), f"a warm cxr search imported {probe['loaded']}"
+    print(f"cxr search --json on a warm cache: {wall:.2f} s wall in a fresh interpreter")
+
+
+def test_inference_threads_agree_with_torch() -> None:
+    code = (
+        "from services.embedding.cpu_features import inference_threads; n = inference_threads(); "
+        "import torch; print(n, torch.get_num_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ours, torchs = out.stdout.split()
+    assert ours == torchs
 
 
 def test_cpu_bf16_probe_agrees_with_torch() -> None:

@@ -1,5 +1,5 @@
 """The default inference back end (OpenVINO, fp32) through the real pipeline: it indexes and searches, caches its
-converted model per checkpoint, and ranks exactly as the eager encoder does."""
+converted and compiled model per checkpoint, and ranks exactly as the eager encoder does."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_the_default_backend_is_openvino_and_ranks_like_eager(
                 salt=settings.salt,
             )  # fmt: skip
             hits[backend] = result.hits
-    cached = list((data_dir / "cache" / "models").glob("*/openvino/encoder.xml"))
+    cached = list((data_dir / "cache" / "openvino").glob("*-openvino-*/ir/encoder.xml"))
     assert len(cached) == 1  # converted once for this checkpoint, reused by the next process
     assert [h.id for h in hits["openvino"]] == [h.id for h in hits["eager-fp32"]]
     np.testing.assert_allclose([h.score for h in hits["openvino"]], [h.score for h in hits["eager-fp32"]], atol=1e-4)
