@@ -52,6 +52,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
+            # restore_visible holds a Redis mutex for a moment; a worker killed while holding it blocked every
+            # restore for kombu's default 300 s (seen in the kill-mid-batch test), so it expires after 30 s
+            "unacked_mutex_expire": 30,
             "socket_connect_timeout": timeout,
             "socket_timeout": max(timeout, 5.0),  # above kombu's 1 s BRPOP poll, or an idle worker would time out
             "retry_on_timeout": False,
