@@ -47,7 +47,8 @@ class NaNForOne:
     def encode(self, images: np.ndarray) -> np.ndarray:
         out = self.inner.encode(images)
         for i, img in enumerate(images):
-            if np.array_equal(img, self.poison):
+            # The pipeline decodes at model size, which matches the full decode's input to ~1e-5, not bit for bit.
+            if np.allclose(img, self.poison, atol=1e-3):
                 out[i] = np.nan
         return out
 
