@@ -212,3 +212,46 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def decode_row() -> str:
+    """The README benchmarks row of benchmarks/decode.py, from decode.json."""
+    doc = _load("decode.json")
+    rows, eq, idx = dict(doc["decode"]), doc["equivalence_min_cosine"], doc["index"]
+
+    def speed(name: str) -> str:
+        r = rows[name]
+        return f"{r['images_per_s']['today']:.1f} -> {r['images_per_s']['reduced']:.1f} img/s (x{r['speedup']:.2f})"
+
+    png = rows["PNG 8-bit 8900x8900"]["peak_rss_mb_first_file"]
+    kept = [v for k, v in eq.items() if isinstance(v, float) and not k.startswith(("rejected", "share"))]
+    return (
+        f"load {doc['load_avg_1min_at_start']}-{doc['load_avg_1min_at_end']} (a training run on the other core): "
+        f"explicit-VR CR {speed('RG1 CR 1841x1955, explicit VR')}, peak RSS "
+        f"x{rows['RG1 CR 1841x1955, explicit VR']['peak_ratio']:.3f}; JPEG 2000 CR "
+        f"{speed('RG1 CR 1841x1955, JPEG 2000')} (odd reduction factors: full decode), RG3 JPEG 2000 "
+        f"{speed('RG3 x1.5 (2640x2640), JPEG 2000')}; JPEG-LS {speed('RG1 x1.45, JPEG-LS')}; 8,900 px PNG "
+        f"{speed('PNG 8-bit 8900x8900')}, peak RSS {png['today']:.0f} -> {png['reduced']:.0f} MB; cxr-public JPEG "
+        f"{speed('cxr-public JPEG')}; lowest embedding cosine to today's {min(kept):.6f}; inline `cxr index` "
+        f"{idx['inline / encoder']:.3f} of the encoder alone (target {idx['target']}). Target DICOM CR decode >= 3x: "
+        f"missed (x{rows['RG1 CR 1841x1955, explicit VR']['speedup']:.2f} uncompressed; JPEG 2000 is reduced only at "
+        "even factors)"
+    )
+
+
+def cli_startup_row() -> str:
+    """The README benchmarks row of benchmarks/cli_startup.py, from cli_startup.json."""
+    doc = _load("cli_startup.json")
+    rows = doc["rows"]
+
+    def cell(name: str) -> str:
+        r = rows[name]
+        met = "" if r["target_s"] is None else f" (target {r['target_s']} s: {'met' if r['target_met'] else 'missed'})"
+        return f"{name} {r['p50_s']:.2f} s{met}"
+
+    names = ("cxr collections", "cxr status", "cxr failures", "cxr search (warm cache)", "cxr search (cold cache)")
+    return (
+        f"pinned to one core, load {min(doc['load_avg_1min_at_round_start'])}-"
+        f"{max(doc['load_avg_1min_at_round_start'])}, p50 of {doc['rounds'] * doc['per_round']} runs: floor "
+        f"`import torch` {doc['floor_p50_s']:.2f} s; " + "; ".join(cell(n) for n in names)
+    )

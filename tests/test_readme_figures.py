@@ -206,3 +206,11 @@ def test_the_encoder_augment_and_train_step_rows_match_their_json() -> None:
             f"a median {loop_minus_step[len(loop_minus_step) // 2] * 1e3:.1f} ms beyond",
         ],
     )
+
+
+def test_decode_and_cli_startup_rows_come_from_their_json() -> None:
+    from benchmarks.results_tables import cli_startup_row, decode_row
+
+    readme = (REPO / "README.md").read_text()
+    assert f"| {decode_row()} |" in readme
+    assert f"| {cli_startup_row()} |" in readme
