@@ -33,6 +33,7 @@ def demo(
 
     Example: cxr demo --data ../shared/data/cxr-public --data ../shared/data/cxr-adult --train-minutes 5
     """
+    from services.embedding.registry import DEFAULT_SHAPE
     from services.errors import DataError
     from services.manifest import read_manifests
     from services.pipeline import IngestItem, IngestOptions, Ingestor, QueryOptions, Runtime, search_file
@@ -47,14 +48,14 @@ def demo(
     ckpt = settings.model_path
     if not (ckpt / "config.json").exists():
         stderr.print(
-            f"No trained checkpoint at {ckpt}: training one now with the default recipe (hybrid-lite0: "
-            f"ImageNet EfficientNet-Lite0 stem + ViT, 128 px) for {train_minutes:g} minutes. This short demo "
+            f"No trained checkpoint at {ckpt}: training one now with the default recipe ({DEFAULT_SHAPE}: "
+            f"ImageNet EfficientNet-Lite stem + ViT, 128 px) for {train_minutes:g} minutes. This short demo "
             "budget gives a weak model; see the README for the 45-minute run behind the reported numbers."
         )
         cfg = TrainConfig(
             manifest=tuple(manifest),
             out_dir=ckpt,
-            shape="hybrid-lite0",
+            shape=DEFAULT_SHAPE,
             image_size=128,
             max_minutes=train_minutes,
             cache_dir=ckpt / "cache",

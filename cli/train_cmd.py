@@ -9,6 +9,7 @@ import typer
 
 from cli.errors import stderr
 from cli.progress import progress_bar
+from services.embedding.registry import DEFAULT_SHAPE
 
 
 def train(
@@ -27,7 +28,7 @@ def train(
         typer.Option(
             "--model", help="Shape: vit-tiny, vit-small, vit-base, hybrid-lite0 or hybrid-lite1 (ImageNet Lite stem)."
         ),
-    ] = "hybrid-lite0",
+    ] = DEFAULT_SHAPE,
     image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input side in pixels.")] = 128,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Stop after N optimiser steps.")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", min=0.1, help="Stop after M minutes.")] = None,
@@ -68,7 +69,8 @@ def train(
 ) -> None:
     """Train the embedding (contrastive loss; optional cross-batch memory and KoLeo).
 
-    The default (hybrid-lite0 at 128 px, in-batch contrastive) is what the ablation picked (README, Results).
+    The default (hybrid-lite1 at 128 px, in-batch contrastive, batches balanced by label and source) is what
+    validation picked (README, Results).
 
     Example: cxr train --manifest data/manifest.csv --max-minutes 45 --threads 1 --out runs/hybrid128
 

@@ -44,6 +44,9 @@ SHAPES: dict[str, ModelShape] = {
 CUSTOM_SHAPE = "custom"
 HEADS = ("linear", "none")
 LITE_STEMS = ("lite0", "lite1")  # EfficientNet-Lite variants to stride 16 (services/embedding/lite.py)
+# The default model shape: the candidate with the best validation MAP@R in benchmarks.headline (README, Results;
+# benchmarks/results/headline.json records every candidate).
+DEFAULT_SHAPE = "hybrid-lite1"
 STEMS = ("patch", *LITE_STEMS)
 POOLINGS = ("cls",)
 
