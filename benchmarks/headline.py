@@ -80,7 +80,7 @@ def validation_row(run: Path, spec: dict) -> dict:
         "run": run.name,
         "best_val_map_at_r": best["val_map_at_r"],
         "best_step": best["step"],
-        "steps": steps[-1]["step"] if steps else 0,
+        "steps": max(r["step"] for r in log),
         "train_minutes": round(steps[-1]["elapsed_s"] / 60, 1) if steps else 0.0,
         "mean_step_s": round(sum(r["step_s"] for r in steps) / max(len(steps), 1), 3),
         "recipe": recipe,
