@@ -41,7 +41,7 @@ from services.evaluation.imagenet import ImagenetBaseline
 from services.evaluation.report import shape_summary
 from services.evaluation.scoring import score_retrieval
 from services.evaluation.types import RetrievalSet
-from services.manifest import ManifestRow, file_sha256, read_manifests
+from services.manifest import ManifestRow, file_sha256, read_manifests, source_of
 from services.splits import load_or_make_split, merge_labels, split_rows
 from services.training.config import TrainConfig
 from services.training.data import ImageCache, load_image_cache
@@ -159,7 +159,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Data]:
 
 def _meta(rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
     groups = [r.patient_id or f"\0image:{r.path}" for r in rows]  # raw ids stay in memory, never written
-    sources = [r.origin_dataset or r.source or "unknown" for r in rows]
+    sources = [source_of(r.origin_dataset, r.source) for r in rows]
     return np.array(groups), np.array(sources)
 
 

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.manifest import ManifestRow, read_manifests
-from services.splits import parse_merges, read_split, source_of
+from services.manifest import ManifestRow, read_manifests, source_of
+from services.splits import parse_merges, read_split
 
 SOURCE_AGE_GROUPS = (
     ("Kermany", "pediatric"),
@@ -32,7 +32,7 @@ BEFORE = {"cxr-public queries, 4-class": 0.669, "cxr-public queries, 3-class": 0
 def age_group(row: ManifestRow) -> str | None:
     if row.age is not None:
         return "pediatric" if row.age < 18 else "adult"
-    source = source_of(row)
+    source = source_of(row.origin_dataset, row.source)
     return next((group for needle, group in SOURCE_AGE_GROUPS if needle in source), None)
 
 
@@ -40,7 +40,7 @@ def _target(name: str, value: float | None, threshold: float, met: bool | None, 
     return {"target": name, "value": value, "threshold": threshold, "met": met, "n": n, **extra}
 
 
-def _share(rankings: list[dict], groups: dict[str, str | None], keep, hit) -> tuple[float | None, int]:
+def _share(rankings: list[dict], keep, hit) -> tuple[float | None, int]:
     """Mean share of each kept query's top 10 for which `hit(item)` holds, over items where it can be told."""
     shares = []
     for line in rankings:
@@ -86,7 +86,7 @@ def check_targets(reports: dict[str, dict], all_dir: Path, manifests: Sequence[P
             out.append(_target(f"adult {label}: P@1 >= 0.6", value, 0.6, value >= 0.6, n))
     gallery = Counter(rows[path].label for path in read_split(Path(report["split"]["file"])).train)
     chance_covid = gallery[COVID] / max(sum(gallery.values()), 1)  # a random ranking's expected share
-    value, n = _share(rankings, groups, adult(NORMAL), lambda item: item["label"] == COVID)
+    value, n = _share(rankings, adult(NORMAL), lambda item: item["label"] == COVID)
     out.append(
         _target(
             "adult normal: COVID-19 share of top 10 < chance",
@@ -97,7 +97,7 @@ def check_targets(reports: dict[str, dict], all_dir: Path, manifests: Sequence[P
         )  # fmt: skip
     )
     is_adult = lambda line: groups.get(line["query"]) == "adult"  # noqa: E731
-    value, n = _share(rankings, groups, is_adult, lambda item: _pediatric(groups.get(item["path"])))
+    value, n = _share(rankings, is_adult, lambda item: _pediatric(groups.get(item["path"])))
     out.append(_target("adult queries: pediatric share of top 10 < 0.10", value, 0.10,
                        None if value is None else value < 0.10, n))  # fmt: skip
     for setting, before in BEFORE.items():

@@ -32,6 +32,11 @@ class ManifestRow:
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
+def source_of(origin_dataset: str | None, source: str | None) -> str:
+    """The source an image is balanced, split and audited by: origin_dataset, else source, else "unknown"."""
+    return str(origin_dataset or source or "unknown")
+
+
 def _opt(value: str | None) -> str | None:
     value = (value or "").strip()
     return value or None
@@ -114,21 +119,18 @@ class ManifestSet:
 
     def name_of(self, manifest: Path) -> str:
         """The name (relative to `root`) of one of the joined manifests; DataError when it is not one of them."""
-        name = Path(manifest).resolve().relative_to(self.root).as_posix() if _under(manifest, self.root) else None
+        path = Path(manifest).resolve()
+        name = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else None
         if name not in self.hashes:
             raise DataError(
                 f"{manifest} is not one of the joined manifests", hint=f"Use one of: {', '.join(self.hashes)}."
             )
         return name
 
-    @property
-    def labels(self) -> list[str]:
-        """Every label the manifests bring, sorted: labels are data, never a fixed list."""
-        return sorted({row.label for row in self.rows})
 
-
-def _under(path: Path, root: Path) -> bool:
-    return Path(path).resolve().is_relative_to(root)
+def as_paths(value: Path | Sequence[Path]) -> tuple[Path, ...]:
+    """One manifest path or several, as a tuple (the configs' `manifests`)."""
+    return (Path(value),) if isinstance(value, str | Path) else tuple(Path(p) for p in value)
 
 
 def read_manifests(paths: Path | Sequence[Path]) -> ManifestSet:
@@ -145,21 +147,19 @@ def read_manifests(paths: Path | Sequence[Path]) -> ManifestSet:
     root = Path(os.path.commonpath([p.parent for p in resolved]))
     rows: list[ManifestRow] = []
     hashes: dict[str, str] = {}
-    seen: dict[Path, Path] = {}
+    seen: dict[Path, str] = {}  # image path -> the name of the manifest that lists it
     for path in given:
         name = path.resolve().relative_to(root).as_posix()
         for row in read_manifest(path):
-            if row.path in seen and seen[row.path] != path:
+            if seen.setdefault(row.path, name) != name:
                 raise DataError(
-                    f"{row.path} is listed by both {seen[row.path]} and {path}",
+                    f"{row.path} is listed by both {root / seen[row.path]} and {path}",
                     hint="An image may belong to one manifest only; remove it from one of them.",
                 )
-            seen[row.path] = path
             rows.append(row)
         hashes[name] = file_sha256(path)
     if len(given) == 1:
         sha = next(iter(hashes.values()))
     else:
         sha = hashlib.sha256("".join(f"{h}\n" for h in sorted(hashes.values())).encode()).hexdigest()
-    names = {p: path.resolve().relative_to(root).as_posix() for p, path in seen.items()}
-    return ManifestSet(paths=tuple(given), rows=rows, root=root, sha256=sha, hashes=hashes, manifest_of=names)
+    return ManifestSet(paths=tuple(given), rows=rows, root=root, sha256=sha, hashes=hashes, manifest_of=seen)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from services.errors import DataError
-from services.manifest import ManifestRow, ManifestSet
+from services.manifest import ManifestRow, ManifestSet, source_of
 
 SPLIT_FORMAT = "cxr-split/1"
 SPLIT_NAMES = ("train", "val", "test")
@@ -61,11 +61,6 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 
 def _matches_source(row: ManifestRow, needle: str) -> bool:
     return any(needle in (value or "").lower() for value in (row.source, row.origin_dataset))
-
-
-def source_of(row: ManifestRow) -> str:
-    """The source a row is balanced and reported by: origin_dataset, else source, else "unknown"."""
-    return row.origin_dataset or row.source or "unknown"
 
 
 def _assign_groups(counts: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -128,9 +123,10 @@ def make_split(
     ]
     group_ids: dict[str, int] = {}
     group_of = np.array([group_ids.setdefault(key, len(group_ids)) for key in keys], dtype=np.int64)
-    strata = sorted({(row.label, source_of(row)) for row in rows})
+    row_strata = [(row.label, source_of(row.origin_dataset, row.source)) for row in rows]
+    strata = sorted(set(row_strata))
     stratum_index = {stratum: i for i, stratum in enumerate(strata)}
-    label_of = np.array([stratum_index[(row.label, source_of(row))] for row in rows], dtype=np.int64)
+    label_of = np.array([stratum_index[stratum] for stratum in row_strata], dtype=np.int64)
     counts = np.zeros((len(group_ids), len(strata)), dtype=np.int64)
     np.add.at(counts, (group_of, label_of), 1)
 

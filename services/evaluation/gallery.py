@@ -20,7 +20,7 @@ from services.evaluation.types import EvalConfig, RetrievalSet
 from services.index import PointRecord, VectorStore
 from services.index.payload import patient_hash
 from services.index.store import COLLECTION_NAME_MAX
-from services.manifest import ManifestRow
+from services.manifest import ManifestRow, source_of
 from services.pipeline import IngestItem, IngestOptions, Ingestor
 from services.pipeline.stages import ensure_same_model
 
@@ -32,11 +32,6 @@ def default_collection(model_id: str, tag: str) -> str:
     safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in model_id)
     room = COLLECTION_NAME_MAX - len("eval--") - len(tag)
     return f"eval-{safe[-room:]}-{tag}"
-
-
-def source_of(origin_dataset: str | None, source: str | None) -> str:
-    """The source an image is audited by: origin_dataset, else source, else "unknown"."""
-    return str(origin_dataset or source or "unknown")
 
 
 def age_of(*values: object) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from services.errors import ConfigError
+from services.manifest import as_paths
 from services.splits import merge_labels
 
 GALLERIES = ("train", "all")
@@ -49,9 +50,7 @@ class EvalConfig:
     @property
     def manifests(self) -> tuple[Path, ...]:
         """The manifest(s) as a tuple of paths."""
-        if isinstance(self.manifest, str | Path):
-            return (Path(self.manifest),)
-        return tuple(Path(p) for p in self.manifest)
+        return as_paths(self.manifest)
 
     def __post_init__(self) -> None:
         if self.gallery not in GALLERIES:

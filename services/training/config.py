@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from services.errors import ConfigError
+from services.manifest import as_paths
 from services.training.augment import AugmentConfig
 from services.training.losses import LossConfig
 from services.training.recipes import RECIPES
@@ -56,9 +57,7 @@ class TrainConfig:
     @property
     def manifests(self) -> tuple[Path, ...]:
         """The manifest(s) as a tuple of paths."""
-        if isinstance(self.manifest, str | Path):
-            return (Path(self.manifest),)
-        return tuple(Path(p) for p in self.manifest)
+        return as_paths(self.manifest)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

@@ -24,8 +24,7 @@ from torch import Tensor
 from services.config import Settings
 from services.errors import DataError, DecodeError
 from services.imaging import decode_image, to_model_input
-from services.manifest import ManifestRow
-from services.splits import source_of
+from services.manifest import ManifestRow, source_of
 
 CACHE_VERSION = 1  # bump when the decoder or the stored layout changes, to invalidate old disk caches
 _DEFAULT_MAX_PIXELS: int = Settings.model_fields["max_pixels"].default
@@ -115,7 +114,7 @@ def _from_rows(rows: Sequence[ManifestRow], images: np.ndarray, kept: list[int],
         labels=[rows[i].label for i in kept],
         patient_ids=[rows[i].patient_id for i in kept],
         errors=[(str(p), str(r)) for p, r in errors],
-        sources=[source_of(rows[i]) for i in kept],
+        sources=[source_of(rows[i].origin_dataset, rows[i].source) for i in kept],
     )
 
 
@@ -263,9 +262,9 @@ class ClassBalancedBatchSampler:
         names = np.asarray(sources)[members]
         found, counts = np.unique(names, return_counts=True)
         big = [s for s, n in zip(found, counts, strict=True) if n >= min_images] or [found[np.argmax(counts)]]
-        largest = max(big, key=lambda s: int((names == s).sum()))
-        home = {s: (s if s in big else largest) for s in found}
-        return [members[np.array([home[n] == s for n in names])] for s in big]
+        largest = max(big, key=dict(zip(found, counts, strict=True)).__getitem__)
+        home = np.array([s if s in big else largest for s in names])  # each image's pool
+        return [members[home == s] for s in big]
 
     def _pick(self, c: int, k: int, rng: np.random.Generator) -> np.ndarray:
         """k distinct images of class c, spread evenly over its source pools."""
