@@ -86,4 +86,5 @@ def test_eight_large_uploads_at_once_stay_within_the_budget(indexed: Indexed, tm
             assert r.headers["retry-after"] == "1" and "busy decoding" in r.json()["detail"]
     assert statuses[-1] == 413 and answers[-1].json()["reason"] == "too_large"
     assert statuses.count(200) >= 2  # the budget holds two at once: the first two in always get through
-    assert statuses.count(503) >= 1  # seven that fit one by one, 0.5 s of waiting each: some are turned away
+    # whether any is turned away (503) depends on how fast the first ones decode: a fast machine serves all seven in
+    # turn within the 0.5 s wait. The busy answer itself is tested in tests/imaging/test_decode_reasons.py.
