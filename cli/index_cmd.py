@@ -49,15 +49,19 @@ def index(
     """
     from services.manifest import read_manifests
     from services.pipeline import FileError, IngestOptions, Ingestor, Runtime, build_items
+    from services.pipeline.sources import Unfound
 
     if label_from not in {"auto", "manifest", "folder", "none"}:
         raise typer.BadParameter("must be manifest, folder or none", param_hint="--label-from")
     if not paths and not manifest:
         raise typer.BadParameter("give PATH(s) to index, or --manifest", param_hint="PATHS")
     settings = load_settings(collection=collection, model=model, batch_size=batch_size, decode_workers=workers)
-    rows = read_manifests(manifest).rows if manifest else None
+    joined = read_manifests(manifest) if manifest else None
+    rows = joined.rows if joined is not None else None
     mode = ("manifest" if rows is not None else "none") if label_from == "auto" else label_from
     items, unfound = build_items(paths or [], manifest=rows, label_from=mode)  # type: ignore[arg-type]
+    # a manifest row with a bad label is refused on its own, with its line; the rest goes on
+    unfound[:0] = [Unfound(where, reason) for where, reason in (joined.refused if joined is not None else ())]
     items = items[:limit] if limit else items
     if queue:
         record_cli(settings, "cli.index-queue", collection=settings.collection, files=len(items), unfound=len(unfound))

@@ -19,6 +19,7 @@ from cli.errors import CxrGroup
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("cli.index_cmd", "index"),
     "search": ("cli.search_cmd", "search"),
+    "report": ("cli.report_cmd", "report"),
     "collections": ("cli.store_cmd", "collections"),
     "info": ("cli.store_cmd", "info"),
     "optimize": ("cli.store_cmd", "optimize"),

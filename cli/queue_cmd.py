@@ -16,24 +16,26 @@ from rich.table import Table
 
 from cli.errors import cell, stderr
 from cli.options import JsonOpt, MetricsPortOpt, load_settings
-from workers.queues import EMBED_QUEUE, INDEX_QUEUE, QUEUES, queue_depths
+from workers.queues import EMBED_QUEUE, INDEX_QUEUE, QUEUES, REPORT_QUEUE, queue_depths
 
 # kombu keeps a queue's messages in the list named after it, plus one list per priority step (sep \x06\x16).
 
 
 def status(as_json: JsonOpt = False) -> None:
-    """Queue depths (Redis), ledger counts, the recent indexing rate, and the API uploads still kept (count, size,
-    oldest age). Works while Redis is down.
+    """Queue depths (Redis), ledger counts, reports sent back to the PACS (pending, sent, failed), the recent
+    indexing rate, and the API uploads still kept (count, size, oldest age). Works while Redis is down.
 
     Example: cxr status --json
     """
     from services.pipeline.ledger import Ledger
+    from services.pipeline.report_ledger import ReportLedger
     from services.pipeline.uploads import uploads_summary
 
     settings = load_settings()
     ledger = Ledger(settings.ledger_path)
     data = {
         "ledger": ledger.counts(),
+        "reports": ReportLedger(settings.ledger_path).counts(),
         "uploads": uploads_summary(settings),
         "indexed_last_60s": ledger.indexed_since(60),
         "indexed_last_5min": ledger.indexed_since(300),
@@ -46,6 +48,7 @@ def status(as_json: JsonOpt = False) -> None:
         return
     counts = data["ledger"]
     typer.echo("ledger   " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+    typer.echo("reports  " + "  ".join(f"{k} {v}" for k, v in data["reports"].items()))
     typer.echo(
         f"rate     {data['indexed_last_60s']} indexed in the last minute, {data['indexed_last_5min']} in 5 min"
         f" ({data['rate_per_s_5min']:.2f}/s)"
@@ -59,6 +62,7 @@ def status(as_json: JsonOpt = False) -> None:
     else:
         typer.echo(
             f"queues   {EMBED_QUEUE} {queues[EMBED_QUEUE]}  {INDEX_QUEUE} {queues[INDEX_QUEUE]}"
+            f"  {REPORT_QUEUE} {queues[REPORT_QUEUE]}"
             f"  unacknowledged {queues['unacked']}"
         )
 
@@ -74,17 +78,24 @@ def failures(
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N, newest first.")] = 1000,
 ) -> None:
-    """List items that failed for good (dead letters): key, file, stage, reason, attempts.
+    """List items that failed for good (dead letters): key, file, stage, reason, attempts; and reports the PACS
+    did not take (key report:<SOP Instance UID>, stage 'report', the destination in place of the file).
 
     Example: cxr failures --json
     """
     from services.pipeline.ledger import Ledger
+    from services.pipeline.report_ledger import ReportLedger
 
     settings = load_settings()
-    rows = Ledger(settings.ledger_path).failures(limit=limit)
+    rows = [r.to_dict() for r in Ledger(settings.ledger_path).failures(limit=limit)]
+    for rep in ReportLedger(settings.ledger_path).failures(limit=limit):
+        rows.append(
+            {"key": rep.name, "path": rep.destination, "collection": rep.collection, "stage": "report"}
+            | {"reason": rep.reason, "attempts": rep.attempts, "permanent": False, "updated_at": rep.updated_at}
+        )
     if as_json:
         keep = ("key", "path", "collection", "stage", "reason", "attempts", "permanent", "updated_at")
-        typer.echo(json.dumps([{k: r.to_dict()[k] for k in keep} for r in rows], indent=2))
+        typer.echo(json.dumps([{k: r[k] for k in keep} for r in rows], indent=2))
         return
     if not rows:
         typer.echo("no failures")
@@ -93,7 +104,9 @@ def failures(
     for col in ("key", "file", "stage", "reason", "attempts"):
         table.add_column(col, overflow="fold")
     for r in rows:  # keys are opaque (they travel through Redis); the file is shown from the local ledger
-        table.add_row(cell(r.key), cell(r.path), cell(r.stage or ""), cell(r.reason or ""), str(r.attempts))
+        table.add_row(
+            cell(r["key"]), cell(r["path"]), cell(r["stage"] or ""), cell(r["reason"] or ""), str(r["attempts"])
+        )
     Console(highlight=False).print(table)
 
 
@@ -103,11 +116,12 @@ def retry(
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Re-arm every failed item.")] = False,
 ) -> None:
-    """Re-arm failed items (attempts back to 0) and send them to the queue again.
+    """Re-arm failed items and reports (attempts back to 0) and send them to the queue again.
 
     Example: cxr retry --all
     """
     from services.pipeline.ledger import Ledger
+    from services.pipeline.report_ledger import REPORT_PREFIX, ReportLedger
 
     if bool(keys) == all_:
         raise typer.BadParameter("give KEY(s) or --all, not both and not neither", param_hint="KEYS")
@@ -117,8 +131,14 @@ def retry(
         from services.pipeline.ledger import file_key
 
         keys = [k if ledger.get(k) is not None or ":" in k else file_key(k, settings.salt) for k in keys]
-    armed = ledger.retry(None if all_ else keys)
-    missing = sorted(set(keys or ()) - set(armed))
+    report_names = None if all_ else [k for k in keys or () if k.startswith(REPORT_PREFIX)]
+    reports = ReportLedger(settings.ledger_path)
+    rearmed = reports.retry(report_names) if all_ or report_names else []
+    if rearmed:
+        _send_reports(settings, reports, len(rearmed))
+    item_keys = None if all_ else [k for k in keys or () if not k.startswith(REPORT_PREFIX)]
+    armed = ledger.retry(item_keys) if all_ or item_keys else []
+    missing = sorted(set(keys or ()) - set(armed) - {r.name for r in rearmed})
     for key in missing:
         stderr.print(f"not a failed item: {key}", markup=False)
     from services.pipeline.submission import dispatch_due
@@ -126,9 +146,19 @@ def retry(
 
     sent = dispatch_due(settings, ledger, make_publish(settings)) if armed else 0
     later = "" if sent or not armed else " (the sweep sends them once Redis answers)"
-    typer.echo(f"re-armed {len(armed)} item(s); sent {sent} to the queue now{later}")
+    if armed or not rearmed:
+        typer.echo(f"re-armed {len(armed)} item(s); sent {sent} to the queue now{later}")
     if missing:
         raise typer.Exit(1)
+
+
+def _send_reports(settings, reports, n: int) -> None:  # noqa: ANN001 - Settings, ReportLedger
+    from services.reports.trigger import dispatch_due_reports
+    from workers.dispatch import make_report_publish
+
+    sent = dispatch_due_reports(settings, reports, make_report_publish(settings))
+    later = "" if sent == n else " (the sweep of `cxr worker` sends the rest once Redis answers)"
+    typer.echo(f"re-armed {n} report(s); sent {sent} to the queue now{later}")
 
 
 QueuesOpt = Annotated[str, typer.Option("--queues", "-Q", help=f"Comma-separated: {', '.join(QUEUES)}.")]
@@ -171,6 +201,13 @@ def worker(
     sweeper = Sweep(settings, lambda: make_publish(settings)) if sweep else None
     if sweeper:
         sweeper.start()
+    report_sweeper = None
+    if sweep and settings.report_destination:  # reports planned while Redis was down, or whose message was lost
+        from services.reports.trigger import ReportSweep
+        from workers.dispatch import make_report_publish
+
+        report_sweeper = ReportSweep(settings, lambda: make_report_publish(settings))
+        report_sweeper.start()
     stopping = {"sig": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -183,4 +220,6 @@ def worker(
     supervisor.run(lambda: bool(stopping["sig"]))
     if sweeper:
         sweeper.stop()
+    if report_sweeper:
+        report_sweeper.stop()
     supervisor.stop()

@@ -5,7 +5,7 @@
 # The tests start their own instances (tests/services.py): Redis, Orthanc and headless Chromium, each on a free
 # loopback port with its own temp dir, waited for by readiness checks, stopped after. This script only installs
 # what is missing (Debian packages, so CI on a fresh machine has them): redis-server, orthanc + orthanc-dicomweb,
-# chromium + chromium-driver.
+# chromium + chromium-driver, poppler-utils (pdftoppm).
 set -euo pipefail
 [ "${1:-}" = run ] || { echo "usage: $0 run CMD..." >&2; exit 2; }
 shift
@@ -16,6 +16,7 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)  # renders the similar-cases report
 if [ "${#need[@]}" -gt 0 ]; then
   echo "test-services: installing ${need[*]}" >&2
   SUDO=""

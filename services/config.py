@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         description="Named, scoped API tokens (`cxr token add|list|revoke`): JSON lines of name, scopes and the"
         " SHA-256 of the secret; `cxr serve` rereads it when it changes. Unset = no named tokens.",
     )
+    api_expose_identifiers: bool = Field(
+        False,
+        description="On an open API (no token configured), send payloads with the raw UIDs, patient hash, content"
+        " hash and source ref; off = the display payload only. With tokens only the `admin` scope sees them.",
+    )
     api_max_upload_mb: int = Field(64, ge=1, description="Largest request body the REST API reads (413 beyond).")
     api_import_dir: Path | None = Field(
         None, description="POST /v1/index may name server-side files only under this folder; unset = uploads only."
@@ -205,6 +210,15 @@ class Settings(BaseSettings):
     )
     api_decode_wait_s: float = Field(
         5.0, ge=0, description="How long an upload waits for room in the decode memory budget before a 503."
+    )
+    api_trim_after_mb: int = Field(
+        32,
+        ge=0,
+        description="Give freed memory back to the OS (glibc malloc_trim) after requests once decodes of this many "
+        "MiB in all (their estimated peaks) have ended since the last time; 0 = never.",
+    )
+    api_thumbnail_cache_mb: int = Field(
+        32, ge=0, description="Rendered thumbnails the API keeps in memory (MiB, least recently used dropped first)."
     )
     dicom_aet: str = Field("CXR", min_length=1, max_length=16, description="The receiver's AE title (called AE).")
     dicom_host: str = Field("0.0.0.0", description="Address `cxr dicom-listen` binds (all interfaces by default).")
@@ -255,6 +269,25 @@ class Settings(BaseSettings):
     )
     pacs_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout (s) of each PACS HTTP request.")
     pacs_retries: int = Field(4, ge=0, description="Retries of a PACS request after a timeout or a 5xx/429 answer.")
+    # Similar-cases reports sent back to the PACS (services/reports/deliver.py, services/reports/trigger.py)
+    report_destination: str | None = Field(
+        None,
+        description="Where reports of received and pulled films go: dicom://AET@host:port (C-STORE) or an"
+        " http(s) DICOMweb root (STOW-RS); unset = no automatic reports.",
+    )
+    report_aet: str | None = Field(None, max_length=16, description="Our calling AE title; default CXR_DICOM_AET.")
+    report_user: str | None = Field(None, description="STOW-RS basic-auth user (with CXR_REPORT_PASSWORD).")
+    report_password: SecretStr | None = Field(None, description="STOW-RS basic-auth password.")
+    report_token: SecretStr | None = Field(None, description="STOW-RS bearer token (instead of user/password).")
+    report_from: str = Field(
+        "", description="Report only films from these calling AE titles and/or 'pull' (comma-separated); empty = all."
+    )
+    report_modalities: str = Field("CR,DX", description="Report only films of these modalities (when present).")
+    report_per_study: bool = Field(True, description="At most one report per study (its first suitable image).")
+    report_k: int = Field(10, ge=1, le=50, description="Similar films in an automatic report.")
+    report_retries: int = Field(8, ge=0, description="Retries of a report whose destination fails, then failed.")
+    report_backoff_s: float = Field(10.0, gt=0, description="First report retry delay (s); doubles, at most 600 s.")
+    report_timeout_s: float = Field(30.0, gt=0, description="Connect/response timeout (s) towards the destination.")
     metrics_bind: str = Field(
         "127.0.0.1",
         description="Address the --metrics-port endpoints of `cxr worker` and `cxr dicom-listen` listen on (no patient"

@@ -117,3 +117,9 @@ class PacsError(CxrError):
     """A PACS peer that refused, timed out or answered something unexpected."""
 
     default_hint = "Check the PACS URL, credentials and that it is reachable."
+
+
+class ReportError(CxrError):
+    """A similar-cases report that cannot be made for this query (services.reports)."""
+
+    default_hint = "Give a DICOM, PNG or JPEG file, or the id of an indexed image (from `cxr search --json`)."

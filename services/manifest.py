@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.ages import top_code
 from services.errors import DataError
+from services.labels import LabelError, check_label
 
 REQUIRED_COLUMNS = ("path", "label")
 KNOWN_COLUMNS = ("path", "label", "patient_id", "view", "sex", "age", "source", "origin_dataset")
@@ -53,8 +54,11 @@ def _age(value: str | None, where: str) -> int | None:
     return top_code(years)  # 90 and over are one band; an implausible age (negative, over 130) is dropped
 
 
-def read_manifest(path: Path) -> list[ManifestRow]:
-    """Parse the manifest; relative image paths resolve against the manifest's folder."""
+def read_manifest(path: Path, refused: list[tuple[str, str]] | None = None) -> list[ManifestRow]:
+    """Parse the manifest; relative image paths resolve against the manifest's folder.
+
+    A row whose label is not a valid label (services.labels) is left out and noted in `refused` as
+    ("manifest:line", reason), so the other rows go on; without `refused` it is a DataError naming the line."""
     path = Path(path)
     try:
         fh = path.open(newline="", encoding="utf-8")
@@ -72,6 +76,13 @@ def read_manifest(path: Path) -> list[ManifestRow]:
             rel, label = _opt(rec.get("path")), _opt(rec.get("label"))
             if rel is None or label is None:
                 raise DataError(f"{where}: empty path or label")
+            try:
+                label = check_label(label)
+            except LabelError as exc:
+                if refused is None:
+                    raise DataError(f"{where}: {exc.message}", exc.hint) from None
+                refused.append((where, f"row {lineno - 1} refused: {exc.message}"))
+                continue
             rows.append(
                 ManifestRow(
                     path=(path.parent / rel).resolve(),
@@ -85,7 +96,7 @@ def read_manifest(path: Path) -> list[ManifestRow]:
                     extra={k: v for k, v in rec.items() if k and k not in KNOWN_COLUMNS and v},
                 )
             )
-    if not rows:
+    if not rows and not refused:
         raise DataError(f"manifest {path} has no rows")
     return rows
 
@@ -116,6 +127,7 @@ class ManifestSet:
     sha256: str
     hashes: dict[str, str]
     manifest_of: dict[Path, str] = field(default_factory=dict)  # image path -> its manifest's name (in `hashes`)
+    refused: tuple[tuple[str, str], ...] = ()  # ("manifest:line", reason) of rows left out for a bad label
 
     def name_of(self, manifest: Path) -> str:
         """The name (relative to `root`) of one of the joined manifests; DataError when it is not one of them."""
@@ -136,7 +148,8 @@ def as_paths(value: Path | Sequence[Path]) -> tuple[Path, ...]:
 def read_manifests(paths: Path | Sequence[Path]) -> ManifestSet:
     """Read and join manifests; each one's relative image paths resolve against its own folder.
 
-    DataError when none is given, one is listed twice, or two manifests name the same image file.
+    DataError when none is given, one is listed twice, two manifests name the same image file, or no row is left.
+    Rows with a bad label are left out and listed in `refused`.
     """
     given = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if not given:
@@ -148,9 +161,10 @@ def read_manifests(paths: Path | Sequence[Path]) -> ManifestSet:
     rows: list[ManifestRow] = []
     hashes: dict[str, str] = {}
     seen: dict[Path, str] = {}  # image path -> the name of the manifest that lists it
+    refused: list[tuple[str, str]] = []
     for path in given:
         name = path.resolve().relative_to(root).as_posix()
-        for row in read_manifest(path):
+        for row in read_manifest(path, refused):
             if seen.setdefault(row.path, name) != name:
                 raise DataError(
                     f"{row.path} is listed by both {root / seen[row.path]} and {path}",
@@ -162,4 +176,8 @@ def read_manifests(paths: Path | Sequence[Path]) -> ManifestSet:
         sha = next(iter(hashes.values()))
     else:
         sha = hashlib.sha256("".join(f"{h}\n" for h in sorted(hashes.values())).encode()).hexdigest()
-    return ManifestSet(paths=tuple(given), rows=rows, root=root, sha256=sha, hashes=hashes, manifest_of=seen)
+    if not rows:
+        raise DataError(f"no usable row in {', '.join(map(str, given))}: every label was refused", refused[0][1])
+    return ManifestSet(
+        paths=tuple(given), rows=rows, root=root, sha256=sha, hashes=hashes, manifest_of=seen, refused=tuple(refused)
+    )

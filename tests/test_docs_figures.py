@@ -38,7 +38,7 @@ from tests.scaling_doc import (
 def test_every_table_names_its_json_and_every_cited_json_exists() -> None:
     lines = _doc().splitlines()
     starts = [i for i, x in enumerate(lines) if x.startswith("|") and not lines[i - 1].startswith("|")]
-    assert len(starts) == 6
+    assert len(starts) == 8
     for i in starts:
         paragraph: list[str] = []
         j = i - 1
@@ -49,7 +49,7 @@ def test_every_table_names_its_json_and_every_cited_json_exists() -> None:
             j -= 1
         assert "benchmarks/results/" in " ".join(paragraph), f"the table at line {i + 1} names no JSON"
     cited = set(re.findall(r"benchmarks/results/([\w.]+\.json)", _doc()))
-    assert cited >= {"store_scale.json", "api_search.json", "queue.json", "receiver.json"}
+    assert cited >= {"store_scale.json", "api_search.json", "queue.json", "receiver.json", "serve_memory.json"}
     for name in cited:
         assert (RESULTS / name).is_file(), name
     for run in re.findall(r"`(\d{8}-\d{6}-\d+)`", _doc()):
@@ -351,3 +351,51 @@ def test_the_data_section() -> None:
 @pytest.mark.parametrize("stale", ["206 instances/s", "424 img/s", "3 files", "66 machine-hours"])
 def test_the_stale_figures_of_issue_17_are_gone(stale: str) -> None:
     assert stale not in _plain(_doc())
+
+
+def test_the_server_memory_table() -> None:
+    data = _json("serve_memory.json")
+    text = _section("The server's memory")
+    _cites("serve_memory.json")
+    rows, allocator = _tables(text)
+    n = data["requests"]
+    by = {r["label"]: r for r in data["runs"]}
+    assert [r[0] for r in rows] == [r["label"] for r in data["runs"]]
+    for row in rows:
+        r = by[row[0]]
+        mb = [r[k]["vmrss_mb"] for k in ("ready", "idle_after_first_search", "after_first_explain", "after_100")]
+        assert row[1:] == [
+            *(f"{x:,.0f}" for x in mb),
+            f"{r[f'after_{n}']['vmrss_mb']:,.0f}",
+            f"{r['growth_100_to_n']:+.1%}",
+            f"{r[f'after_{n}']['vmhwm_mb']:,.0f}",
+        ], row[0]
+    t, plain = data["targets"], _plain(text)
+    verdict = {True: "met", False: "missed"}
+    idle = {label: r["idle_after_first_search"]["vmrss_mb"] for label, r in by.items()}
+    loads = [r["load_avg_1min"] for r in data["runs"]]
+    for figure in (
+        f"{t['idle_ratio']:.2f}x today's (target at most 0.7x: {verdict[t['idle_met']]})",
+        f"from a cold cache {idle['this tree, cold cache'] / idle['today, cold cache']:.2f}x",
+        f"{t['growth']:+.1%} from 100 to {n:,} requests (target within 10%: {verdict[t['growth_met']]})",
+        f"today's {by['today']['growth_100_to_n']:+.1%} in this run",
+        f"{data['store']['points']} points",
+        f"Load {span(loads, '.1f')}.",
+    ):
+        assert figure in plain, figure
+    # the allocator table: the same mix, one server per allocator setting
+    other = _json("serve_memory_allocator.json")
+    _cites("serve_memory_allocator.json")
+    m = other["requests"]
+    assert f"({m} requests; benchmarks/results/serve_memory_allocator.json)" in plain
+    assert [
+        [
+            r["label"],
+            f"{r['after_100']['vmrss_mb']:,.0f}",
+            f"{r[f'after_{m}']['vmrss_mb']:,.0f}",
+            f"{r['growth_100_to_n']:+.1%}",
+            f"{r[f'after_{m}']['vmhwm_mb']:,.0f}",
+        ]
+        for r in other["runs"]
+    ] == allocator
+    assert all(r["tree"] == "this" for r in other["runs"])

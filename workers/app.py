@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
-from workers.queues import EMBED_QUEUE, EMBED_TASK, INDEX_QUEUE, INDEX_TASK
+from workers.queues import EMBED_QUEUE, EMBED_TASK, INDEX_QUEUE, INDEX_TASK, REPORT_QUEUE, REPORT_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -38,7 +38,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,  # the ledger is where outcomes live; no result backend needed
         "result_backend": None,
         "task_default_queue": EMBED_QUEUE,
-        "task_routes": {EMBED_TASK: {"queue": EMBED_QUEUE}, INDEX_TASK: {"queue": INDEX_QUEUE}},
+        "task_routes": {
+            EMBED_TASK: {"queue": EMBED_QUEUE},
+            INDEX_TASK: {"queue": INDEX_QUEUE},
+            REPORT_TASK: {"queue": REPORT_QUEUE},
+        },
         "task_create_missing_queues": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

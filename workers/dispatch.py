@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from services.config import Settings
 from services.pipeline.ledger import Ledger
 from services.pipeline.submission import BrokerUnavailable, Publish, dispatch_due
-from workers.queues import EMBED_QUEUE, EMBED_TASK, broker_errors
+from workers.queues import EMBED_QUEUE, EMBED_TASK, REPORT_QUEUE, REPORT_TASK, broker_errors
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -30,6 +30,31 @@ def celery_publish(app: Celery) -> Publish:
             app.send_task(EMBED_TASK, args=[keys, collection], queue=EMBED_QUEUE)
         except errors as exc:
             raise BrokerUnavailable(str(exc)) from exc
+
+    return publish
+
+
+def report_publish(app: Celery) -> Callable[[str, str], None]:
+    """Publish one `cxr.report` task (collection, film key) on the report queue (services.reports.trigger)."""
+
+    def publish(collection: str, key: str) -> None:
+        app.send_task(REPORT_TASK, args=[collection, key], queue=REPORT_QUEUE)
+
+    return publish
+
+
+def make_report_publish(settings: Settings) -> Callable[[str, str], None]:
+    """`report_publish` over an app for `settings`, built on the first report."""
+    state: dict[str, Callable[[str, str], None]] = {}
+    lock = threading.Lock()
+
+    def publish(collection: str, key: str) -> None:
+        with lock:
+            if "publish" not in state:
+                from workers.app import make_app
+
+                state["publish"] = report_publish(make_app(settings))
+        state["publish"](collection, key)
 
     return publish
 

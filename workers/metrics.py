@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from services.config import Settings
-from workers.queues import QUEUES, queue_depths
+from workers.queues import BROKER_QUEUES, queue_depths
 
 
 class QueueCollector(Collector):
@@ -32,7 +32,7 @@ class QueueCollector(Collector):
         if "error" in depths:
             return
         waiting = GaugeMetricFamily("cxr_queue_messages", "Messages waiting per queue.", labels=["queue"])
-        for q in QUEUES:
+        for q in BROKER_QUEUES:
             waiting.add_metric([q], depths[q])
         yield waiting
         yield GaugeMetricFamily(

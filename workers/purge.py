@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable
 
 from services.config import Settings
-from workers.queues import PRIORITY_SUFFIXES, QUEUES
+from workers.queues import BROKER_QUEUES, PRIORITY_SUFFIXES
 
 
 def _body(raw: bytes) -> bytes:
@@ -42,7 +42,7 @@ def purge_keys(redis_url: str, keys: Iterable[str], *, timeout_s: float = 5.0) -
     client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     removed = 0
     try:
-        for queue in QUEUES:
+        for queue in BROKER_QUEUES:
             for suffix in PRIORITY_SUFFIXES:
                 name = queue + suffix
                 for raw in client.lrange(name, 0, -1):

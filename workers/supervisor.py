@@ -7,6 +7,8 @@
   store's writer lock (`<store>.writer.lock`, an flock inherited by the celery child, so the lock lives as long
   as either). A second `cxr worker` on the same data directory stands by: it embeds, and takes over the index
   queue if the first one goes away. Two writers passing the store back and forth ran 3.5x slower than one.
+- The index writer's child also consumes the `report` queue: a report's search runs in the process that holds the
+  embedded store, so it never takes the store from the writer (services.reports.delivery).
 - Every `worker_heartbeat_s` the worker beats in the ledger (services.pipeline.heartbeats); a clean stop leaves.
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from services.config import Settings
 from services.pipeline.heartbeats import Heartbeats, worker_id
 from services.pipeline.ledger import Ledger
-from workers.queues import EMBED_QUEUE, INDEX_QUEUE
+from workers.queues import EMBED_QUEUE, INDEX_QUEUE, REPORT_QUEUE
 
 MAX_RESTART_DELAY_S = 30.0
 HEALTHY_RUN_S = 60.0  # a child that ran this long before exiting is restarted after the shortest delay
@@ -58,6 +60,11 @@ def lock_holder(path: Path) -> str:
         return "?"
 
 
+def consumed_queues(queue: str) -> str:
+    """What the celery child started for `queue` consumes: the index writer takes the reports too."""
+    return f"{INDEX_QUEUE},{REPORT_QUEUE}" if queue == INDEX_QUEUE else queue
+
+
 def celery_command(queue: str, concurrency: int, loglevel: str) -> list[str]:
     # Tasks run in forked pool processes (a crash there requeues the task at once); the index writer has one.
     return [
@@ -68,7 +75,7 @@ def celery_command(queue: str, concurrency: int, loglevel: str) -> list[str]:
         "workers.app:app",
         "worker",
         "-Q",
-        queue,
+        consumed_queues(queue),
         "-P",
         "prefork",
         "-c",

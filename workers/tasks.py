@@ -7,7 +7,11 @@
   DeferredWriter (services.pipeline.index_writer) flushes once per `index_flush_points` points or
   `index_flush_s` seconds, or when nothing else is in flight, and only then marks the items indexed. The pool
   process flushes what is left when it shuts down; if it is killed first, the items stay 'processing' and the
-  sweep sends them again (nothing lost, nothing duplicated).
+  sweep sends them again (nothing lost, nothing duplicated). After each flush the writer plans the reports of
+  the received and pulled films it made searchable (services.reports.trigger) and publishes them.
+- `cxr.report(collection, key)` (queue `report`, consumed by the index writer's process, where the embedded store
+  is open): build and send one film's similar-cases report (services.reports.delivery); a destination that is
+  down is tried again after a backoff, the ledger's report row counting the attempts.
 
 Transient errors (store locked or unreachable) are retried with exponential backoff, `settings.task_retries` times;
 then the items go back to 'received' with the reason and the sweep sends them again, until the ledger's attempt
@@ -21,18 +25,20 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
 from services.governance.metrics import EMBED_SECONDS, INDEX_SECONDS
 from services.governance.tombstones import tombstones_at
-from workers.queues import EMBED_TASK, INDEX_QUEUE, INDEX_TASK
+from workers.queues import EMBED_TASK, INDEX_QUEUE, INDEX_TASK, REPORT_TASK
 
 if TYPE_CHECKING:
     from celery import Celery, Task
 
     from services.pipeline.index_writer import DeferredWriter
     from services.pipeline.ledger import Ledger
+    from services.pipeline.report_ledger import ReportLedger
     from services.pipeline.runtime import Runtime
 
 log = logging.getLogger("cxr.tasks")
@@ -53,6 +59,7 @@ class WorkerContext:
         self.pid = os.getpid()
         self._writer: DeferredWriter | None = None
         self.tombstones = tombstones_at(self.settings.ledger_path, self.settings.salt)
+        self.app: Celery | None = None  # set by `context`: the after-index hook publishes report tasks with it
 
     @property
     def writer(self) -> DeferredWriter:
@@ -67,8 +74,27 @@ class WorkerContext:
                 max_points=s.index_flush_points,
                 max_delay_s=s.index_flush_s,
                 tombstones=self.tombstones,
+                on_indexed=self.after_indexed,
             )
         return self._writer
+
+    def after_indexed(self, collection: str, keys: list[str]) -> None:
+        """Films just made searchable: plan their reports and hand them to the report queue (when a
+        destination is configured; services.reports.trigger)."""
+        if not self.settings.report_destination or self.app is None:
+            return
+        from services.reports.trigger import dispatch_due_reports, plan_reports
+        from workers.dispatch import report_publish
+
+        if plan_reports(self.settings, self.ledger, self.reports, collection, keys):
+            dispatch_due_reports(self.settings, self.reports, report_publish(self.app))
+
+    @cached_property
+    def reports(self) -> ReportLedger:
+        """The ledger's reports (services.pipeline.report_ledger), opened on first use."""
+        from services.pipeline.report_ledger import ReportLedger
+
+        return ReportLedger(self.settings.ledger_path)
 
     def close(self) -> None:
         """Flush what the writer holds and close the store (a pool process shutting down)."""
@@ -85,6 +111,7 @@ def context(app: Celery) -> WorkerContext:
     ctx = _contexts.get(os.getpid())
     if ctx is None:
         ctx = _contexts[os.getpid()] = WorkerContext(app.cxr_settings)  # type: ignore[attr-defined]
+        ctx.app = app
     return ctx
 
 
@@ -144,6 +171,11 @@ def embed(task: Task, keys: list[str], collection: str | None = None) -> dict[st
                 write_points(ctx.runtime.store, ctx.ledger, batch, ctx.tombstones)
             except (*TRANSIENT_STORE_ERRORS, sqlite3.OperationalError) as exc:  # store or ledger busy past its wait
                 _retry_or_release(task, ctx, [p.key for p in batch.points], "upsert", exc, collection=batch.collection)
+            else:
+                try:
+                    ctx.after_indexed(batch.collection, [p.key for p in batch.points])
+                except Exception:  # noqa: BLE001 - indexed all the same; the report is planned by no one else
+                    log.exception("planning the reports of %d film(s) failed", len(batch.points))
         else:
             try:
                 task.app.send_task(INDEX_TASK, args=[batch.to_json()], queue=INDEX_QUEUE)
@@ -177,6 +209,19 @@ def index(task: Task, batch: dict[str, Any]) -> dict[str, int]:
     return {"indexed": out.indexed, "skipped": out.skipped, "refused": out.refused}
 
 
+def report(task: Task, collection: str, key: str) -> dict[str, str]:
+    """Build and send the report of one indexed film (services.reports.delivery); runs in the index writer's
+    process, where the embedded store is open. A destination that fails is tried again after a backoff."""
+    from services.reports.delivery import deliver
+
+    ctx = context(task.app)
+    outcome = deliver(ctx.settings, ctx.runtime, ctx.reports, collection, key)
+    if outcome.retry_in is not None:
+        # a fresh message after the backoff (no retry budget here: the ledger's attempt count bounds it)
+        raise task.retry(countdown=outcome.retry_in, max_retries=None)
+    return {"state": outcome.state}
+
+
 def _on_process_shutdown(**_kwargs: Any) -> None:
     # Runs in the pool process as it exits (warm shutdown, max tasks): flush what the index writer holds.
     ctx = _contexts.pop(os.getpid(), None)
@@ -193,4 +238,5 @@ def register(app: Celery) -> None:
 
     app.task(name=EMBED_TASK, bind=True, acks_late=True, max_retries=None)(embed)
     app.task(name=INDEX_TASK, bind=True, acks_late=True, max_retries=None)(index)
+    app.task(name=REPORT_TASK, bind=True, acks_late=True, max_retries=None)(report)
     worker_process_shutdown.connect(_on_process_shutdown, weak=False, dispatch_uid="cxr-flush-on-shutdown")

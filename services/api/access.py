@@ -3,8 +3,9 @@
 - Tokens: CXR_API_TOKEN (every scope, actor "api-token") and the named tokens of CXR_API_TOKENS_FILE
   (services.api.tokens, reread when the file changes). With neither set the API is open: every caller is
   "anonymous" with every scope, and `cxr serve` binds loopback only.
-- Scopes: `search` (search, similar, points, thumbnails, render, explain), `index` (POST /v1/index), `admin`
-  (everything, and payloads with UIDs, the patient hash and the content hash). Each router is included with
+- Scopes: `search` (search, similar, facets, points, thumbnails, pixels, render, explain), `index` (POST /v1/index),
+  `admin` (everything, and payloads with UIDs, the patient hash, the content hash and the source ref). On an open
+  API those identifiers are hidden too unless CXR_API_EXPOSE_IDENTIFIERS=true. Each router is included with
   `Depends(require_scope(...))`; 401 (`WWW-Authenticate: Bearer`) without a valid token, 403 naming the scope a
   valid token lacks.
 - The dependency leaves the caller on the request (`request.state.actor`, `request.state.scopes`; `actor_of`)
@@ -57,6 +58,7 @@ class TokenGate:
         token = settings.api_token.get_secret_value() if settings.api_token is not None else None
         self._api_token = hashlib.sha256(token.encode()).digest() if token is not None else None
         self._file = TokenCache(settings.api_tokens_file) if settings.api_tokens_file is not None else None
+        self.expose_identifiers = settings.api_expose_identifiers
 
     @property
     def open(self) -> bool:
@@ -122,7 +124,8 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Caller]]:
             request.state.caller = caller
             request.state.actor = caller.actor
             request.state.scopes = caller.scopes
-            _ADMIN_VIEW.set(caller.admin)
+            # an open API's anonymous caller holds every scope, yet sees identifiers only when the setting says so
+            _ADMIN_VIEW.set(caller.admin and (gate.expose_identifiers or not gate.open))
         if scope not in caller.scopes:
             raise MissingScope(scope, caller.actor)
         return caller
@@ -148,5 +151,6 @@ def actor_of(request: Request) -> str:
 
 
 def sees_admin_fields() -> bool:
-    """True when the request being answered comes from a caller with the `admin` scope (or an open API)."""
+    """True when the request being answered comes from a caller with the `admin` scope (on an open API: only
+    with CXR_API_EXPOSE_IDENTIFIERS=true)."""
     return _ADMIN_VIEW.get()

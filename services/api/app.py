@@ -7,7 +7,8 @@ Routes (all under a bearer token with a scope when CXR_API_TOKEN or CXR_API_TOKE
 services.api.access; except /livez, /readyz, the viewer's static files and the OpenAPI schema, which hold no
 patient data):
   scope `search`: POST /v1/search, POST /v1/search/similar, GET /v1/points/{id}, GET /v1/points/{id}/thumbnail,
-  POST /v1/render, GET /v1/collections, GET|POST /v1/explain; scope `index`: POST /v1/index; GET /livez, GET /readyz,
+  POST /v1/render, GET /v1/points/{id}/pixels, POST /v1/pixels, GET /v1/collections, GET /v1/facets,
+  GET|POST /v1/explain, POST /v1/report; scope `index`: POST /v1/index; GET /livez, GET /readyz,
   GET /viewer/ (the viewer), GET /openapi.json, /docs and /redoc (their scripts under /docs-assets, never a CDN).
 Every /v1 request is recorded in the audit trail before its answer is sent (services.api.audit_trail); every
 request first passes the Host and cross-site checks (services.api.same_origin), then the body limits.
@@ -24,9 +25,20 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from services.api import admin_routes, explain_routes, health, index_routes, metrics_routes, point_routes, search_routes
+from services.api import (
+    admin_routes,
+    explain_routes,
+    health,
+    index_routes,
+    metrics_routes,
+    pixel_routes,
+    point_routes,
+    report_routes,
+    search_routes,
+)
 from services.api.access import ADMIN, INDEX, SEARCH, install_access, require_scope
 from services.api.audit_trail import AuditMiddleware
+from services.api.heap import HeapTrimMiddleware
 from services.api.metrics_routes import MetricsMiddleware
 from services.api.same_origin import SameOriginGuard, parse_allowed_hosts
 from services.api.security import BodyLimitMiddleware, install_error_handlers
@@ -39,7 +51,8 @@ DESCRIPTION = """Chest X-ray retrieval by image similarity.
 
 Send a bearer token (`Authorization: Bearer $CXR_API_TOKEN`, or a named token from `cxr token add`) when the server
 sets one; a named token needs the route's scope (`search`, `index` or `admin`), and only `admin` sees the UIDs,
-patient hash and content hash in payloads. Uploads are DICOM, PNG or JPEG, told apart by their bytes; filters use
+patient hash, content hash and source ref in payloads (on an open API: nobody, unless CXR_API_EXPOSE_IDENTIFIERS).
+Uploads are DICOM, PNG or JPEG, told apart by their bytes; filters use
 the CLI's syntax (`label=covid19`, `view=PA,AP`, `label!=normal`).
 """
 
@@ -76,6 +89,7 @@ def create_app(
     )
     app.state.api = state
 
+    app.add_middleware(HeapTrimMiddleware, heap=state.heap)  # innermost: trims once the handler has returned
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.api_max_upload_mb * 2**20 + 64 * 1024,
@@ -94,7 +108,9 @@ def create_app(
     for router, scope in (
         (search_routes.router, SEARCH),
         (point_routes.router, SEARCH),
+        (pixel_routes.router, SEARCH),
         (explain_routes.router, SEARCH),
+        (report_routes.router, SEARCH),
         (index_routes.router, INDEX),
         (admin_routes.router, ADMIN),
     ):

@@ -10,14 +10,12 @@ names a file: the point id selects a stored payload, and only its reference (`so
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-from PIL import Image
+from services.imaging.thumbnail import to_png  # noqa: F401 - shown by the routes, rendered below services
 
 RENDER_VERSION = "1"  # part of every ETag: bump when the rendering changes
 THUMBNAIL_SIZES = (32, 1024)  # smallest and largest max side a client may ask for
@@ -49,24 +47,9 @@ def etag_matches(if_none_match: str | None, tag: str) -> bool:
     return any(t.strip().removeprefix("W/") == bare for t in if_none_match.split(","))
 
 
-def to_png(pixels: np.ndarray, max_side: int, *, extent: tuple[float, float] | None = None) -> bytes:
-    """Grey pixels in [0, 1] as an 8-bit PNG whose longer side is at most `max_side` (aspect kept). `extent` is a
-    reduced decode's `DecodedImage.extent`: the image's (height, width) in these pixels, whose aspect is kept."""
-    grey = np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0)
-    image = Image.fromarray((grey * 255).round().astype(np.uint8), mode="L")
-    height, width = extent or (image.height, image.width)
-    scale = min(1.0, max_side / max(height, width))
-    if scale < 1.0 or extent is not None:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        box = None if extent is None else (0.0, 0.0, min(width, image.width), min(height, image.height))
-        image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=2.0)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
-
-
 class ThumbnailCache:
-    """Rendered PNGs by ETag, least recently used dropped beyond `max_bytes` (a grid asks for the same ones)."""
+    """Rendered PNGs by ETag, least recently used dropped beyond `max_bytes` (a grid asks for the same ones); a PNG
+    larger than all of it is not kept (CXR_API_THUMBNAIL_CACHE_MB)."""
 
     def __init__(self, max_bytes: int = 32 * 2**20) -> None:
         self.max_bytes = max_bytes
@@ -87,9 +70,14 @@ class ThumbnailCache:
             self._items.clear()
             self._bytes = 0
 
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
     def put(self, key: str, png: bytes) -> None:
         with self._lock:
-            if key in self._items:
+            if key in self._items or len(png) > self.max_bytes:
                 return
             self._items[key] = png
             self._bytes += len(png)

@@ -29,6 +29,7 @@ from services.api.uploads import Upload, decoded_upload, read_upload
 from services.config import Settings
 from services.errors import DecodeBusyError, DecodeError
 from services.imaging.reasons import DecodeReason, describe_exception
+from services.labels import check_label
 from services.pacs.deid import BurnedInAnnotationError, Deidentifier, deidentify_bytes
 from services.pipeline.sources import Unfound, walk_files
 from services.pipeline.uploads import keep_upload, uploads_dir
@@ -119,9 +120,17 @@ async def index(
     state: Annotated[ApiState, Depends(get_state)],
     file: Annotated[list[UploadFile], File(description="Images to index: DICOM, PNG or JPEG.")] = [],  # noqa: B006
     path: Annotated[list[str], Form(description="Files or folders inside CXR_API_IMPORT_DIR.")] = [],  # noqa: B006
-    label: Annotated[str | None, Form(max_length=64, description="A label for every file of this request.")] = None,
+    label: Annotated[
+        str | None,
+        Form(
+            max_length=256,
+            description="A label for every file of this request: letters, digits, '_', '-', '.' "
+            "and spaces, 1-64 characters (services.labels).",
+        ),
+    ] = None,
 ) -> IndexOut:
     """202: accepted for the queue (the workers index it). Per-file refusals come back in `refused`."""
+    label = check_label(label) if label is not None and label.strip() else None  # LabelError: 422 saying why
     if state.submitter is None:
         raise HTTPException(
             503,

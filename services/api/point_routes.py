@@ -17,9 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from services.api.audit_trail import note
 from services.api.images import THUMBNAIL_SIZES, etag, etag_matches, to_png
-from services.api.schemas import CollectionOut, CollectionsOut, PointOut, public_payload, thumbnail_url
+from services.api.schemas import CollectionOut, CollectionsOut, FacetsOut, PointOut, public_payload, thumbnail_url
 from services.api.state import ApiState, get_state
 from services.api.uploads import decoded_upload, read_upload, single_file_part
+from services.pipeline.facets import collection_facets
 
 router = APIRouter(prefix="/v1", tags=["points"])
 
@@ -102,3 +103,16 @@ def list_collections(state: Annotated[ApiState, Depends(get_state)]) -> Collecti
         collections=[CollectionOut(name=c.name, dim=c.dim, count=c.count) for c in infos],
         default=state.settings.collection,
     )
+
+
+@router.get("/facets", response_model=FacetsOut, summary="The values of label, source, view and sex, with counts")
+def get_facets(
+    state: Annotated[ApiState, Depends(get_state)],
+    collection: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Default: the server's collection.")
+    ] = None,
+) -> FacetsOut:
+    """What the filter pickers offer: each value present in the collection and how many films carry it, most
+    frequent first; `no_age` films have no age (an age filter leaves them out). Cached per point count."""
+    facets = collection_facets(state.store(), collection or state.settings.collection)
+    return FacetsOut.model_validate(facets.as_json())

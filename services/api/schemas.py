@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from services.ages import public_age_fields
 from services.api.access import sees_admin_fields
 from services.index import Hit
+from services.pipeline.search_notes import HitNote
 
 # Payload keys the API never sends: `source_uri` is a server-side path (folder names can carry names).
 HIDDEN_PAYLOAD_KEYS = frozenset({"source_uri"})
@@ -29,6 +30,13 @@ class HitOut(BaseModel):
         "...; with the admin scope also the UIDs, patient_hash, content_sha256 and source_ref"
     )
     thumbnail_url: str
+    percentile: float | None = Field(
+        None,
+        description="0-100: the score among the collection's typical nearest-neighbour scores (None: a collection "
+        "under 50 films, or a recommend score).",
+    )
+    band: str | None = Field(None, description="'very close', 'close', 'typical' or 'distant' (from the percentile).")
+    same_patient: bool = Field(False, description="The hit is the query's own patient (only when not excluded).")
 
 
 class QueryInfo(BaseModel):
@@ -40,6 +48,20 @@ class QueryInfo(BaseModel):
     patient_excluded: bool = False
     positive: list[str] = []
     negative: list[str] = []
+    content_sha256: str | None = Field(None, description="SHA-256 of the uploaded file's bytes (None: an indexed id).")
+    indexed: bool = Field(False, description="A point with `id` is in the collection (a link can carry the id).")
+
+
+class CalibrationOut(BaseModel):
+    n: int = Field(description="Films sampled: each one's nearest other-patient neighbour gave one score.")
+    p05: float
+    p50: float
+    p95: float
+
+
+class WarningOut(BaseModel):
+    code: str = Field(description="far_neighbours, one_source, age_group or no_age_dropped.")
+    message: str
 
 
 class SearchOut(BaseModel):
@@ -48,6 +70,24 @@ class SearchOut(BaseModel):
     query: QueryInfo
     grouped_by_patient: bool = False
     score: str = Field("cosine", description="'cosine', or 'recommend' for Qdrant's best-score recommend.")
+    model: str = Field("", description="The model id of the encoder that embedded the query (its checkpoint id).")
+    calibration: CalibrationOut | None = Field(
+        None, description="How the bands were made: very close >= p95 > close >= p50 > typical >= p05 > distant."
+    )
+    warnings: list[WarningOut] = []
+    tally_title: str = Field("", description="What the tally is: the labels of the neighbours, not a diagnosis.")
+
+
+class FacetValue(BaseModel):
+    value: str
+    count: int
+
+
+class FacetsOut(BaseModel):
+    collection: str
+    total: int
+    fields: dict[str, list[FacetValue]] = Field(description="label, source, view, sex: values, most frequent first.")
+    no_age: int = Field(description="Films without an age (an age filter leaves them out).")
 
 
 class SimilarIn(BaseModel):
@@ -96,8 +136,11 @@ def thumbnail_url(root_path: str, point_id: str) -> str:
     return f"{root_path}/v1/points/{point_id}/thumbnail"
 
 
-def hits_out(hits: Sequence[Hit], root_path: str, admin: bool | None = None) -> list[HitOut]:
-    """The hits as the API sends them, each payload through `public_payload`."""
+def hits_out(
+    hits: Sequence[Hit], root_path: str, admin: bool | None = None, notes: Sequence[HitNote] | None = None
+) -> list[HitOut]:
+    """The hits as the API sends them, each payload through `public_payload`, with its band and patient flag."""
+    notes = notes if notes is not None else [HitNote(None, None, False)] * len(hits)
     return [
         HitOut(
             rank=i,
@@ -105,8 +148,11 @@ def hits_out(hits: Sequence[Hit], root_path: str, admin: bool | None = None) -> 
             score=round(float(h.score), 6),
             payload=public_payload(h.payload, admin),
             thumbnail_url=thumbnail_url(root_path, h.id),
+            percentile=note.percentile,
+            band=note.band,
+            same_patient=note.same_patient,
         )
-        for i, h in enumerate(hits, start=1)
+        for i, (h, note) in enumerate(zip(hits, notes, strict=True), start=1)
     ]
 
 

@@ -9,12 +9,14 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Upl
 from starlette.concurrency import run_in_threadpool
 
 from services.api.audit_trail import note
-from services.api.schemas import QueryInfo, SearchOut, SimilarIn, hits_out, label_tally
+from services.api.schemas import QueryInfo, SearchOut, SimilarIn
+from services.api.search_display import display_fields
 from services.api.state import ApiState, get_state
 from services.api.uploads import apply_crop, crop_box, decoded_upload, parse_crop, read_upload, single_file_part
 from services.errors import CxrError, PointNotFoundError
 from services.index import SearchFilter
 from services.index.store import excluding
+from services.pipeline.facets import resolve_in
 from services.pipeline.filters import FilterSyntaxError, parse_filters
 from services.pipeline.query import QueryOptions, search_decoded
 
@@ -93,9 +95,18 @@ async def search(
             result = search_decoded(decoded, upload.sha256, encoder=encoder, store=store, opts=opts, salt=settings.salt)
         note(request, collection=settings.collection, results=[h.id for h in result.hits])
         region = None if box is None else list(crop_box(box, result.meta.height, result.meta.width))
+        shown = display_fields(
+            store,
+            settings.collection,
+            result.hits,
+            root_path=request.scope.get("root_path", ""),
+            model_id=encoder.model_id,
+            query_patient=result.patient_hash,
+            query_age=result.meta.age,
+            filters=result.filters,
+        )
         return SearchOut(
-            hits=hits_out(result.hits, request.scope.get("root_path", "")),
-            label_tally=label_tally(result.hits),
+            **shown,
             query=QueryInfo(
                 id=result.query_id,
                 width=result.meta.width,
@@ -103,6 +114,8 @@ async def search(
                 format=result.meta.format,
                 crop=region,
                 patient_excluded=result.patient_excluded,
+                content_sha256=upload.sha256,
+                indexed=bool(store.existing_ids(settings.collection, [result.query_id])),
             ),
             grouped_by_patient=group_by_patient,
         )
@@ -127,7 +140,8 @@ def similar(request: Request, body: SimilarIn, state: Annotated[ApiState, Depend
     if missing:
         raise PointNotFoundError(f"no point {', '.join(missing)} in collection {settings.collection!r}")
     patients = sorted({str(h) for p in positive if (h := examples[p].payload.get("patient_hash"))})
-    flt = _filter(body.filters)
+    filters = resolve_in(store, settings.collection, body.filters) if body.filters else ()
+    flt = _filter(list(filters))
     if body.exclude_same_patient and patients:
         flt = excluding(flt, values={"patient_hash": patients})
     group_by = "patient_hash" if body.group_by_patient else None
@@ -143,14 +157,27 @@ def similar(request: Request, body: SimilarIn, state: Annotated[ApiState, Depend
         hits = store.recommend(settings.collection, positive, negative, body.k, flt, group_by=group_by)
         score = "recommend"
     note(request, positive=positive, negative=negative, results=[h.id for h in hits])
+    first = examples[positive[0]].payload
+    one = len(positive) == 1
+    shown = display_fields(
+        store,
+        settings.collection,
+        hits,
+        root_path=request.scope.get("root_path", ""),
+        model_id=first.get("model_id"),
+        query_patient=first.get("patient_hash") if one else None,
+        query_age=first.get("age") if one else None,
+        filters=filters,
+        cosine=score == "cosine",
+    )
     return SearchOut(
-        hits=hits_out(hits, request.scope.get("root_path", "")),
-        label_tally=label_tally(hits),
+        **shown,
         query=QueryInfo(
-            id=positive[0] if len(positive) == 1 else None,
+            id=positive[0] if one else None,
             positive=positive,
             negative=negative,
             patient_excluded=bool(body.exclude_same_patient and patients),
+            indexed=one,
         ),
         grouped_by_patient=body.group_by_patient,
         score=score,

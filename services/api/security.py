@@ -34,7 +34,7 @@ from services.errors import (
     StoreError,
     StoreLockedError,
 )
-from services.pipeline.filters import FilterSyntaxError
+from services.pipeline.filters import FilterSyntaxError, UnknownValueError
 
 log = logging.getLogger("cxr.api")
 
@@ -150,7 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
             body["detail"] = f"the uploaded file cannot be used: {exc.reason}"
             body["reason"] = exc.code
             log.info("%s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc.detail or exc.reason)
-        elif isinstance(exc, DecodeBusyError):
+        elif isinstance(exc, DecodeBusyError | UnknownValueError):  # unknown_value: a filter value nobody has
             body["reason"] = exc.code
         retry_after = exc.retry_after_s if isinstance(exc, DecodeBusyError) else 5
         headers = {"Retry-After": str(retry_after)} if status == 503 else None

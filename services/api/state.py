@@ -19,7 +19,7 @@ from services.config import Settings
 from services.embedding import BatchEncoder
 from services.errors import CxrError, PointNotFoundError
 from services.governance.audit import audit_log
-from services.imaging.budget import DecodeBudget
+from services.imaging.budget import RASTER_GREY_BPP, DecodeBudget
 from services.index import PointRecord, VectorStore
 from services.pipeline.ledger import Ledger
 from services.pipeline.stored_image import load_stored_pixels
@@ -72,7 +72,8 @@ class Readiness:
 @dataclass
 class ApiState:
     """The settings, the runtime and its readiness, the submitter (None: no queue), the thumbnail cache, the
-    explainer, the decode memory budget that every upload decode holds its share of, and the audit trail."""
+    explainer, the decode memory budget that every upload decode holds its share of, the heap trimmer that gives
+    their memory back, and the audit trail."""
 
     settings: Settings
     runtime: RuntimeLike
@@ -81,11 +82,16 @@ class ApiState:
     readiness: Readiness = field(default_factory=Readiness)
 
     def __post_init__(self) -> None:
+        from services.api.heap import HeapTrimmer
         from services.api.images import ThumbnailCache
 
-        self.thumbnails = ThumbnailCache()
-        self.audit = audit_log(self.settings)
-        self.decode_budget = DecodeBudget(self.settings.api_decode_memory_mb * 2**20, self.settings.api_decode_wait_s)
+        s = self.settings
+        self.thumbnails = ThumbnailCache(s.api_thumbnail_cache_mb * 2**20)
+        self.audit = audit_log(s)
+        self.heap = HeapTrimmer(s.api_trim_after_mb * 2**20)  # trims after requests (HeapTrimMiddleware)
+        self.decode_budget = DecodeBudget(
+            s.api_decode_memory_mb * 2**20, s.api_decode_wait_s, on_release=self.heap.note
+        )
         self._explainer: Explainer | None = None
         self._explainer_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -104,12 +110,20 @@ class ApiState:
 
     def _warm_up(self) -> None:
         t0 = time.perf_counter()
-        self._attempt("model", lambda: self.runtime.encoder)  # loads the checkpoint once
+        self._attempt("model", self._load_model)
         while not self._stopping.is_set():  # the store may be down, or held elsewhere for a while: keep trying
             if self._attempt("store", self.runtime.store.collections):
                 break
             self._stopping.wait(STORE_RETRY_S)
         self.readiness.seconds = round(time.perf_counter() - t0, 3)
+
+    def _load_model(self) -> BatchEncoder:
+        """The encoder, loaded once; a Runtime first fills a cold OpenVINO cache in a child process, so that this
+        long-lived process holds no torch for the conversion (services.embedding.warm_cache)."""
+        warm = getattr(self.runtime, "warm_model_cache", None)
+        if warm is not None:
+            warm()
+        return self.runtime.encoder
 
     def _attempt(self, part: str, fn: Callable[[], object]) -> bool:
         try:
@@ -143,7 +157,8 @@ class ApiState:
         return self.runtime.store
 
     def explainer(self) -> Explainer:
-        """The Explainer of the model (built on first use, again if the model changed); 503 while the model loads."""
+        """The Explainer of the model (built on first use, again if the model changed); 503 while the model loads.
+        The first explanation loads torch and the eager model: a search served by OpenVINO needs neither."""
         encoder = self.encoder()
         with self._explainer_lock:
             if self._explainer is None or self._explainer.base is not encoder.encoder:
@@ -163,9 +178,11 @@ class ApiState:
         """A stored point's decoded pixels, from its stored reference through this machine's ledger (opened once,
         on the runtime); StoredImageError (409) when its file is unknown here, gone or broken."""
         s = self.settings
-        return load_stored_pixels(
+        pixels = load_stored_pixels(
             self.runtime.ledger, record.payload, record.id, max_pixels=s.max_pixels, min_side=s.min_side
         )
+        self.heap.note(pixels.size * RASTER_GREY_BPP)  # a full decode, not budgeted (the file was accepted before)
+        return pixels
 
     def close(self) -> None:
         self._stopping.set()

@@ -62,17 +62,27 @@ def decoded_upload(
 
     DecodeError (422), ImageTooLargeError (413: the pixel guard or the whole budget), DecodeBusyError (503).
     """
-    cost = estimate_cost(upload.data, target_side=target_side)
-    if cost.pixels > settings.max_pixels:  # the pixel guard speaks first: its limit and hint are the ones that apply
-        raise ImageTooLargeError(
-            "upload",
-            f"too many pixels: {cost.pixels:,} is over the limit of {settings.max_pixels:,}",
-            "Raise CXR_MAX_PIXELS if the image is genuine.",
-        )
-    with budget.reserve(cost):
+    with reserved_decode(upload.data, settings, budget, target_side=target_side):
         yield decode_bytes(
             upload.data, "upload", max_pixels=settings.max_pixels, min_side=settings.min_side, target_side=target_side
         )
+
+
+@contextmanager
+def reserved_decode(
+    data: bytes, settings: Settings, budget: DecodeBudget, *, target_side: int | None = None, name: str = "upload"
+) -> Iterator[None]:
+    """Hold a decode of `data`'s estimated memory in `budget` for the block: the pixel guard first (413), then
+    the budget (413 beyond all of it, 503 while others hold it)."""
+    cost = estimate_cost(data, target_side=target_side)
+    if cost.pixels > settings.max_pixels:  # the pixel guard speaks first: its limit and hint are the ones that apply
+        raise ImageTooLargeError(
+            name,
+            f"too many pixels: {cost.pixels:,} is over the limit of {settings.max_pixels:,}",
+            "Raise CXR_MAX_PIXELS if the image is genuine.",
+        )
+    with budget.reserve(cost, name):
+        yield
 
 
 async def single_file_part(request: Request) -> None:

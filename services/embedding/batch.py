@@ -147,6 +147,11 @@ class BatchEncoder:
         return self._encoder
 
     @property
+    def eager_loaded(self) -> bool:
+        """Whether the eager module is in memory (with OpenVINO on a warm cache: only once something needed it)."""
+        return self._encoder is not None
+
+    @property
     def device(self) -> torch.device:
         import torch
 

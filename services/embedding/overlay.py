@@ -1,6 +1,8 @@
 """Heat maps drawn for people: a map on the patch grid scaled, upsampled and blended over its grey image (PNG).
 
 Used by `/v1/explain` and `cxr search --explain`; the maps themselves come from services.embedding.explain.
+torch is imported inside `upsample_map` only: the API imports this module at start, and a server whose search runs
+on OpenVINO should not hold torch until the first explanation.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ import io
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -31,6 +31,9 @@ def normalise_map(heat: np.ndarray) -> np.ndarray:
 
 def upsample_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:
     """A patch-grid map resized bilinearly to (height, width), e.g. the original image's size."""
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
     return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 

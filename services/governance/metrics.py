@@ -31,6 +31,9 @@ API_LATENCY = Histogram(
     "cxr_api_request_seconds", "Time to the answer's first byte, by route template.", ["route"], buckets=LATENCY_BUCKETS
 )
 MODEL_LOAD = Gauge("cxr_model_load_seconds", "How long the API took to load the model and open the store.")
+API_HEAP_TRIMS = Counter(
+    "cxr_api_heap_trims", "Times the API gave freed memory back to the OS after large decodes (malloc_trim)."
+)
 CSTORES = Counter("cxr_dicom_cstore", "C-STORE requests answered by the receiver, by DICOM status.", ["status"])
 EMBED_SECONDS = Histogram(
     "cxr_embed_batch_seconds", "Decode and encode time of one queued batch.", buckets=LATENCY_BUCKETS

@@ -21,7 +21,7 @@ import io
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -122,12 +122,14 @@ class DecodeBudget:
     """At most `capacity_bytes` of decodes at once; a decode waits up to `wait_s` for room, then is refused.
 
     A decode that alone needs more than the whole budget is refused at once (ImageTooLargeError, 413); one that
-    finds the budget taken for `wait_s` gets DecodeBusyError (503, retry later).
+    finds the budget taken for `wait_s` gets DecodeBusyError (503, retry later). `on_release(bytes)` is called as
+    each reservation ends (the API counts them to give the memory back: services.api.heap).
     """
 
-    def __init__(self, capacity_bytes: int, wait_s: float) -> None:
+    def __init__(self, capacity_bytes: int, wait_s: float, *, on_release: Callable[[int], None] | None = None) -> None:
         self.capacity = capacity_bytes
         self.wait_s = wait_s
+        self.on_release = on_release
         self._used = 0
         self._cond = threading.Condition()
 
@@ -167,6 +169,8 @@ class DecodeBudget:
             with self._cond:
                 self._used -= need
                 self._cond.notify_all()
+            if self.on_release is not None:
+                self.on_release(need)
 
 
 def _mb(n: int) -> int:

@@ -79,6 +79,20 @@ def decode_dicom(
     return DecodedImage(pixels=pixels, meta=meta, reduction=reduction)
 
 
+def read_dicom_values(data: bytes, name: str, *, max_pixels: int, min_side: int) -> tuple[Dataset, np.ndarray]:
+    """The data set and its stored pixel values at full size, after every check `decode_dicom` makes: what a
+    viewer that windows the real values needs (services.imaging.modality). Colour models come back as RGB."""
+    ds = _read_dataset(data, name, max_pixels=max_pixels)
+    transfer_syntax = _transfer_syntax(ds)
+    _, samples, _ = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
+    _check_decoder(name, transfer_syntax)
+    _check_native_length(ds, name, transfer_syntax, samples)
+    _check_frame_size(ds, name, transfer_syntax, max_pixels=max_pixels)
+    raw = _decode_pixels(ds, name, transfer_syntax)
+    refuse_if_blank(name, raw)
+    return ds, raw
+
+
 def _decode_reduced_j2k(ds: Dataset, bits: int, level: int) -> tuple[np.ndarray, int] | None:
     """(values, 2**level): the frame at a JPEG 2000 resolution level, or None (pydicom decodes it whole)."""
     if level < 1:

@@ -43,6 +43,7 @@ from services.index.store import (
     as_vector,
     check_batch,
     check_dim,
+    check_facet_key,
     check_group_field,
     check_ids,
     check_k,
@@ -374,6 +375,13 @@ class QdrantEdgeStore(LeasedShards):
     def count(self, name: str) -> int:
         with self._using(name) as shard:
             return int(self._call(name, "count", shard.count, qe.CountRequest(exact=True)))
+
+    def facet(self, name: str, key: str, *, limit: int = 1000) -> list[tuple[str | int, int]]:
+        request = qe.FacetRequest(check_facet_key(key), limit=limit, exact=True)
+        self._ensure_indexes(name)  # a collection made before the field was indexed
+        with self._using(name) as shard:
+            hits = self._call(name, "facet", shard.facet, request).hits
+        return [(h.value, int(h.count)) for h in hits]
 
     def unindexed_count(self, name: str) -> int:
         """Points searched exactly because no HNSW graph holds them yet: the shard's points minus its indexed

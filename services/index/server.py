@@ -26,6 +26,7 @@ from services.index.store import (
     as_vector,
     check_batch,
     check_dim,
+    check_facet_key,
     check_group_field,
     check_ids,
     check_k,
@@ -377,6 +378,11 @@ class QdrantServerStore:
     def count(self, name: str) -> int:
         self._dim(name)
         return int(self._call(name, "count", self._client.count, name, exact=True).count)
+
+    def facet(self, name: str, key: str, *, limit: int = 1000) -> list[tuple[str | int, int]]:
+        self._dim(name)
+        answer = self._call(name, "facet", self._client.facet, name, check_facet_key(key), limit=limit, exact=True)
+        return [(h.value, int(h.count)) for h in answer.hits]
 
     def unindexed_count(self, name: str) -> int:
         """Points the server has not put in an HNSW graph yet (points minus indexed vectors; approximate, as

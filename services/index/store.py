@@ -222,6 +222,11 @@ class VectorStore(Protocol):
 
     def count(self, name: str) -> int: ...
 
+    def facet(self, name: str, key: str, *, limit: int = 1000) -> list[tuple[str | int, int]]:
+        """Exact counts of the values of the indexed payload field `key` (INDEXED_FIELDS), most frequent first, at
+        most `limit` values; points without the field are not counted. Read from the payload index, not a scan."""
+        ...
+
     def unindexed_count(self, name: str) -> int:
         """Points not yet in an HNSW graph, so searched exactly. The embedded store's index writer calls
         `optimize` once this reaches Settings.index_threshold_points; a server indexes them by itself."""
@@ -347,6 +352,16 @@ def check_group_field(group_by: str) -> str:
             f"Group by one of: {', '.join(sorted(INDEXED_FIELDS))}.",
         )
     return group_by
+
+
+def check_facet_key(key: str) -> str:
+    """Counting values needs an indexed payload field (the engine refuses others)."""
+    if key not in INDEXED_FIELDS:
+        raise StoreError(
+            f"cannot count the values of {key!r}: it is not an indexed payload field",
+            f"Count one of: {', '.join(sorted(INDEXED_FIELDS))}.",
+        )
+    return key
 
 
 def check_examples(positive: Sequence[str], negative: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -11,6 +11,11 @@ The acceptance rule (also in the README, "PACS integration"):
    leave it empty, so an empty or absent value is accepted for CR and DX; a Secondary Capture must name CHEST or
    THORAX explicitly, because an SC can be a screenshot of anything.
 
+Reports are never indexed, whether cxr's own (services.reports) or another system's: Encapsulated PDF and other
+encapsulated documents, every SR storage class, Key Object Selection and presentation states are negotiated (so a
+PACS that routes a whole study here gets an answer per instance, not a failed association) and refused by rule 1
+with a reason that names them (`NON_IMAGE_KINDS`).
+
 A refused instance gets 0xA901 with an ErrorComment naming the rule (no PHI): it is not a chest radiograph, so it is
 never spooled or indexed, and a sender should not retry it.
 """
@@ -24,6 +29,23 @@ DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 ACCEPTED_SOP_CLASSES: tuple[str, ...] = (CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING, SECONDARY_CAPTURE)
+
+# SOP class UID prefixes of objects that are not images (PS3.4 Annex B), and what the refusal calls them.
+NON_IMAGE_KINDS: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.104.": "an encapsulated document (PDF, CDA, ...), a report",
+    "1.2.840.10008.5.1.4.1.1.88.": "a Structured Report or Key Object Selection, a report",
+    "1.2.840.10008.5.1.4.1.1.11.": "a presentation state",
+    "1.2.840.10008.5.1.4.1.1.9.": "a waveform",
+}
+
+
+NON_IMAGE_MODALITIES = frozenset({"SR", "DOC", "KO", "PR"})  # the series of such objects (a pull skips them)
+
+
+def non_image_kind(sop_class: str) -> str | None:
+    """What a non-image SOP class is (a report, a presentation state, ...); None for any other class."""
+    return next((kind for prefix, kind in NON_IMAGE_KINDS.items() if sop_class.startswith(prefix)), None)
+
 
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX"})
 _MODALITIES = {
@@ -66,6 +88,9 @@ def refusal(ds: Dataset, *, sent_as: str | None = None) -> tuple[int, str] | Non
     if sent_as and sop_class and sop_class != sent_as:
         return SOP_CLASS_MISMATCH, f"data set says SOP class {sop_class} but was sent as {sent_as}"
     sop_class = sop_class or (sent_as or "")
+    kind = non_image_kind(sop_class)
+    if kind is not None:
+        return NOT_A_CHEST_RADIOGRAPH, f"SOP class {sop_class} is {kind}: never indexed"
     if sop_class not in _MODALITIES:
         return NOT_A_CHEST_RADIOGRAPH, f"SOP class {sop_class or '(none)'} is not CR, DX or Secondary Capture"
     modality = _norm(ds.get("Modality"))
@@ -83,6 +108,8 @@ def series_refusal(modality: str | None, body_part: str | None) -> str | None:
     """The same rule on a QIDO/C-FIND series record (before anything is fetched); None when it may hold chest
     radiographs. The instance is checked again with `refusal` once fetched."""
     mod, part = _norm(modality), _norm(body_part)
+    if mod in NON_IMAGE_MODALITIES:
+        return f"modality {mod} is a report or other non-image series: never indexed"
     if mod and mod not in {"CR", "DX", "OT"}:
         return f"modality {mod} is not a radiograph"
     if part and part not in CHEST_BODY_PARTS:

@@ -129,9 +129,11 @@ class Intake:
         sent_as: str | None = None,
         header: Dataset | None = None,
         source: str = "",
+        calling_aet: str | None = None,
     ) -> Outcome:
         """Check, spool and record one Part 10 instance; the Outcome's status is the C-STORE answer. `source`
-        (PHI-free: an AE title and address, a PACS locator) goes into a conflict's record."""
+        (PHI-free: an AE title and address, a PACS locator) goes into a conflict's record; `calling_aet` (the
+        receiver's sender) into the ledger row, for the report scope (services.reports.trigger)."""
         try:
             ds = header if header is not None else read_header(data, max_bytes=self.max_instance_bytes)
             uid = str(ds.get("SOPInstanceUID", "") or "").strip()
@@ -165,7 +167,8 @@ class Intake:
         except SpoolFullError as exc:
             return Outcome(st.OUT_OF_RESOURCES, uid, exc.message)
         try:
-            new = self.ledger.record(sop_key(stored_uid), path, origin=origin, collection=self.collection)
+            extra = {"aet": calling_aet.strip()} if calling_aet else None
+            new = self.ledger.record(sop_key(stored_uid), path, origin=origin, collection=self.collection, extra=extra)
         except (sqlite3.Error, OSError) as exc:
             # The file is durable; the spool reconciliation records it at the next start, and the sender retries.
             return Outcome(st.LEDGER_UNAVAILABLE, uid, f"ledger unavailable ({type(exc).__name__})")

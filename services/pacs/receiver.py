@@ -2,7 +2,9 @@
 
 - Negotiates CR, DX (for presentation and for processing) and Secondary Capture Image Storage in every transfer
   syntax pynetdicom knows (ALL_TRANSFER_SYNTAXES), so JPEG, JPEG-LS, JPEG 2000 and RLE senders are accepted as is,
-  never transcoded. Other SOP classes (CT, MR, ...) are not negotiated.
+  never transcoded. Reports and other non-image objects (Encapsulated PDF, SR, KOS, presentation states) are
+  negotiated only to be refused per instance with their reason (acceptance.NON_IMAGE_KINDS): never indexed. Other
+  SOP classes (CT, MR, ...) are not negotiated.
 - Admits an association (services/pacs/admission.py) only from a calling AE title on the allow-list, from the
   address that title is bound to (if any), to our called AE title, below `max_associations` associations; each
   refusal is logged with its real reason. A connection that never asks for an association takes no association
@@ -30,7 +32,13 @@ from pydicom.dataset import Dataset
 
 from services.governance.audit import AuditLog
 from services.governance.metrics import CSTORES
-from services.pacs.acceptance import ACCEPTED_SOP_CLASSES, CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
+from services.pacs.acceptance import (
+    ACCEPTED_SOP_CLASSES,
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    non_image_kind,
+)
 from services.pacs.admission import Admission, parse_aets, parse_allow_list, reject_reason
 from services.pacs.association_audit import AssociationAudit
 from services.pacs.association_audit import calling_aet as _calling_aet
@@ -116,7 +124,7 @@ class Receiver:
         return self._server.server_address[1] if self._server is not None else self.cfg.port
 
     def _make_ae(self):  # noqa: ANN202 - pynetdicom.AE, imported lazily
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts
 
         ae = AE(ae_title=self.cfg.ae_title)
         # pynetdicom counts every connection (idle ones too) against maximum_associations: that is our connection
@@ -130,6 +138,9 @@ class Receiver:
         ae.require_calling_aet = [c.aet for c in self.admission.callers.values()]  # a backstop; empty: anyone
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        for cx in StoragePresentationContexts:  # reports and other non-images: answered, refused, never kept
+            if non_image_kind(cx.abstract_syntax):
+                ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION)
         return ae
 
@@ -230,6 +241,7 @@ class Receiver:
                     expected_uid=str(request.AffectedSOPInstanceUID or "") or None,
                     sent_as=str(request.AffectedSOPClassUID or "") or None,
                     source=f"AE {calling} at {_peer(event)}",
+                    calling_aet=calling,
                 )
         self.stats.note(outcome)
         CSTORES.labels(f"0x{outcome.status:04X}").inc()

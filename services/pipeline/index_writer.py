@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from services.governance.tombstones import Tombstones
 from services.index import VectorStore
@@ -49,8 +50,12 @@ class DeferredWriter:
         idle_s: float = 0.2,
         timer: bool = True,
         tombstones: Tombstones | None = None,
+        on_indexed: Callable[[str, list[str]], None] | None = None,
     ) -> None:
+        """`on_indexed(collection, keys)` runs after each flush that made items indexed (the report trigger,
+        services.reports.trigger); its errors are logged, never raised: the items are indexed whatever it does."""
         self.store, self.ledger, self.tombstones = store, ledger, tombstones
+        self.on_indexed = on_indexed
         self.max_points, self.max_delay_s = max(1, int(max_points)), max(0.0, float(max_delay_s))
         self.idle_s = max(0.0, float(idle_s))
         self._last_write = time.monotonic()
@@ -93,9 +98,15 @@ class DeferredWriter:
                 self.store.flush(name)
             for name, done in self._pending.items():
                 self.ledger.mark_indexed(done, collection=name)
-            marked = self.pending
+            marked, indexed = self.pending, self._pending
             self._pending, self._oldest = {}, None
             self.flushes += 1
+            if self.on_indexed is not None:
+                for name, done in indexed.items():
+                    try:
+                        self.on_indexed(name, [key for key, _ in done])
+                    except Exception:  # noqa: BLE001 - a report not planned now is not a reason to fail indexing
+                        log.exception("after-index hook failed for %d item(s)", len(done))
             return marked
 
     def close(self) -> None:

@@ -287,10 +287,12 @@ class Ledger(LedgerFile):
         return [_row(r) for r in recs]
 
     def erase(self, keys: Iterable[str], refs: Iterable[str]) -> int:
-        """Delete the items of `keys` in every collection and the source refs `refs` (cxr forget); rows deleted."""
+        """Delete the items of `keys` in every collection, their reports, and the source refs `refs` (cxr forget);
+        item rows deleted."""
         keys, refs = sorted(set(keys)), sorted(set(refs))
         with self._tx() as db:
             gone = sum(db.execute("DELETE FROM items WHERE key=?", (k,)).rowcount for k in keys)
+            db.executemany("DELETE FROM reports WHERE key=?", [(k,) for k in keys])  # its pending or sent reports
             db.executemany("DELETE FROM refs WHERE ref=?", [(r,) for r in refs])
         self.scrub()
         return gone

@@ -4,15 +4,16 @@ Version 2 keys an item by (collection, key): the same instance or file indexed i
 model, a test collection) is a second item with its own state, while the spool file and the refs stay shared.
 Version 1 (no `user_version`) keyed it by `key` alone, so an instance received into one collection was "already
 here" for every other. Version 3 adds an index by origin (which API uploads may be deleted); a version 2 ledger
-gains it when first opened. The migration copies every row as it is; it runs once, in one transaction, when any cxr
-process first opens the file.
+gains it when first opened. Version 4 adds the `reports` table (similar-cases reports sent back to the PACS,
+services.pipeline.report_ledger); an older ledger gains it when first opened. The migration copies every row as
+it is; it runs once, in one transaction, when any cxr process first opens the file.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-VERSION = 3
+VERSION = 4
 
 ITEMS = """
 CREATE TABLE IF NOT EXISTS items (
@@ -43,6 +44,25 @@ CREATE INDEX IF NOT EXISTS items_origin ON items(origin, path);
 OTHERS = """
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS refs (ref TEXT PRIMARY KEY, path TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    collection   TEXT NOT NULL,
+    key          TEXT NOT NULL,         -- the film's item key, 'sop:<SOPInstanceUID>'
+    study_uid    TEXT,                  -- one report per study unless CXR_REPORT_PER_STUDY=false
+    point_id     TEXT,
+    destination  TEXT NOT NULL,         -- where it goes (no credentials)
+    state        TEXT NOT NULL,         -- pending | sent | failed
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    reason       TEXT,
+    pdf_uid      TEXT,
+    sr_uid       TEXT,
+    created_at   REAL NOT NULL,
+    queued_at    REAL,
+    updated_at   REAL NOT NULL,
+    sent_at      REAL,
+    PRIMARY KEY (collection, key)
+);
+CREATE INDEX IF NOT EXISTS reports_study ON reports(collection, study_uid);
+CREATE INDEX IF NOT EXISTS reports_state ON reports(state, updated_at);
 """
 
 _COLUMNS = (

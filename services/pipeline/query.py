@@ -13,6 +13,7 @@ from services.embedding import BatchEncoder
 from services.imaging import DecodedImage, ImageMeta, decode_bytes, max_file_bytes, read_regular_file, to_model_input
 from services.index import Hit, VectorStore
 from services.index.payload import patient_hash, point_id
+from services.pipeline.facets import resolve_in
 from services.pipeline.filters import parse_filters
 
 
@@ -35,6 +36,8 @@ class QueryResult:
     meta: ImageMeta
     hits: list[Hit]
     patient_excluded: bool  # False when exclusion was asked for but the query carries no patient id
+    patient_hash: str | None = None  # the query's patient as the store hashes it (server-side only: same_patient)
+    filters: tuple[str, ...] = ()  # the filters as applied: values spelt as stored (services.pipeline.facets)
 
 
 def read_query(path: str | Path, opts: QueryOptions, *, target_side: int | None = None) -> tuple[DecodedImage, str]:
@@ -73,14 +76,18 @@ def search_decoded(
     """Embed one decoded image and rank the collection against it."""
     qid = point_id(sop_uid=decoded.meta.sop_uid, content_sha256=content_sha256)
     pid = opts.patient_id or decoded.meta.patient_id
-    p_hash = patient_hash(pid, salt) if opts.exclude_same_patient else None
-    flt = parse_filters(opts.filters, exclude_ids=(qid,) if opts.exclude_self else (), exclude_patient=p_hash)
+    query_patient = patient_hash(pid, salt) if salt or opts.exclude_same_patient else None
+    p_hash = query_patient if opts.exclude_same_patient else None
+    filters = resolve_in(store, opts.collection, opts.filters)
+    flt = parse_filters(filters, exclude_ids=(qid,) if opts.exclude_self else (), exclude_patient=p_hash)
     vector = encoder.encode(to_model_input(decoded.pixels, encoder.image_size, extent=decoded.extent)[None])[0]
     if opts.group_by_patient:
         hits = store.search_groups(opts.collection, vector, opts.k, flt, group_by="patient_hash")
     else:
         hits = store.search(opts.collection, vector, opts.k, flt)
-    return QueryResult(qid, decoded.meta, hits, patient_excluded=p_hash is not None)
+    return QueryResult(
+        qid, decoded.meta, hits, patient_excluded=p_hash is not None, patient_hash=query_patient, filters=filters
+    )
 
 
 def _sha(data: bytes) -> str:

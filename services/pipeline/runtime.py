@@ -48,6 +48,27 @@ class Runtime:
             threads=self.settings.torch_threads,
         )
 
+    def warm_model_cache(self) -> None:
+        """Fill a cold OpenVINO model cache in a child process (services.embedding.warm_cache), so that loading the
+        encoder here needs neither torch nor the eager model (what `cxr serve` wants); a no-op for other back ends,
+        a warm cache or a missing checkpoint (the encoder's own load reports that)."""
+        from services.embedding.openvino_cache import OPENVINO_BACKENDS
+
+        backend = self.settings.inference_backend
+        if "encoder" in self.__dict__ or backend not in OPENVINO_BACKENDS:
+            return
+        if not (self.model_path / "config.json").exists():
+            return
+        from services.embedding.warm_cache import openvino_cache_is_warm, warm_in_child
+
+        cache_root = self.settings.model_cache_dir
+        try:
+            if openvino_cache_is_warm(self.model_path, backend, cache_root):
+                return
+        except ModelError:
+            return
+        warm_in_child(self.model_path, backend, cache_root, self.settings.model_cache_keep, self.settings.torch_threads)
+
     @cached_property
     def store(self) -> VectorStore:
         return open_store(self.settings)

@@ -10,6 +10,7 @@ from typing import Literal
 
 from services.errors import DataError
 from services.imaging.files import not_regular_reason
+from services.labels import LabelError, check_label
 from services.manifest import ManifestRow
 
 LabelFrom = Literal["manifest", "folder", "none"]
@@ -92,7 +93,11 @@ def build_items(
         if row is not None:
             label: str | None = row.label
         elif label_from == "folder":
-            label = entry.parent.name
+            try:
+                label = check_label(entry.parent.name)
+            except LabelError as exc:
+                unfound.append(Unfound(str(entry), f"its folder name cannot be a label: {exc.message}"))
+                continue
         else:
             label = None
         items.append(IngestItem(entry, label, row))

@@ -17,7 +17,7 @@ import numpy as np
 
 from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Settings
 from services.errors import DecodeError, StoredImageError
-from services.imaging import decode_image
+from services.imaging import DecodedImage, decode_image
 from services.pipeline.ledger import Ledger
 from services.pipeline.refs import row_key
 
@@ -64,6 +64,20 @@ def load_stored_pixels(
     min_side: int = DEFAULT_MIN_SIDE,
 ) -> np.ndarray:
     """Decoded grey pixels in [0, 1] of a stored point; StoredImageError when its file is unknown, gone or broken."""
+    return load_stored_image(ledger, payload, point_id, max_pixels=max_pixels, min_side=min_side).pixels
+
+
+def load_stored_image(
+    ledger: Ledger,
+    payload: Mapping[str, Any],
+    point_id: str,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    target_side: int | None = None,
+) -> DecodedImage:
+    """`load_stored_pixels` as a DecodedImage; `target_side` allows a reduced decode for a small picture (show it
+    with its `extent`, as `to_png` takes it)."""
     path = stored_image_path(ledger, payload)
     if not path.exists():
         raise StoredImageError(
@@ -72,6 +86,6 @@ def load_stored_pixels(
             " an indexed file may have been moved or deleted.",
         )
     try:
-        return decode_image(path, max_pixels=max_pixels, min_side=min_side).pixels
+        return decode_image(path, max_pixels=max_pixels, min_side=min_side, target_side=target_side)
     except DecodeError as exc:
         raise StoredImageError(f"the image of point {point_id} cannot be read any more: {exc.reason}") from exc

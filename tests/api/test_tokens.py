@@ -232,13 +232,15 @@ def test_who_calls_and_what_they_may_do(tmp_path: Path) -> None:
 
 
 def test_without_any_token_everyone_is_an_anonymous_admin(tmp_path: Path) -> None:
-    client = _small_app(Settings(data_dir=tmp_path))
-    for path in ("/search", "/index/async", "/admin"):
-        assert client.get(path).json() == {
-            "actor": "anonymous",
-            "scopes": sorted([SEARCH, INDEX, ADMIN]),
-            "admin": True,
-        }
+    # every scope, but the identifiers in payloads only when CXR_API_EXPOSE_IDENTIFIERS says so
+    for expose in (False, True):
+        client = _small_app(Settings(data_dir=tmp_path, api_expose_identifiers=expose))
+        for path in ("/search", "/index/async", "/admin"):
+            assert client.get(path).json() == {
+                "actor": "anonymous",
+                "scopes": sorted([SEARCH, INDEX, ADMIN]),
+                "admin": expose,
+            }
 
 
 def test_a_tokens_file_alone_closes_the_api_even_when_empty(tmp_path: Path) -> None:

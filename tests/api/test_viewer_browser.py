@@ -54,7 +54,10 @@ def test_viewer_upload_grid_detail_heatmap_refine_region(live: LiveServer, page,
     page.wait_for_function("[...document.querySelectorAll('#grid .card img')].every(i => i.dataset.loaded === '1')")
     cards = _grid(page)
     want = httpx.post(
-        live.url + "/v1/search", params={"k": K}, files={"file": ("q", query.read_bytes())}, timeout=60
+        live.url + "/v1/search",
+        params={"k": K, "group_by_patient": "true"},
+        files={"file": ("q", query.read_bytes())},
+        timeout=60,
     ).json()
     assert [c["id"] for c in cards] == [h["id"] for h in want["hits"]]
     assert [c["label"] for c in cards] == [h["payload"]["label"] for h in want["hits"]]
@@ -79,11 +82,14 @@ def test_viewer_upload_grid_detail_heatmap_refine_region(live: LiveServer, page,
     assert with_heat != without_heat
     page.click("#heat-on")
     assert _canvas(page, "#detail-result") == with_heat
+    width = int(page.input_value("#wl-width"))
+    shown = page.text_content("#wl-values")
     page.focus("#wl-width")
     for _ in range(20):
         page.keyboard.press("ArrowLeft")  # narrower window: more contrast (the slider keeps its arrow keys)
     windowed = _canvas(page, "#detail-result")
-    assert windowed != with_heat and page.input_value("#wl-width") == str(256 - 20)
+    assert windowed != with_heat and page.input_value("#wl-width") == str(width - 20)
+    assert page.text_content("#wl-values") != shown  # W and L are shown in numbers
     assert page.text_content("#detail-title").startswith("Result 1 of")
     page.click("#heat-on")
     assert _canvas(page, "#detail-result") != windowed  # the heat map is still drawn over the windowed image

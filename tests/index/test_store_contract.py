@@ -373,3 +373,18 @@ def test_recommend_refuses_bad_examples(store_case: StoreCase, data: Clustered) 
         store.recommend(name, [data.ids[1]], [data.ids[1]])
     with pytest.raises(StoreError, match="not a UUID"):
         store.recommend(name, ["../../etc/passwd"])
+
+
+def test_facet_counts_each_value_from_the_index(store_case: StoreCase, data: Clustered) -> None:
+    store = store_case.store
+    name = _fill(store_case, data)
+    labels = store.facet(name, "label")
+    by_scan: dict[str, int] = {}
+    for rec in store.scroll(name):
+        by_scan[rec.payload["label"]] = by_scan.get(rec.payload["label"], 0) + 1
+    assert dict(labels) == by_scan and [c for _, c in labels] == sorted(by_scan.values(), reverse=True)
+    assert dict(store.facet(name, "view")) == {"PA": len(data.ids) // 2, "AP": len(data.ids) - len(data.ids) // 2}
+    assert sum(c for _, c in store.facet(name, "age", limit=100)) == len(data.ids)  # every point has an age
+    assert store.facet(name, "sex") == []  # no point carries it
+    with pytest.raises(StoreError, match="not an indexed payload field"):
+        store.facet(name, "source_uri")

@@ -13,10 +13,11 @@ export function setToken(token) {
 }
 
 export class ApiError extends Error {
-  constructor(status, detail, hint) {
+  constructor(status, detail, hint, reason) {
     super(detail || `HTTP ${status}`);
     this.status = status;
     this.hint = hint || "";
+    this.reason = reason || ""; // the API's stable code where it gives one (e.g. "unknown_value")
   }
 }
 
@@ -33,7 +34,32 @@ export function apiUrl(path, params) {
   return url;
 }
 
-async function call(path, { method = "GET", params, body, json } = {}) {
+// One query at a time: each new query (a file, an id, a search, more like these) takes the next generation, which
+// aborts every request of the one before. A request carries its generation's signal; an answer that arrives for
+// an older generation is dropped by its caller (`isCurrent`), so a slow first query never paints over a second.
+export const generation = {
+  id: 0,
+  controller: new AbortController(),
+  next() {
+    this.controller.abort();
+    this.controller = new AbortController();
+    this.id += 1;
+    return this.id;
+  },
+  get signal() {
+    return this.controller.signal;
+  },
+  isCurrent(id) {
+    return id === this.id;
+  },
+};
+
+// A request given up because its query was replaced: not an error to show.
+export function isAbort(err) {
+  return Boolean(err) && err.name === "AbortError";
+}
+
+async function call(path, { method = "GET", params, body, json, signal } = {}) {
   const headers = {};
   const token = getToken();
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -41,38 +67,42 @@ async function call(path, { method = "GET", params, body, json } = {}) {
     headers["Content-Type"] = "application/json";
     body = JSON.stringify(json);
   }
-  const response = await fetch(apiUrl(path, params), { method, headers, body, cache: "no-cache" });
+  const response = await fetch(apiUrl(path, params), { method, headers, body, signal, cache: "no-cache" });
   if (!response.ok) {
     let detail = response.statusText;
     let hint = "";
+    let reason = "";
     try {
       const data = await response.json();
-      detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
-      hint = data.hint || "";
+      const inner = data.detail && typeof data.detail === "object" && !Array.isArray(data.detail) ? data.detail : data;
+      detail = typeof inner.detail === "string" ? inner.detail : JSON.stringify(data.detail);
+      hint = inner.hint || data.hint || "";
+      reason = inner.reason || data.reason || "";
     } catch {
       /* not JSON */
     }
-    throw new ApiError(response.status, detail, hint);
+    throw new ApiError(response.status, detail, hint, reason);
   }
   return response;
 }
 
-export async function getJson(path, params) {
-  return (await call(path, { params })).json();
+// Each takes an optional `signal` last (usually `generation.signal`): aborting it rejects with an AbortError.
+export async function getJson(path, params, signal) {
+  return (await call(path, { params, signal })).json();
 }
 
-export async function postJson(path, json) {
-  return (await call(path, { method: "POST", json })).json();
+export async function postJson(path, json, signal) {
+  return (await call(path, { method: "POST", json, signal })).json();
 }
 
-export async function postFile(path, file, params) {
+export async function postFile(path, file, params, signal) {
   const form = new FormData();
   form.append("file", file, file.name || "query");
-  return call(path, { method: "POST", params, body: form });
+  return call(path, { method: "POST", params, body: form, signal });
 }
 
-export async function fetchBlob(path, params) {
-  return (await call(path, { params })).blob();
+export async function fetchBlob(path, params, signal) {
+  return (await call(path, { params, signal })).blob();
 }
 
 // Blob URLs made for one result page, revoked together when the page is replaced.

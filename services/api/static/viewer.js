@@ -1,7 +1,15 @@
-// The cxr viewer: a query beside its most similar indexed X-rays, a tally of their diagnoses, a pair view with
-// heat maps, refine by marking results, search by region. The search options live in the URL.
-import { ApiError, BlobUrls, fetchBlob, getJson, getToken, postFile, postJson, setToken } from "./api.js";
+// The cxr viewer: a query beside its most similar indexed X-rays, the labels of those neighbours, a pair view with
+// heat maps, refine by marking results, search by region. The search options live in the URL. Each query is one
+// generation (api.js): a new one aborts the requests of the last, so what is on screen is always what was asked.
+import {
+  ApiError, BlobUrls, fetchBlob, generation, getJson, getToken, isAbort, postFile, postJson, setToken,
+} from "./api.js";
 import { drawWindowed } from "./draw.js";
+import { loadFacets, options, readUrl, rememberValues, showAgeNote, writeUrl } from "./filters.js";
+import { openDetail, wirePair } from "./pair.js";
+import { drawCropBox, setCrop, wireRegion } from "./region.js";
+import { wireReport } from "./report.js";
+import { card, renderTally, renderWarnings } from "./results.js";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -13,11 +21,13 @@ const state = {
   crop: null, // [x0, y0, x1, y1] as fractions
   ready: false,
   detailIndex: -1,
-  detail: null, // {queryBitmap, resultBitmap, explanation}
+  detail: null, // the pair dialog's own state (pair.js)
+  search: null, // the last search answer: the pair view keys its caches by its model and query.content_sha256
 };
 const blobs = new BlobUrls();
-const explanations = new Map(); // "query|result" -> Promise of the explain JSON (a pair costs a model pass)
-const seen = { labels: new Set(), views: new Set(), sources: new Set() };
+const seen = { label: new Set(), view: new Set(), source: new Set() }; // values in results, without facets
+// The main flow's own state: the collection, its facets, and whether a query waits for the API token.
+const flow = { collection: null, facets: null, pending: false };
 
 // ---------------------------------------------------------------- status and messages
 
@@ -30,7 +40,11 @@ function say(text, isError = false) {
 
 function explain(err) {
   if (err instanceof ApiError) {
-    if (err.status === 401) return "This server needs an API token: paste it in the box at the top right.";
+    if (err.status === 401) {
+      return getToken()
+        ? "The API token was refused: check it in the box at the top right; the search runs again when you change it."
+        : "This server needs an API token: paste it in the box at the top right, and the search runs.";
+    }
     return `${err.message}${err.hint ? ` (${err.hint})` : ""}`;
   }
   return String(err && err.message ? err.message : err);
@@ -43,9 +57,12 @@ async function watchReadiness() {
       const body = await r.json();
       if (r.ok) {
         state.ready = true;
+        flow.collection = body.collection || null;
         $("status").textContent = `ready: collection ${body.collection}`;
         $("status").classList.remove("bad");
         updateButtons();
+        refreshFacets();
+        if ((state.file || state.queryId) && !state.search && !flow.pending) runSearch(); // chosen while starting
         return;
       }
       const errors = body.errors ? Object.values(body.errors).map((e) => e.message).join("; ") : "";
@@ -70,116 +87,112 @@ function updateButtons() {
     : "Mark good results, then";
 }
 
-// ---------------------------------------------------------------- options <-> URL
-
-function options() {
-  const k = Math.max(1, Math.min(200, parseInt($("k").value, 10) || 12));
-  const filters = [];
-  const clean = (v) => v.split(",").map((s) => s.trim()).filter(Boolean).join(",");
-  for (const [field, id] of [["label", "f-label"], ["view", "f-view"], ["sex", "f-sex"], ["source", "f-source"]]) {
-    const value = clean($(id).value);
-    if (value) filters.push(`${field}=${value}`);
-  }
-  const lo = $("f-age-min").value;
-  const hi = $("f-age-max").value;
-  if (lo !== "" || hi !== "") {
-    // Ages are integers in the store; a range becomes the any-of list the filter syntax has. The store keeps
-    // 90 and over as one band (90), and the server maps any age from 90 up to that band.
-    const from = Math.max(0, parseInt(lo || "0", 10));
-    const to = Math.min(120, parseInt(hi || "120", 10));
-    const ages = [];
-    for (let a = from; a <= to; a++) ages.push(a);
-    if (ages.length) filters.push(`age=${ages.join(",")}`);
-  }
-  return { k, filters, group: $("group").checked, exclude: $("exclude-patient").checked };
-}
-
-function writeUrl(extra = {}) {
-  const p = new URLSearchParams();
-  const o = options();
-  p.set("k", String(o.k));
-  if (o.group) p.set("group", "1");
-  if (o.exclude) p.set("exclude", "1");
-  for (const [key, id] of [["label", "f-label"], ["view", "f-view"], ["sex", "f-sex"], ["source", "f-source"],
-    ["age_min", "f-age-min"], ["age_max", "f-age-max"]]) {
-    if ($(id).value) p.set(key, $(id).value);
-  }
-  if (state.crop) p.set("crop", state.crop.map((v) => v.toFixed(3)).join(","));
-  for (const [key, value] of Object.entries(extra)) if (value) p.set(key, value);
-  history.replaceState(null, "", `${location.pathname}?${p}`);
-}
-
-function readUrl() {
-  const p = new URLSearchParams(location.search);
-  if (p.get("k")) $("k").value = p.get("k");
-  $("group").checked = p.get("group") === "1";
-  $("exclude-patient").checked = p.get("exclude") === "1";
-  for (const [key, id] of [["label", "f-label"], ["view", "f-view"], ["sex", "f-sex"], ["source", "f-source"],
-    ["age_min", "f-age-min"], ["age_max", "f-age-max"]]) {
-    if (p.get(key) !== null) $(id).value = p.get(key);
-  }
-  if (p.get("crop")) setCrop(p.get("crop").split(",").map(Number));
-  return p;
-}
-
 // ---------------------------------------------------------------- the query
 
-async function showQuery(blob, caption) {
-  state.queryBitmap = await createImageBitmap(blob);
-  drawWindowed($("query-canvas"), state.queryBitmap);
+// A new query (a file, an id) takes the next generation: every request of the one before is aborted and a late
+// answer to it is dropped. What the old query showed goes at once, so nothing on screen belongs to it.
+function startQuery(caption) {
+  const g = generation.next();
+  state.marks.clear();
+  setCrop(null);
+  say("");
+  clearResults();
+  state.queryBitmap = null;
+  const canvas = $("query-canvas");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  $("query-caption").textContent = caption;
+  flow.pending = false;
+  refreshFacets();
+  return g;
+}
+
+async function showQuery(blob, caption, g) {
+  const bitmap = await createImageBitmap(blob);
+  if (!generation.isCurrent(g)) return;
+  state.queryBitmap = bitmap;
+  drawWindowed($("query-canvas"), bitmap);
   $("query-caption").textContent = caption;
   drawCropBox();
 }
 
 async function useFile(file) {
   if (!file) return;
+  const name = file.name || "upload";
+  const g = startQuery(`${name}: reading…`);
+  const signal = generation.signal;
   state.file = file;
   state.queryId = null;
-  state.marks.clear();
-  setCrop(null);
-  say("");
+  updateButtons();
   try {
-    const response = await postFile("v1/render", file, [["size", "768"]]);
+    const response = await postFile("v1/render", file, [["size", "768"]], signal);
     const w = response.headers.get("X-Image-Width");
     const h = response.headers.get("X-Image-Height");
-    await showQuery(await response.blob(), `${file.name || "upload"} · ${w}×${h} px · drag on it to search a region`);
+    await showQuery(await response.blob(), `${name} · ${w}×${h} px · drag on it to search a region`, g);
   } catch (err) {
-    say(explain(err), true);
-    state.file = null;
-    updateButtons();
+    if (!isAbort(err) && generation.isCurrent(g)) failQuery(name, err);
     return;
   }
+  if (!generation.isCurrent(g)) return;
   updateButtons();
-  await runSearch();
+  await runSearch(g);
 }
 
 async function useId(id) {
   id = (id || "").trim();
   if (!id) return;
+  const g = startQuery(`indexed ${id}: loading…`);
+  const signal = generation.signal;
   state.file = null;
   state.queryId = id;
-  state.marks.clear();
-  setCrop(null);
-  say("");
+  updateButtons();
   try {
-    const point = await getJson(`v1/points/${encodeURIComponent(id)}`);
-    await showQuery(await fetchBlob(point.thumbnail_url.replace(/^\//, ""), [["size", "768"]]),
-      `indexed ${point.payload.label || "unlabelled"} · ${point.payload.source || ""}`);
+    const point = await getJson(`v1/points/${encodeURIComponent(id)}`, undefined, signal);
+    const blob = await fetchBlob(point.thumbnail_url.replace(/^\//, ""), [["size", "768"]], signal);
+    await showQuery(blob, `indexed ${point.payload.label || "unlabelled"} · ${point.payload.source || ""}`, g);
   } catch (err) {
-    say(explain(err), true);
-    state.queryId = null;
-    updateButtons();
+    if (!isAbort(err) && generation.isCurrent(g)) failQuery(`id ${id}`, err);
     return;
   }
+  if (!generation.isCurrent(g)) return;
   updateButtons();
-  await runSearch();
+  await runSearch(g);
+}
+
+function needsToken(err) {
+  return err instanceof ApiError && (err.status === 401 || err.status === 403);
+}
+
+// A query the server did not take. Without a (good) token it is kept, and entering the token runs it; otherwise
+// (not an image, too large, no such id) there is no query: nothing of the previous one stays on screen.
+function failQuery(name, err) {
+  clearResults();
+  if (needsToken(err)) {
+    flow.pending = true;
+    $("query-caption").textContent = `${name}: waiting for the API token`;
+  } else {
+    state.file = null;
+    state.queryId = null;
+    state.queryBitmap = null;
+    const canvas = $("query-canvas");
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    $("query-caption").textContent = `No query: ${name} was refused.`;
+    writeUrl(null);
+  }
+  say(needsToken(err) ? explain(err) : `${name} was refused: ${explain(err)}`, true);
+  updateButtons();
 }
 
 // ---------------------------------------------------------------- searching
 
-async function runSearch() {
+// A search of the current query. Called without `g` (new options, a region, the Search button) it takes the next
+// generation, superseding the last search; useFile/useId pass the generation their query started.
+async function runSearch(g = null) {
   if (!state.ready || !(state.file || state.queryId)) return;
+  if (g === null) g = generation.next();
+  else if (!generation.isCurrent(g)) return;
+  const signal = generation.signal;
   const o = options();
+  const crop = state.crop;
   say("");
   $("grid").setAttribute("aria-busy", "true");
   try {
@@ -187,128 +200,121 @@ async function runSearch() {
     if (state.file) {
       const params = [["k", String(o.k)], ["group_by_patient", String(o.group)],
         ["exclude_same_patient", String(o.exclude)], ...o.filters.map((f) => ["filter", f])];
-      if (state.crop) params.push(["crop", state.crop.map((v) => v.toFixed(4)).join(",")]);
-      result = await (await postFile("v1/search", state.file, params)).json();
-      writeUrl();
+      if (crop) params.push(["crop", crop.map((v) => v.toFixed(4)).join(",")]);
+      result = await (await postFile("v1/search", state.file, params, signal)).json();
     } else {
       result = await postJson("v1/search/similar", {
         positive: [state.queryId], k: o.k, filters: o.filters,
         group_by_patient: o.group, exclude_same_patient: o.exclude,
-      });
-      writeUrl({ id: state.queryId });
+      }, signal);
     }
+    if (!generation.isCurrent(g)) return;
     showResults(result);
+    shareQuery(result, crop);
   } catch (err) {
-    say(explain(err), true);
-  } finally {
-    $("grid").removeAttribute("aria-busy");
+    if (isAbort(err) || !generation.isCurrent(g)) return;
+    if (needsToken(err) || [413, 415].includes(err.status)) failQuery(state.file ? state.file.name || "upload" : `id ${state.queryId}`, err);
+    else {
+      // e.g. a filter value the collection does not have (422 unknown_value): its detail, not an empty grid
+      clearResults();
+      say(explain(err), true);
+    }
   }
+}
+
+// The address bar after a search, and whether Copy link can share it: an upload only when the archive holds the
+// same film (`query.indexed`), as a link can carry an id but not a file.
+function shareQuery(result, crop) {
+  if (!state.file) {
+    writeUrl(null, { id: state.queryId });
+    setShare(null);
+  } else if (result.query && result.query.indexed === true && !crop) {
+    writeUrl(null, { id: result.query.id });
+    setShare(null);
+  } else {
+    writeUrl(crop);
+    setShare(result.query && result.query.indexed === true
+      ? "a region of an uploaded film cannot be shared by link: search the whole film to share it"
+      : "an uploaded film that is not in the archive cannot be shared by link", true);
+  }
+}
+
+function setShare(reason, visible = false) {
+  $("share").disabled = Boolean(reason);
+  $("share").title = reason || "Copy the link to this search";
+  $("share-why").textContent = reason && visible ? reason : "";
+  $("share-why").hidden = !(reason && visible);
 }
 
 async function moreLikeThese() {
   const positive = [...state.marks].filter(([, m]) => m === "good").map(([id]) => id);
   const negative = [...state.marks].filter(([, m]) => m === "bad").map(([id]) => id);
   if (!positive.length) return;
+  const g = generation.next();
+  const signal = generation.signal;
   const o = options();
   say("");
   try {
     const result = await postJson("v1/search/similar", {
       positive, negative, k: o.k, filters: o.filters, group_by_patient: o.group, exclude_same_patient: o.exclude,
-    });
+    }, signal);
+    if (!generation.isCurrent(g)) return;
     state.marks.clear();
-    writeUrl({ id: state.queryId, pos: positive.join(","), neg: negative.join(",") });
+    writeUrl(state.crop, { id: state.queryId, pos: positive.join(","), neg: negative.join(",") });
     showResults(result, `More like ${positive.length} marked result${positive.length > 1 ? "s" : ""}` +
       (negative.length ? `, less like ${negative.length}` : ""));
+    setShare(null);
   } catch (err) {
-    say(explain(err), true);
+    if (!isAbort(err) && generation.isCurrent(g)) say(explain(err), true);
   }
 }
 
 function showResults(result, heading) {
   state.hits = result.hits;
+  state.search = result;
   blobs.revokeAll();
-  renderTally(result.label_tally, result.hits.length, heading);
+  renderWarnings($("warnings"), result.warnings);
+  renderTally($("tally"), result, heading);
   const grid = $("grid");
-  grid.replaceChildren();
+  grid.removeAttribute("aria-busy");
   grid.dataset.count = String(result.hits.length);
   grid.dataset.score = result.score;
-  result.hits.forEach((hit, index) => grid.append(card(hit, index)));
+  const signal = generation.signal;
+  grid.replaceChildren(...result.hits.map((hit, index) => card(hit, {
+    onOpen: () => openDetail(index), onMark: (kind) => toggleMark(hit.id, kind), blobs, signal, describe: explain,
+  })));
   if (!result.hits.length) say("No indexed image matches these filters.");
-  for (const hit of result.hits) {
-    const p = hit.payload;
-    if (p.label) seen.labels.add(p.label);
-    if (p.view) seen.views.add(p.view);
-    if (p.source) seen.sources.add(p.source);
-  }
-  for (const [id, values] of [["labels", seen.labels], ["views", seen.views], ["sources", seen.sources]]) {
-    $(id).replaceChildren(...[...values].sort().map((v) => Object.assign(document.createElement("option"), { value: v })));
-  }
+  rememberValues(seen, result.hits);
   updateButtons();
 }
 
-function renderTally(tally, total, heading) {
-  const el = $("tally");
-  el.replaceChildren();
-  const title = document.createElement("div");
-  title.className = "tally-title";
-  title.style.gridColumn = "1 / -1";
-  title.textContent = `${heading ? `${heading}: ` : ""}diagnoses among the top ${total}`;
-  el.append(title);
-  const max = Math.max(1, ...Object.values(tally));
-  for (const [label, n] of Object.entries(tally)) {
-    const name = Object.assign(document.createElement("span"), { className: "name", textContent: label });
-    const bar = document.createElement("span");
-    bar.className = "barv";
-    bar.style.width = `${(100 * n) / max}%`;
-    const count = Object.assign(document.createElement("span"), {
-      className: "n", textContent: `${n} (${Math.round((100 * n) / Math.max(1, total))}%)`,
-    });
-    const row = [name, bar, count];
-    row.forEach((e) => { e.dataset.label = label; });
-    el.append(...row);
-  }
+// No results on screen: none of a query that is gone, or of options the server refused.
+function clearResults() {
+  state.hits = [];
+  state.search = null;
+  blobs.revokeAll();
+  const grid = $("grid");
+  grid.replaceChildren();
+  grid.removeAttribute("aria-busy");
+  delete grid.dataset.count;
+  delete grid.dataset.score;
+  $("tally").replaceChildren();
+  renderWarnings($("warnings"), []);
+  setShare("there is no search to share yet");
 }
 
-function card(hit, index) {
-  const li = document.createElement("li");
-  li.className = "card";
-  li.dataset.id = hit.id;
-  li.dataset.label = hit.payload.label || "";
-  const label = hit.payload.label || "(no label)";
-  const open = document.createElement("button");
-  open.className = "open";
-  open.type = "button";
-  open.setAttribute("aria-label", `Open result ${hit.rank}: ${label}, score ${hit.score.toFixed(3)}`);
-  const img = document.createElement("img");
-  img.alt = "";
-  open.append(img);
-  open.addEventListener("click", () => openDetail(index));
-  fetchBlob(hit.thumbnail_url.replace(/^\//, ""), [["size", "256"]])
-    .then((blob) => { img.src = blobs.make(blob); img.dataset.loaded = "1"; })
-    .catch((err) => { img.alt = explain(err); });
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  meta.innerHTML = '<span class="label"></span><span class="rank"></span><span class="score"></span><span class="source"></span>';
-  meta.querySelector(".label").textContent = label;
-  meta.querySelector(".rank").textContent = `#${hit.rank}`;
-  meta.querySelector(".score").textContent = hit.score.toFixed(3);
-  // The API top-codes ages: age_band ("90+") stands for every age of 90 or over.
-  const age = hit.payload.age_band ?? hit.payload.age;
-  meta.querySelector(".source").textContent = [hit.payload.source, hit.payload.view, hit.payload.sex, age]
-    .filter((v) => v !== undefined && v !== null && v !== "").join(" · ");
-  const marks = document.createElement("div");
-  marks.className = "marks";
-  for (const [kind, text] of [["good", "Good"], ["bad", "Not like"]]) {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.className = `mark-${kind}`;
-    b.textContent = text;
-    b.setAttribute("aria-pressed", "false");
-    b.addEventListener("click", () => toggleMark(hit.id, kind));
-    marks.append(b);
+// The pickers (label, view, source with counts) for this collection; the server caches them per point count.
+async function refreshFacets() {
+  if (!state.ready) return;
+  try {
+    const facets = await loadFacets(flow.collection, generation.signal);
+    if (!facets) return;
+    flow.facets = facets;
+    showAgeNote(facets);
+    $("status").textContent = `ready: collection ${facets.collection || flow.collection} · ${facets.total} films`;
+  } catch {
+    // aborted by a newer query, or the server is unreachable: the pickers keep what they have
   }
-  li.append(open, meta, marks);
-  return li;
 }
 
 function toggleMark(id, kind) {
@@ -331,140 +337,25 @@ function refreshMarks() {
   updateButtons();
 }
 
-// ---------------------------------------------------------------- the pair view with heat maps
-
-async function openDetail(index) {
-  const hit = state.hits[index];
-  if (!hit) return;
-  state.detailIndex = index;
-  const dialog = $("detail");
-  dialog.dataset.heat = "loading";
-  $("detail-title").textContent = `Result ${hit.rank} of ${state.hits.length}: ${hit.payload.label || "(no label)"}`;
-  $("detail-caption").textContent = `score ${hit.score.toFixed(4)} · ${hit.payload.source || ""}`;
-  $("detail-good").setAttribute("aria-pressed", String(state.marks.get(hit.id) === "good"));
-  $("detail-note").textContent = "Computing the heat maps…";
-  const table = $("detail-payload");
-  table.replaceChildren(...Object.entries(hit.payload).map(([k, v]) => {
-    const tr = document.createElement("tr");
-    tr.append(Object.assign(document.createElement("td"), { textContent: k }),
-      Object.assign(document.createElement("td"), { textContent: String(v) }));
-    return tr;
-  }));
-  if (!dialog.open) dialog.showModal();
-  const queryRef = state.queryId || (state.file ? null : state.hits[0] && state.hits[0].id);
-  try {
-    const resultBlob = fetchBlob(hit.thumbnail_url.replace(/^\//, ""), [["size", "1024"]]);
-    const key = `${state.file ? `upload:${state.file.name}:${state.file.size}` : queryRef}|${hit.id}`;
-    let explanation = explanations.get(key);
-    if (!explanation) {
-      explanation = state.file
-        ? postFile("v1/explain", state.file, [["result", hit.id]]).then((r) => r.json())
-        : getJson("v1/explain", [["query", queryRef], ["result", hit.id]]);
-      explanations.set(key, explanation);
-      explanation.catch(() => explanations.delete(key));
-    }
-    const resultBitmap = await createImageBitmap(await resultBlob);
-    let queryBitmap = state.queryBitmap;
-    if (!state.file && queryRef && queryRef !== state.queryId) {
-      queryBitmap = await createImageBitmap(await fetchBlob(`v1/points/${queryRef}/thumbnail`, [["size", "1024"]]));
-    }
-    state.detail = { queryBitmap, resultBitmap, explanation: null };
-    redrawDetail();
-    state.detail.explanation = await explanation;
-    if (state.detailIndex !== index) return;
-    redrawDetail();
-    const e = state.detail.explanation;
-    $("detail-note").textContent = `Heat maps: ${e.method} (gradient-weighted attention relevance for this pair); ` +
-      `cosine ${e.similarity.toFixed(4)}. Bright regions drove the similarity.` +
-      (state.crop ? " The query map covers the whole film, not only the region." : "");
-    dialog.dataset.heat = "ready";
-  } catch (err) {
-    $("detail-note").textContent = `No heat map: ${explain(err)}`;
-    dialog.dataset.heat = "failed";
-  }
-}
-
-function redrawDetail() {
-  const d = state.detail;
-  if (!d) return;
-  const opts = {
-    level: parseInt($("wl-level").value, 10),
-    width: parseInt($("wl-width").value, 10),
-    alpha: $("heat-on").checked ? parseInt($("heat-alpha").value, 10) / 100 : 0,
-  };
-  const e = d.explanation;
-  if (d.queryBitmap) drawWindowed($("detail-query"), d.queryBitmap, { ...opts, heat: e && e.query.map });
-  drawWindowed($("detail-result"), d.resultBitmap, { ...opts, heat: e && e.result.map });
-}
-
-function closeDetail() {
-  state.detailIndex = -1;
-  state.detail = null;
-  $("detail").close();
-}
-
-// ---------------------------------------------------------------- region (crop) on the query
-
-function setCrop(box) {
-  if (box && (box.length !== 4 || box.some((v) => !Number.isFinite(v)) || box[0] >= box[2] || box[1] >= box[3])) {
-    box = null;
-  }
-  state.crop = box ? box.map((v) => Math.min(1, Math.max(0, v))) : null;
-  $("crop").value = state.crop ? state.crop.map((v) => v.toFixed(3)).join(",") : "";
-  drawCropBox();
-}
-
-function drawCropBox() {
-  const el = $("crop-box");
-  if (!state.crop || !state.queryBitmap) {
-    el.hidden = true;
-    return;
-  }
-  const [x0, y0, x1, y1] = state.crop;
-  Object.assign(el.style, { left: `${x0 * 100}%`, top: `${y0 * 100}%`, width: `${(x1 - x0) * 100}%`, height: `${(y1 - y0) * 100}%` });
-  el.hidden = false;
-}
-
-function wireCropDrawing() {
-  const canvas = $("query-canvas");
-  let start = null;
-  const at = (ev) => {
-    const r = canvas.getBoundingClientRect();
-    return [Math.min(1, Math.max(0, (ev.clientX - r.left) / r.width)), Math.min(1, Math.max(0, (ev.clientY - r.top) / r.height))];
-  };
-  canvas.addEventListener("pointerdown", (ev) => {
-    if (!state.file) {
-      if (state.queryId) say("Region search needs an uploaded query image.");
-      return;
-    }
-    start = at(ev);
-    canvas.setPointerCapture(ev.pointerId);
-  });
-  canvas.addEventListener("pointermove", (ev) => {
-    if (!start) return;
-    const p = at(ev);
-    state.crop = [Math.min(start[0], p[0]), Math.min(start[1], p[1]), Math.max(start[0], p[0]), Math.max(start[1], p[1])];
-    drawCropBox();
-  });
-  canvas.addEventListener("pointerup", () => {
-    if (!start) return;
-    start = null;
-    const box = state.crop;
-    if (box && box[2] - box[0] > 0.05 && box[3] - box[1] > 0.05) {
-      setCrop(box);
-      runSearch();
-    } else {
-      setCrop(null);
-    }
-  });
-}
-
 // ---------------------------------------------------------------- wiring
 
 function wire() {
   $("token").value = getToken();
-  $("token").addEventListener("change", () => { setToken($("token").value.trim()); runSearch(); });
-  $("file-input").addEventListener("change", (ev) => useFile(ev.target.files[0]));
+  $("token").addEventListener("change", () => {
+    // A query that waited for the token (or never got results) runs now, whole; otherwise the pickers refresh.
+    setToken($("token").value.trim());
+    if (flow.pending || !state.search) {
+      if (state.file) return useFile(state.file);
+      if (state.queryId) return useId(state.queryId);
+    }
+    say("");
+    return refreshFacets();
+  });
+  $("file-input").addEventListener("change", (ev) => {
+    const file = ev.target.files[0];
+    ev.target.value = ""; // so that choosing the same file again fires again
+    useFile(file);
+  });
   const drop = $("drop");
   drop.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); $("file-input").click(); }
@@ -473,6 +364,7 @@ function wire() {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (ev) => {
     ev.preventDefault();
+    ev.stopPropagation(); // the document's drop handler would start the same query a second time
     drop.classList.remove("over");
     useFile(ev.dataTransfer.files[0]);
   });
@@ -485,31 +377,22 @@ function wire() {
     runSearch();
   });
   $("clear-crop").addEventListener("click", () => { setCrop(null); runSearch(); });
+  for (const id of ["f-age-min", "f-age-max"]) $(id).addEventListener("input", () => showAgeNote(flow.facets));
   $("more-like").addEventListener("click", moreLikeThese);
   $("clear-marks").addEventListener("click", () => { state.marks.clear(); refreshMarks(); });
   $("share").addEventListener("click", async () => {
     try { await navigator.clipboard.writeText(location.href); say("Link copied."); } catch { say(location.href); }
   });
-  for (const id of ["wl-level", "wl-width", "heat-on", "heat-alpha"]) $(id).addEventListener("input", redrawDetail);
-  $("wl-reset").addEventListener("click", () => { $("wl-level").value = 128; $("wl-width").value = 256; redrawDetail(); });
-  $("detail-close").addEventListener("click", closeDetail);
-  $("detail").addEventListener("close", () => { state.detailIndex = -1; });
-  $("detail-prev").addEventListener("click", () => openDetail(Math.max(0, state.detailIndex - 1)));
-  $("detail-next").addEventListener("click", () => openDetail(Math.min(state.hits.length - 1, state.detailIndex + 1)));
-  $("detail-good").addEventListener("click", () => toggleMark(state.hits[state.detailIndex].id, "good"));
-  $("detail").addEventListener("keydown", (ev) => {
-    // Sliders and text fields keep their own arrow keys; elsewhere the arrows step through the results.
-    if (["INPUT", "SELECT", "TEXTAREA"].includes(ev.target.tagName) && ev.target.type !== "checkbox") return;
-    if (ev.key === "ArrowRight") $("detail-next").click();
-    else if (ev.key === "ArrowLeft") $("detail-prev").click();
-    else if (ev.key === "g") $("detail-good").click();
-  });
-  wireCropDrawing();
+  wirePair({ state, toggleMark, describe: explain });
+  wireReport({ state, say, describe: explain, k: () => options().k });
+  wireRegion(state, { say, onRegion: () => runSearch() });
 }
 
 async function main() {
   wire();
   const params = readUrl();
+  if (params.get("crop")) setCrop(params.get("crop").split(",").map(Number));
+  setShare("there is no search to share yet");
   await watchReadiness();
   if (params.get("id")) {
     $("start-id").value = params.get("id");
