@@ -122,3 +122,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
     server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
     yield server
     server.stop()
+
+
+# The session's indexed store (tests/indexed_store.py), defined once for every package that uses it.
+from tests.indexed_store import indexed  # noqa: E402, F401

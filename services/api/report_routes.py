@@ -18,8 +18,11 @@ from services.api.audit_trail import note
 from services.api.state import ApiState, get_state
 from services.api.uploads import read_upload, reserved_decode, single_file_part
 from services.reports.build import Report, build_report
-from services.reports.dicom_pdf import to_bytes
-from services.reports.pdf import MAX_RESULTS
+
+# Matplotlib and highdicom load on the first report, not at the server's start (about 40 MB of RSS that a server
+# that never makes a report would hold: benchmarks/serve_memory.py). Kept equal to services.reports.pdf.MAX_RESULTS
+# (tests/reports check it).
+MAX_RESULTS = 20
 
 router = APIRouter(prefix="/v1", tags=["report"])
 
@@ -73,6 +76,8 @@ async def report(
         return Response(built.pdf, media_type="application/pdf", headers=headers)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        from services.reports.dicom_pdf import to_bytes
+
         zf.writestr("report-pdf.dcm", to_bytes(built.pdf_dataset))
         zf.writestr("report-sr.dcm", to_bytes(built.sr_dataset))
     headers = {**NO_STORE, "Content-Disposition": 'attachment; filename="cxr-similar-cases.zip"'}

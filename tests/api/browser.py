@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from services.pipeline import Runtime
-from tests.api.conftest import Indexed
+from tests.indexed_store import Indexed
 from tests.services import free_port, require, wait_for
 
 CHROMIUM_FLAGS = [

@@ -10,7 +10,7 @@ viewer_archive.py): what is on screen is what was asked.
   closeness line, the warnings, the pickers filled from /v1/facets with counts, case-insensitive filters, a 422
   for a label the archive lacks, and the age filter's no-age count.
 
-The grid screenshot of the README is written by this test to docs/img/viewer-grid.png.
+The grid screenshot of the README is written by this test (docs/img/viewer-grid.png with CXR_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from tests.api.viewer_archive import (  # noqa: F401 - module fixtures
     new_tab,
     server_fixture,
 )
+from tests.screenshots import screenshot_path
 
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 CARDS = """cards => cards.map(c => ({
   id: c.dataset.id, label: c.querySelector('.label').textContent, rank: c.querySelector('.rank').textContent,
   score: c.querySelector('.score').textContent, facts: c.querySelector('.facts').textContent,
@@ -262,7 +262,7 @@ def test_cards_tally_warnings_and_filters(server: LiveServer, chromium, archive:
     want = api_search(server.url, query, ("age=" + ",".join(str(a) for a in range(18, 91)),))
     assert "no_age_dropped" in [w["code"] for w in want["warnings"]]
     _check_page(tab, want)
-    _screenshot(tab, DOCS_IMG / "viewer-grid.png")  # the README's: warnings, tally wording, cards
+    _screenshot(tab, screenshot_path("viewer-grid.png"))  # the README's: warnings, tally wording, cards
 
     tab.fill("#f-age-min", "")
     tab.fill("#f-age-max", "")

@@ -3,8 +3,8 @@
 (MONOCHROME1), the heat maps' legend, method toggle and near-duplicate note, one score per result, the region box,
 and heat maps keyed by the query's content (two different films both named IM0001.dcm, of the same size).
 
-The README's pair-view screenshots are written by this test to docs/img/viewer-pair-WIDTHxHEIGHT.jpg (JPEG, under
-300 KB).
+The README's pair-view screenshots are written by this test (docs/img/viewer-pair-WIDTHxHEIGHT.jpg with
+CXR_UPDATE_SCREENSHOTS=1; JPEG, under 300 KB).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from PIL import Image
 from services.index.payload import point_id
 from tests.api.browser import LiveServer
 from tests.api.conftest import QUERY_DICOM, Indexed
+from tests.screenshots import screenshot_path
 
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 NEAR_DUPLICATE = 0.995
 SIZES = [(1366, 768), (1920, 1080)]
 CARD_SCORES = """cards => cards.map(c => ({id: c.dataset.id, label: c.dataset.label,
@@ -212,7 +212,7 @@ def test_pair_keys_layout_zoom_window_level_heat_maps(live: LiveServer, page, in
         )
         _layout_ok(page)
         assert page.is_visible("#heat-legend")
-        page.screenshot(path=str(DOCS_IMG / f"viewer-pair-{width}x{height}.jpg"), type="jpeg", quality=80)
+        page.screenshot(path=str(screenshot_path(f"viewer-pair-{width}x{height}.jpg")), type="jpeg", quality=80)
     page.keyboard.press("Escape")
     page.wait_for_function("!document.getElementById('detail').open")
     assert page.errors == [], page.errors  # type: ignore[attr-defined]

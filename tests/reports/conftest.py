@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from services.pipeline import Runtime
 from services.reports.build import Report, build_report
-from tests.api.conftest import QUERY_DICOM, Indexed, indexed  # noqa: F401 - the session's indexed store
+from tests.indexed_store import QUERY_DICOM, Indexed
 
 K = 10
 QUERY_PATIENT_ID = "REPORT-QUERY-0001"
@@ -35,7 +35,7 @@ def query_film(dicom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
-def make_report(indexed: Indexed, query: Path | str, k: int = K) -> Report:  # noqa: F811 - the fixture's type
+def make_report(indexed: Indexed, query: Path | str, k: int = K) -> Report:
     with Runtime(indexed.settings, model_path=indexed.model) as rt:
         return build_report(query, settings=indexed.settings, searcher=rt, k=k)
 

@@ -20,10 +20,9 @@ from services.reports.build import Report, require_query_study
 from services.reports.dicom_pdf import to_bytes
 from tests.api.conftest import Indexed
 from tests.reports.conftest import QUERY_PATIENT_ID, K, make_report
+from tests.screenshots import screenshot_path
 from tests.services import require
 
-REPO = Path(__file__).resolve().parents[2]
-README_IMAGE = REPO / "docs" / "img" / "report-page.png"
 SNOMED = {
     "covid19": "840539006",
     "normal": "17621005",
@@ -72,9 +71,9 @@ def test_the_page_shows_the_query_and_k_result_films(report: Report, tmp_path: P
     assert "neighbours' labels" in text.lower() and "not evaluated" in text  # the tiny checkpoint has no evaluation
     # The README's picture of a report page, small enough to commit.
     big = render_page(report.pdf, tmp_path, dpi=80)
-    README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-    big.save(README_IMAGE, optimize=True)
-    assert README_IMAGE.stat().st_size < 300_000
+    image = screenshot_path("report-page.png")
+    big.save(image, optimize=True)
+    assert image.stat().st_size < 300_000
 
 
 def _cases(sr: hd.sr.ComprehensiveSR) -> list[dict[str, object]]:

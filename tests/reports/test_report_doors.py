@@ -79,3 +79,16 @@ def test_post_report_needs_the_search_scope(indexed: Indexed, query_film: Path, 
     by_upload = records[2]
     assert by_upload.objects["query_sha256"] == hashlib.sha256(film).hexdigest()
     assert len(by_upload.objects["results"]) == 2 and records[4].objects["query_id"] == pid
+
+
+def test_the_api_loads_the_report_libraries_on_the_first_report_only() -> None:
+    """A server that never makes a report does not hold matplotlib and highdicom (serve memory, issue 18); the
+    route's page limit is the page's own."""
+    code = (
+        "import sys; from services.api.app import create_app; import services.api.report_routes as r;"
+        "print(sorted(m for m in ('matplotlib', 'highdicom') if m in sys.modules)); print(r.MAX_RESULTS)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    from services.reports.pdf import MAX_RESULTS
+
+    assert out[0] == "[]" and int(out[1]) == MAX_RESULTS
