@@ -49,12 +49,7 @@ def decode_dicom(
     is decoded at a lower resolution level, and the rest is box-reduced while the stored values go through the
     modality and VOI transforms, so no full-size float copy is made. `meta` keeps Rows and Columns.
     """
-    ds = _read_dataset(data, name, max_pixels=max_pixels)
-    transfer_syntax = _transfer_syntax(ds)
-    photometric, samples, bits = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
-    _check_decoder(name, transfer_syntax)
-    _check_native_length(ds, name, transfer_syntax, samples)
-    _check_frame_size(ds, name, transfer_syntax, max_pixels=max_pixels)
+    ds, transfer_syntax, (photometric, samples, bits) = _checked(data, name, max_pixels=max_pixels, min_side=min_side)
     rows, columns = int(ds.Rows), int(ds.Columns)
     reduced = None
     if samples == 1 and str(transfer_syntax) in _J2K_SYNTAXES:
@@ -82,15 +77,22 @@ def decode_dicom(
 def read_dicom_values(data: bytes, name: str, *, max_pixels: int, min_side: int) -> tuple[Dataset, np.ndarray]:
     """The data set and its stored pixel values at full size, after every check `decode_dicom` makes: what a
     viewer that windows the real values needs (services.imaging.modality). Colour models come back as RGB."""
-    ds = _read_dataset(data, name, max_pixels=max_pixels)
-    transfer_syntax = _transfer_syntax(ds)
-    _, samples, _ = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
-    _check_decoder(name, transfer_syntax)
-    _check_native_length(ds, name, transfer_syntax, samples)
-    _check_frame_size(ds, name, transfer_syntax, max_pixels=max_pixels)
+    ds, transfer_syntax, _ = _checked(data, name, max_pixels=max_pixels, min_side=min_side)
     raw = _decode_pixels(ds, name, transfer_syntax)
     refuse_if_blank(name, raw)
     return ds, raw
+
+
+def _checked(data: bytes, name: str, *, max_pixels: int, min_side: int) -> tuple[Dataset, UID, tuple[str, int, int]]:
+    """The data set, its transfer syntax and (photometric, samples, bits), after every check made before the
+    pixels are decoded: header, decoder present, native length, frame size."""
+    ds = _read_dataset(data, name, max_pixels=max_pixels)
+    transfer_syntax = _transfer_syntax(ds)
+    header = _check_header(ds, name, max_pixels=max_pixels, min_side=min_side)
+    _check_decoder(name, transfer_syntax)
+    _check_native_length(ds, name, transfer_syntax, header[1])
+    _check_frame_size(ds, name, transfer_syntax, max_pixels=max_pixels)
+    return ds, transfer_syntax, header
 
 
 def _decode_reduced_j2k(ds: Dataset, bits: int, level: int) -> tuple[np.ndarray, int] | None:
