@@ -37,6 +37,7 @@ OTHER_CXR_VARIABLES = frozenset(
         "CXR_TEST_QDRANT_URL",
         "CXR_EXPLAIN_MODEL",
         "CXR_VIEWER_SCREENSHOT",
+        "CXR_UPDATE_SCREENSHOTS",  # tests: rewrite the docs/img screenshots
         "CXR_UID",  # the image's user id, a build argument of deploy/Dockerfile
     }
 )

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from services.ages import public_age_fields
 from services.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from services.embedding import BatchEncoder
@@ -72,15 +74,19 @@ def search_decoded(
     store: VectorStore,
     opts: QueryOptions,
     salt: bytes,
+    vector: np.ndarray | None = None,
 ) -> QueryResult:
-    """Embed one decoded image and rank the collection against it."""
+    """Embed one decoded image and rank the collection against it. `vector`: the image's embedding by this
+    encoder when already known (an indexed point's stored vector), so it is not encoded again; `decoded` then
+    needs only its meta, and any reduced decode will do."""
     qid = point_id(sop_uid=decoded.meta.sop_uid, content_sha256=content_sha256)
     pid = opts.patient_id or decoded.meta.patient_id
     query_patient = patient_hash(pid, salt) if salt or opts.exclude_same_patient else None
     p_hash = query_patient if opts.exclude_same_patient else None
     filters = resolve_in(store, opts.collection, opts.filters)
     flt = parse_filters(filters, exclude_ids=(qid,) if opts.exclude_self else (), exclude_patient=p_hash)
-    vector = encoder.encode(to_model_input(decoded.pixels, encoder.image_size, extent=decoded.extent)[None])[0]
+    if vector is None:
+        vector = encoder.encode(to_model_input(decoded.pixels, encoder.image_size, extent=decoded.extent)[None])[0]
     if opts.group_by_patient:
         hits = store.search_groups(opts.collection, vector, opts.k, flt, group_by="patient_hash")
     else:

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.ages import AGE_TOP, top_code
 from services.config import Settings
 from services.embedding import BatchEncoder
@@ -97,11 +99,18 @@ def gather_content(
         max_pixels=settings.max_pixels,
         min_side=settings.min_side,
     )
-    decoded, sha = read_query(film.path, opts)  # every pixel: the search and the query's thumbnail share it
-    result: QueryResult = search_decoded(decoded, sha, encoder=encoder, store=store, opts=opts, salt=settings.salt)
+    vector = stored_vector(film, encoder.model_id)
+    # a stored vector leaves the pixels to the thumbnail alone (a reduced decode); else the search and the
+    # query's thumbnail share every pixel
+    decoded, sha = read_query(film.path, opts, target_side=None if vector is None else THUMBNAIL_SIDE)
+    result: QueryResult = search_decoded(
+        decoded, sha, encoder=encoder, store=store, opts=opts, salt=settings.salt, vector=vector
+    )
     hits = [h for h in result.hits if h.id != film.point_id]
     query_picture = (
-        Picture(None, "burned-in annotation") if film.burned_in else Picture(to_png(decoded.pixels, THUMBNAIL_SIDE))
+        Picture(None, "burned-in annotation")
+        if film.burned_in
+        else Picture(to_png(decoded.pixels, THUMBNAIL_SIDE, extent=decoded.extent))
     )
     bands = _similarity_bands(store, settings.collection, encoder.model_id)
     results = tuple(
@@ -122,6 +131,13 @@ def gather_content(
         created=datetime.now(UTC).replace(microsecond=0),
         patient_excluded=result.patient_excluded or film.patient_hash is not None,
     )
+
+
+def stored_vector(film: QueryFilm, model_id: str | None) -> np.ndarray | None:
+    """The query point's stored vector when this encoder made it (the same model id), else None (encode it)."""
+    if film.vector is None or not model_id or film.vector_model != model_id:
+        return None
+    return np.asarray(film.vector, dtype=np.float32)
 
 
 def _result_case(rank: int, hit: Hit, *, settings: Settings, ledger: Ledger, band: str | None) -> ResultCase:

@@ -7,12 +7,14 @@ decision-support statement at the foot.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import threading
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import TextToPath
@@ -32,9 +34,10 @@ def render_pdf(content: ReportContent) -> bytes:
     """One PDF page for `content`. Text is vector glyphs (Type 3 fonts: selectable, and a second faster to write
     than embedded TrueType); the films are embedded at their thumbnail size, for the viewer to scale."""
     fig = Figure(figsize=PAGE, facecolor=_PAPER)
+    films = _films_axes(fig)
     _header(fig, content)
-    _query(fig, content)
-    _results(fig, content.results)
+    _query(fig, films, content)
+    _results(fig, films, content.results)
     fig.text(0.03, 0.03, STATEMENT, fontsize=10.5, color=_INK, weight="bold", wrap=True, va="bottom")
     buf = io.BytesIO()
     with _RC_LOCK, matplotlib.rc_context({"pdf.fonttype": 3, "font.family": "DejaVu Sans"}):
@@ -59,10 +62,9 @@ def _header(fig: Figure, c: ReportContent) -> None:
         )
 
 
-def _query(fig: Figure, c: ReportContent) -> None:
+def _query(fig: Figure, films: Axes, c: ReportContent) -> None:
     """The query on the left, then the neighbours' labels under it."""
-    ax = fig.add_axes((0.03, 0.45, 0.22, 0.37))
-    _picture(ax, c.query_picture)
+    _picture(films, (0.03, 0.45, 0.22, 0.37), c.query_picture)
     fig.text(0.03, 0.435, "This film (the query)", fontsize=12, weight="bold", color=_INK, va="top")
     excluded = "its patient excluded" if c.patient_excluded else "no patient id: none excluded"
     fig.text(0.03, 0.405, f"One result per patient; {excluded}", fontsize=10, color=_MUTED, va="top")
@@ -82,7 +84,7 @@ def _query(fig: Figure, c: ReportContent) -> None:
     fig.text(0.03, y - 0.005, f"of {len(c.results)} similar films", fontsize=10, color=_MUTED, va="top")
 
 
-def _results(fig: Figure, results: tuple[ResultCase, ...]) -> None:
+def _results(fig: Figure, films: Axes, results: tuple[ResultCase, ...]) -> None:
     if not results:
         fig.text(0.30, 0.55, "No similar films of other patients in this collection.", fontsize=14, color=_INK)
         return
@@ -97,8 +99,9 @@ def _results(fig: Figure, results: tuple[ResultCase, ...]) -> None:
     for i, case in enumerate(results):
         r, col = divmod(i, cols)
         x0, y_top = left + col * cell_w, top - r * cell_h
-        ax = fig.add_axes((x0 + 0.004, y_top - cell_h + caption_h, cell_w - 0.012, cell_h - caption_h - 0.012))
-        _picture(ax, case.picture)
+        _picture(
+            films, (x0 + 0.004, y_top - cell_h + caption_h, cell_w - 0.012, cell_h - caption_h - 0.012), case.picture
+        )
         label = case.label or UNLABELLED
         lines = [
             (label, "bold", _shrink(label, width_pt, size)),  # the label is never cut: set smaller instead
@@ -119,8 +122,10 @@ def _results(fig: Figure, results: tuple[ResultCase, ...]) -> None:
             )
 
 
+@functools.lru_cache(maxsize=4096)
 def _width(text: str, size: float, weight: str = "normal") -> float:
-    """The width of `text` set in `size` points, in points, as matplotlib lays it out."""
+    """The width of `text` set in `size` points, in points, as matplotlib lays it out (kept: labels, sources and
+    bands recur from report to report)."""
     prop = FontProperties(family="DejaVu Sans", size=size, weight=weight)
     return _TEXT_PATH.get_text_width_height_descent(text, prop, ismath=False)[0]
 
@@ -141,19 +146,36 @@ def _shrink(text: str, width_pt: float, size: float) -> float:
     return max(6.0, min(size, size * width_pt / max(1.0, _width(text, size, "bold"))))
 
 
-def _picture(ax, picture: Picture) -> None:  # noqa: ANN001 - a matplotlib Axes
+def _films_axes(fig: Figure) -> Axes:
+    """One Axes over the whole page, in figure fractions, that every film is drawn on: an Axes per film cost more
+    than the rest of the page (each one's ticks, spines and layout pass)."""
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_autoscale_on(False)
+    return ax
+
+
+def _picture(ax: Axes, box: tuple[float, float, float, float], picture: Picture) -> None:
+    """`picture` fitted in `box` (left, bottom, width, height in figure fractions), centred, its aspect kept: where
+    an Axes of its own with an equal aspect would put it. A film not drawn says why, in the box's centre."""
+    left, bottom, width, height = box
     if picture.png is None:
         ax.text(
-            0.5,
-            0.5,
+            left + width / 2,
+            bottom + height / 2,
             f"not shown:\n{picture.not_drawn}",
             ha="center",
             va="center",
             fontsize=10,
             color=_MUTED,
-            transform=ax.transAxes,
         )
         return
     grey = np.asarray(Image.open(io.BytesIO(picture.png)).convert("L"))
-    ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="none")  # embedded as is: the viewer scales it
+    rows, cols = grey.shape
+    scale = min(width * PAGE[0] / cols, height * PAGE[1] / rows)  # inches per pixel
+    w, h = cols * scale / PAGE[0], rows * scale / PAGE[1]
+    x, y = left + (width - w) / 2, bottom + (height - h) / 2
+    # embedded as is (interpolation "none"): the viewer scales it
+    ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="none", extent=(x, x + w, y, y + h), aspect="auto")

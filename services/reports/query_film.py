@@ -7,9 +7,10 @@ its BurnedInAnnotation decides whether it may be drawn. A PNG or JPEG query has 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
@@ -25,12 +26,15 @@ from services.pipeline.stored_image import stored_image_path
 @dataclass(frozen=True)
 class QueryFilm:
     """Where the query's bytes are, its DICOM header (None for PNG/JPEG), the indexed point it was named by (if
-    any) and that point's patient hash (so its patient is excluded even when the file carries no patient id)."""
+    any) and that point's patient hash (so its patient is excluded even when the file carries no patient id), and
+    its stored vector with the model that made it (the search starts from it: the film is not encoded again)."""
 
     path: Path
     header: pydicom.Dataset | None
     point_id: str | None = None
     patient_hash: str | None = None
+    vector: np.ndarray | None = field(default=None, repr=False, compare=False)
+    vector_model: str | None = None
 
     @property
     def sop_uid(self) -> str | None:
@@ -50,7 +54,7 @@ def resolve_query(query: Path | str, *, settings: Settings, store: VectorStore, 
         pid = str(uuid.UUID(str(query)))
     except ValueError:
         raise ReportError(f"{query}: no such file, and not the id of an indexed image") from None
-    records = store.retrieve(settings.collection, [pid])
+    records = store.retrieve(settings.collection, [pid], with_vectors=True)
     if not records:
         raise PointNotFoundError(f"no point {pid} in collection {settings.collection!r}")
     payload = records[0].payload
@@ -60,7 +64,9 @@ def resolve_query(query: Path | str, *, settings: Settings, store: VectorStore, 
             f"the image of point {pid} is no longer kept on this server",
             "Make the report from the film itself: cxr report FILE.",
         )
-    return QueryFilm(stored, read_header(stored, settings.max_pixels), pid, payload.get("patient_hash"))
+    header = read_header(stored, settings.max_pixels)
+    vector_model = payload.get("model_id")
+    return QueryFilm(stored, header, pid, payload.get("patient_hash"), records[0].vector, vector_model)
 
 
 def read_header(path: Path, max_pixels: int) -> pydicom.Dataset | None:

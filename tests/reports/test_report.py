@@ -212,3 +212,27 @@ def test_a_film_with_burned_in_annotation_is_never_drawn(indexed: Indexed, dicom
         ledger.close()
     assert drawn.png is not None and Image.open(io.BytesIO(drawn.png)).size[0] > 0
     assert hidden.png is None and hidden.not_drawn == "burned-in annotation"
+
+
+def test_a_point_query_starts_from_its_stored_vector(indexed: Indexed) -> None:
+    """A report by point id (what delivery asks for) searches with the point's stored vector, not a new encoding
+    of its film: the same hits, at the same scores, as encoding the film again as ingest does (a JPEG 2000 film
+    decoded at the model's size, where a full decode moves scores by up to about 1e-3)."""
+    from services.pipeline.query import QueryOptions, read_query, search_decoded
+    from services.reports.content import stored_vector
+    from services.reports.query_film import resolve_query
+
+    settings = indexed.settings
+    with Runtime(settings, model_path=indexed.model) as rt:
+        pid = next(r.id for r in rt.store.scroll(settings.collection) if r.payload.get("label") == "dicom-cr")
+        film = resolve_query(pid, settings=settings, store=rt.store, ledger=rt.ledger)
+        vector = stored_vector(film, rt.encoder.model_id)
+        assert vector is not None and film.vector_model == rt.encoder.model_id
+        opts = QueryOptions(collection=settings.collection, k=5, max_pixels=settings.max_pixels)
+        decoded, sha = read_query(film.path, opts, target_side=rt.encoder.image_size)
+        fresh = search_decoded(decoded, sha, encoder=rt.encoder, store=rt.store, opts=opts, salt=settings.salt)
+        kept = search_decoded(
+            decoded, sha, encoder=rt.encoder, store=rt.store, opts=opts, salt=settings.salt, vector=vector
+        )
+    assert [h.id for h in kept.hits] == [h.id for h in fresh.hits] and len(kept.hits) == 5
+    np.testing.assert_allclose([h.score for h in kept.hits], [h.score for h in fresh.hits], atol=1e-5)
