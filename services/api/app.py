@@ -42,8 +42,9 @@ from services.api.heap import HeapTrimMiddleware
 from services.api.metrics_routes import MetricsMiddleware
 from services.api.same_origin import SameOriginGuard, parse_allowed_hosts
 from services.api.security import BodyLimitMiddleware, install_error_handlers
-from services.api.state import ApiState, RuntimeLike, Submitter
+from services.api.state import ApiState, Submitter
 from services.config import Settings
+from services.pipeline.runtime import RuntimeLike
 
 STATIC_DIR = Path(__file__).parent / "static"
 DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc scripts, served from the package

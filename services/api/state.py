@@ -21,7 +21,7 @@ from services.errors import CxrError, PointNotFoundError
 from services.governance.audit import audit_log
 from services.imaging.budget import RASTER_GREY_BPP, DecodeBudget
 from services.index import PointRecord, VectorStore
-from services.pipeline.ledger import Ledger
+from services.pipeline.runtime import RuntimeLike
 from services.pipeline.stored_image import load_stored_pixels
 
 if TYPE_CHECKING:  # imported on the first explanation (ApiState.explainer)
@@ -36,23 +36,6 @@ class Submitter(Protocol):
     what it did as JSON-able data. `origin` is "upload" or "file"."""
 
     def __call__(self, paths: Sequence[Path], *, label: str | None, origin: str, collection: str) -> dict[str, Any]: ...
-
-
-class RuntimeLike(Protocol):
-    """services.pipeline.Runtime, or anything shaped like it."""
-
-    settings: Settings
-
-    @property
-    def encoder(self) -> BatchEncoder: ...
-
-    @property
-    def store(self) -> VectorStore: ...
-
-    @property
-    def ledger(self) -> Ledger: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from services.config import Settings
 from services.errors import ModelError
@@ -13,6 +13,23 @@ from services.pipeline.ledger import Ledger
 
 if TYPE_CHECKING:  # torch loads only when the encoder is first used
     from services.embedding import BatchEncoder
+
+
+class RuntimeLike(Protocol):
+    """What a search runs with: a Runtime (CLI, worker), the API's runtime, or anything shaped like them."""
+
+    settings: Settings
+
+    @property
+    def encoder(self) -> BatchEncoder: ...
+
+    @property
+    def store(self) -> VectorStore: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    def close(self) -> None: ...
 
 
 class Runtime:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import pydicom
 
@@ -15,24 +15,7 @@ from services.config import Settings
 from services.errors import ReportError
 
 if TYPE_CHECKING:
-    from services.embedding import BatchEncoder
-    from services.index import VectorStore
-    from services.pipeline.ledger import Ledger
-
-
-class Searcher(Protocol):
-    """What the search path runs a query with: services.pipeline.Runtime (CLI, worker) or the API's runtime."""
-
-    settings: Settings
-
-    @property
-    def encoder(self) -> BatchEncoder: ...
-
-    @property
-    def store(self) -> VectorStore: ...
-
-    @property
-    def ledger(self) -> Ledger: ...
+    from services.pipeline.runtime import RuntimeLike
 
 
 @dataclass(frozen=True)
@@ -44,7 +27,7 @@ class Report:
     query_sop_uid: str | None
 
 
-def build_report(query: Path | str, *, settings: Settings, searcher: Searcher, k: int = 10) -> Report:
+def build_report(query: Path | str, *, settings: Settings, searcher: RuntimeLike, k: int = 10) -> Report:
     """`query` is an image file (DICOM, PNG, JPEG) or the id of an indexed point of `settings.collection`.
 
     The k most similar films of other patients, one per patient. A PNG or JPEG query has no DICOM context: its
