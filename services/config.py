@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     search_exact_filter_max_points: int = Field(
         300_000,
         ge=0,
-        description="Filtered searches in a collection of at most this many points are exact (0 = never).",
+        description="Filtered searches whose filter keeps at most this many points are exact (0 = never).",
     )
     spool_dir: Path | None = Field(None, description="Received DICOM instances; default DATA_DIR/spool.")
     spool_min_free_mb: int = Field(512, ge=0, description="Refuse C-STORE (0xA700) below this much free space.")

@@ -268,17 +268,18 @@ class QdrantEdgeStore(LeasedShards):
             found = found_ids(canon, lambda chunk: self._call(name, "retrieve", shard.retrieve, chunk, False, False))
         return restore_ids(ids, found)
 
-    def _size(self, name: str, shard: Any, filters: Sequence[SearchFilter | None]) -> int | None:
-        """The shard's point count when the tuning needs it to choose exact search for `filters`, else None."""
-        if not self.tuning.needs_size(filters):
+    def _matches(self, name: str, shard: Any, flt: SearchFilter | None) -> int | None:
+        """How many points `flt` keeps (the engine's estimate from its payload indexes) when the tuning needs it to
+        choose exact search, else None."""
+        if not self.tuning.needs_matches(flt):
             return None
-        return int(self._call(name, "info", shard.info).points_count)
+        return int(self._call(name, "count", shard.count, qe.CountRequest(filter=_edge_filter(flt), exact=False)))
 
     def _query(
-        self, query: Any, k: int, flt: SearchFilter | None, ef: int | None, points: int | None
+        self, query: Any, k: int, flt: SearchFilter | None, ef: int | None, matches: int | None
     ) -> qe.QueryRequest:
         """A request for `query`, searched as IndexTuning.search_plan says (exact, or the beam and ACORN)."""
-        params = engine_search_params(self.tuning.search_plan(flt, points, ef), qe)
+        params = engine_search_params(self.tuning.search_plan(flt, matches, ef), qe)
         return qe.QueryRequest(limit=k, query=query, filter=_edge_filter(flt), with_payload=True, params=params)
 
     def search(
@@ -303,15 +304,17 @@ class QdrantEdgeStore(LeasedShards):
         if not len(matrix):
             return []
         with self._using(name) as shard:
-            size = self._size(name, shard, flts)
-            requests = [self._query(qe.Query.Nearest(v), k, f, None, size) for v, f in zip(matrix, flts, strict=True)]
+            requests = [
+                self._query(qe.Query.Nearest(v), k, f, None, self._matches(name, shard, f))
+                for v, f in zip(matrix, flts, strict=True)
+            ]
             batch = qe.QueryBatchRequest(requests)
             results = self._call(name, "search_batch", shard.query_batch, batch)
         return [hits(pts) for pts in results]
 
     def _page(self, name: str, query: Any, flt: SearchFilter | None, n: int, ef: int | None = None) -> list[Hit]:
         with self._using(name) as shard:
-            request = self._query(query, n, flt, ef, self._size(name, shard, [flt]))
+            request = self._query(query, n, flt, ef, self._matches(name, shard, flt))
             points = self._call(name, "search", shard.query, request)
         return hits(points)
 

@@ -155,20 +155,21 @@ class QdrantServerStore:
                     self._call(name, "index", self._client.create_payload_index, name, key, _SCHEMA[kind])
         self._indexed.add(name)
 
-    def _size(self, name: str, filters: Sequence[SearchFilter | None]) -> int | None:
-        """The collection's (approximate) point count when the tuning needs it to choose exact search, else None:
-        one request per call, however many queries it holds."""
-        if self._local or not self.tuning.needs_size(filters):
+    def _matches(self, name: str, flt: SearchFilter | None) -> int | None:
+        """How many points `flt` keeps (the server's estimate from its payload indexes) when the tuning needs it to
+        choose exact search, else None."""
+        if self._local or not self.tuning.needs_matches(flt):
             return None
-        return int(self._call(name, "count", self._client.count, name, exact=False).count)
+        answer = self._call(name, "count", self._client.count, name, count_filter=_server_filter(flt), exact=False)
+        return int(answer.count)
 
     def _search_params(
-        self, flt: SearchFilter | None, hnsw_ef: int | None, points: int | None
+        self, flt: SearchFilter | None, hnsw_ef: int | None, matches: int | None
     ) -> qm.SearchParams | None:
         """As IndexTuning.search_plan says (as for the embedded store): exact, or the beam and ACORN."""
         if self._local:  # exact search only; it warns about parameters it ignores
             return None
-        return engine_search_params(self.tuning.search_plan(flt, points, hnsw_ef), qm)
+        return engine_search_params(self.tuning.search_plan(flt, matches, hnsw_ef), qm)
 
     def has_collection(self, name: str) -> bool:
         return bool(self._call(None, "check collection", self._client.collection_exists, check_name(name)))
@@ -241,7 +242,7 @@ class QdrantServerStore:
     ) -> list[Hit]:
         """The `k` best points for `query` (a vector or a recommend query) that pass `flt`."""
         server_filter = _server_filter(flt)
-        params = self._search_params(flt, hnsw_ef, self._size(name, [flt]))
+        params = self._search_params(flt, hnsw_ef, self._matches(name, flt))
         return self._query_points(name, doing, query, k, server_filter, params)
 
     def _query_points(
@@ -271,10 +272,9 @@ class QdrantServerStore:
         if not len(matrix):
             return []
         requests = []
-        size = self._size(name, flts)
         for v, f in zip(matrix, flts, strict=True):
             server_filter = _server_filter(f)
-            params = self._search_params(f, None, size)
+            params = self._search_params(f, None, self._matches(name, f))
             requests.append(
                 qm.QueryRequest(query=v.tolist(), limit=k, filter=server_filter, with_payload=True, params=params)
             )
@@ -286,7 +286,7 @@ class QdrantServerStore:
     ) -> list[Hit]:
         """Qdrant's group-by (one hit per group), plus the points without the field, which it leaves out."""
         server_filter = _server_filter(flt)
-        params = self._search_params(flt, hnsw_ef, self._size(name, [flt]))
+        params = self._search_params(flt, hnsw_ef, self._matches(name, flt))
         groups = self._call(
             name,
             "group search",
