@@ -28,7 +28,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks.api_search import free_port, say, start_server
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "serve_memory.json"
 TARGET_IDLE_RATIO = 0.7
@@ -44,16 +45,6 @@ TARGET_GROWTH = 0.10
 CYCLE = 20  # the mix repeats every 20 requests: see the module docstring
 FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 LIBS = {"torch": "libtorch_cpu", "openvino": "libopenvino.so"}
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory(pid: int) -> dict[str, Any]:
@@ -169,23 +160,6 @@ class Mix:
         if r.status_code != 200:
             say(f"request {i} ({kind}): HTTP {r.status_code} {r.text[:200]}")
         return kind
-
-
-def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).with_name("cxr")), "serve", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"cxr serve exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"cxr serve not ready in 300 s; see {log}")
 
 
 def settle(pid: int, seconds: float) -> dict[str, Any]:
