@@ -233,7 +233,7 @@ def measure(store: Any, name: str, data: DataSet, kind: str, **search: Any) -> d
 
 def exact_rows(store: QdrantEdgeStore, data: DataSet) -> dict[str, dict[str, float]]:
     """The filtered searches scored exactly by the engine (IndexTuning.exact_filter_max_points, the default policy
-    below 300k points): the recall a graph cannot lose, and its price."""
+    for filters keeping at most 500k points): the recall a graph cannot lose, and its price."""
     saved = store.tuning
     store.tuning = replace(saved, exact_filter_max_points=1 << 40)
     out: dict[str, Any] = {kind: measure(store, "bench", data, kind) for kind in ("label", "selective")}

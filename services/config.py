@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         0.4, ge=0, le=1, description="Filtered searches keeping at most this share of points use ACORN (0 = off)."
     )
     search_exact_filter_max_points: int = Field(
-        300_000,
+        500_000,
         ge=0,
         description="Filtered searches whose filter keeps at most this many points are exact (0 = never).",
     )

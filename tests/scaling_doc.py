@@ -105,3 +105,66 @@ def _search(run: str, data: str, points: int) -> dict[tuple[int, float, str], di
 def _cites(*names: str) -> None:
     for name in names:
         assert f"benchmarks/results/{name}" in _doc(), name
+
+
+POLICY_1M = "20261204-042926-25611"  # exact by the filter's kept points (issue 18): per label, with the estimate
+
+
+def policy_figures() -> dict[str, str]:
+    """The figures of "Exact by what the filter keeps", rebuilt from store_scale.json and
+    exact_filter_quantization.json, by the placeholder names the page was written from."""
+    res = _result(POLICY_1M, "real", 1_000_000)
+    c = _config(POLICY_1M, "real", 1_000_000)
+    exact, est = c["exact_filtered"], c["exact_filtered"]["matches_estimate"]
+    by = _search(POLICY_1M, "real", 1_000_000)
+    acorn = by[(256, 0.4, "label")]
+    then = _result(REAL_1M, "real", 1_000_000)["numpy_exact"]["none"]["p50_ms"]
+    now = res["numpy_exact"]["none"]["p50_ms"]
+    loads = [x["load"] for x in c["search"]] + [exact[k]["load"] for k in ("label", "selective")]
+    rows = []
+    for label in ("normal", "pneumonia_bacterial", "pneumonia_viral", "covid19"):
+        e = est[f"label={label}"]
+        rows.append(
+            f"| label={label} | {e['true']:,} ({e['estimate']:,}) | {ms(exact['label']['p50_ms_by_label'][label])},"
+            f" {exact['label']['recall_by_label'][label]:.3f} | {ms(acorn['p50_ms_by_label'][label])},"
+            f" {acorn['recall_by_label'][label]:.3f} |"
+        )
+    sel = est["selective"]
+    sel_hnsw = by[(256, 0.4, "selective")]
+    rows.append(
+        f"| label and source (selective) | {sel['true']:,} ({sel['estimate']:,}) |"
+        f" {ms(exact['selective']['p50_ms'])}, {exact['selective']['recall']:.3f} |"
+        f" {ms(sel_hnsw['p50_ms'])}, {sel_hnsw['recall']:.3f} |"
+    )
+    (quant,) = _json("exact_filter_quantization.json")["runs"][-1:]
+    q = {(r["mode"], r["kind"]): r for r in quant["rows"]}
+    modes = list(dict.fromkeys(r["mode"] for r in quant["rows"]))
+    ratios = [q[(m, k)]["p50_ms"] / q[("plain", k)]["p50_ms"] for m in modes if m != "plain" for k in KINDS[1:]]
+    bact = exact["label"]["p50_ms_by_label"]["pneumonia_bacterial"]
+    return {
+        "RUN_ID": POLICY_1M,
+        "LOADS": span(loads, ".1f"),
+        "NUMPY_RATIO": f"{now / then:.1f}",
+        "NUMPY_NOW": ms(now),
+        "NUMPY_THEN": ms(then),
+        "TABLE_ROWS": "\n".join(rows),
+        "ESTIMATE_MS": span([e["p50_ms"] for e in est.values()], ".2f"),
+        "SEL_EST": f"{sel['estimate']:,}",
+        "SEL_TRUE": f"{sel['true']:,}",
+        "SEL_RATIO": f"{sel['estimate'] / sel['true']:.2f}",
+        "UNF_AT": at(by[(256, 0.0, "none")]),
+        "LABEL_EXACT": ms(exact["label"]["p50_ms"]),
+        "BACT_EXACT": ms(bact),
+        "LABEL_HNSW": at(acorn),
+        "BACT_HNSW": f"{acorn['recall_by_label']['pneumonia_bacterial']:.3f}",
+        "SEL_EXACT": ms(exact["selective"]["p50_ms"]),
+        "SEL_HNSW": ms(sel_hnsw["p50_ms"]),
+        "QSEL_PLAIN": ms(q[("plain", "selective")]["p50_ms"]),
+        "QLABEL_PLAIN": ms(q[("plain", "label")]["p50_ms"]),
+        "QUANT_RANGE": f"{min(ratios):.2f}-{max(ratios):.2f}x",
+        "QUANT_ROWS": "\n".join(
+            f"| exact, {m} | {cell(q[(m, 'label')])} | {cell(q[(m, 'selective')])} |" for m in modes
+        ),
+        "BACT_POINTS": f"{est['label=pneumonia_bacterial']['true']:,}",
+        "PER_POINT": f"{bact * 1e6 / est['label=pneumonia_bacterial']['true']:.0f}",
+    }

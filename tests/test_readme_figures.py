@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.scaling_doc import policy_figures
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -99,6 +101,7 @@ def test_the_store_scale_row_and_the_scale_paragraph_match_their_json() -> None:
     (scale,) = [x for x in readme.splitlines() if x.startswith("**Scale**")]
     bacterial = real[(256, 0.4, "label")]["recall_by_label"]["pneumonia_bacterial"]
     api = _json("api_search.json")["cases"]
+    policy = policy_figures()
     _check(
         scale,
         [
@@ -109,6 +112,7 @@ def test_the_store_scale_row_and_the_scale_paragraph_match_their_json() -> None:
             f"pneumonia_bacterial ({bacterial:.3f})",
             f"{api['unfiltered']['best_round']['api']['p50_ms']:.1f} ms p50 unfiltered",
             f"{api['label filter']['best_round']['api']['p50_ms']:.1f} ms with a label filter",
+            f"at 1M, {policy['BACT_EXACT']} ms for the largest label, {policy['BACT_POINTS']} points",
         ],
     )
 

@@ -210,7 +210,7 @@ def test_settings_reach_the_store(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, index_threshold_points=1234, hnsw_m=24, search_acorn_selectivity=0.3)
     tuning = index_tuning(settings)
     assert (tuning.threshold_points, tuning.hnsw_m, tuning.acorn_max_selectivity) == (1234, 24, 0.3)
-    assert tuning.exact_filter_max_points == 300_000  # the default; 0 turns it off
+    assert tuning.exact_filter_max_points == 500_000  # the default; 0 turns it off
     assert index_tuning(Settings(data_dir=tmp_path, search_exact_filter_max_points=0)).exact_filter_max_points is None
     store = open_store(settings)
     assert isinstance(store, QdrantEdgeStore) and store.tuning == tuning
