@@ -344,24 +344,23 @@ def check_batch(
     return matrix, check_k(k), check_filters(filters, len(matrix))
 
 
+def _indexed_field(key: str, doing: str, hint: str) -> str:
+    if key not in INDEXED_FIELDS:
+        raise StoreError(
+            f"cannot {doing} {key!r}: it is not an indexed payload field",
+            f"{hint} one of: {', '.join(sorted(INDEXED_FIELDS))}.",
+        )
+    return key
+
+
 def check_group_field(group_by: str) -> str:
     """Grouping needs an indexed keyword or integer field (the server refuses others)."""
-    if group_by not in INDEXED_FIELDS:
-        raise StoreError(
-            f"cannot group by {group_by!r}: it is not an indexed payload field",
-            f"Group by one of: {', '.join(sorted(INDEXED_FIELDS))}.",
-        )
-    return group_by
+    return _indexed_field(group_by, "group by", "Group by")
 
 
 def check_facet_key(key: str) -> str:
     """Counting values needs an indexed payload field (the engine refuses others)."""
-    if key not in INDEXED_FIELDS:
-        raise StoreError(
-            f"cannot count the values of {key!r}: it is not an indexed payload field",
-            f"Count one of: {', '.join(sorted(INDEXED_FIELDS))}.",
-        )
-    return key
+    return _indexed_field(key, "count the values of", "Count")
 
 
 def check_examples(positive: Sequence[str], negative: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class Report:
     pdf: bytes  # the one-page PDF
     pdf_dataset: pydicom.Dataset  # Encapsulated PDF instance (new series in the query's study)
-    sr_dataset: pydicom.Dataset  # Comprehensive SR instance (same series)
+    sr_dataset: pydicom.Dataset  # Comprehensive SR instance (a series of its own, in the same study)
     hit_ids: tuple[str, ...]  # the point ids reported, rank order
     query_sop_uid: str | None
 

@@ -17,7 +17,8 @@ from services.reports.content import ReportContent
 from services.reports.uids import ReportUids
 
 SERIES_DESCRIPTION = "cxr similar cases"
-SERIES_NUMBER = 9701  # a high number, out of the way of the modality's series
+SERIES_NUMBER = 9701  # high numbers, out of the way of the modality's series: the PDF's, then the SR's
+SR_SERIES_NUMBER = 9702
 MANUFACTURER = "cxr"
 # Type 2 attributes highdicom reads from the film the objects are filed under; absent ones are written empty.
 _TYPE2 = (
@@ -48,7 +49,7 @@ def encapsulated_pdf(pdf: bytes, content: ReportContent, uids: ReportUids) -> Da
     header = content.query.header
     ds = hd.SOPClass(
         study_instance_uid=uids.study,
-        series_instance_uid=uids.series,
+        series_instance_uid=uids.pdf_series,
         series_number=SERIES_NUMBER,
         sop_instance_uid=uids.pdf,
         sop_class_uid=EncapsulatedPDFStorage,

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from services.reports.content import STATEMENT, ReportContent, ResultCase
-from services.reports.dicom_pdf import MANUFACTURER, SERIES_DESCRIPTION, SERIES_NUMBER, query_evidence
+from services.reports.dicom_pdf import MANUFACTURER, SERIES_DESCRIPTION, SR_SERIES_NUMBER, query_evidence
 from services.reports.uids import ReportUids
 
 SCHEME = "99CXR"  # the private coding scheme: declared once, in CodingSchemeIdentificationSequence
@@ -76,8 +76,8 @@ def similar_cases_sr(content: ReportContent, uids: ReportUids, *, pdf_dataset: D
     return ComprehensiveSR(
         evidence=evidence,
         content=root,
-        series_instance_uid=uids.series,
-        series_number=SERIES_NUMBER,
+        series_instance_uid=uids.sr_series,
+        series_number=SR_SERIES_NUMBER,
         sop_instance_uid=uids.sr,
         instance_number=2,
         manufacturer=MANUFACTURER,

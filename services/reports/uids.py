@@ -1,5 +1,8 @@
 """Deterministic UIDs of a report: the same query, collection, model and report version give the same Series and
-SOP Instance UIDs, so a resend replaces the objects in the PACS and never duplicates them."""
+SOP Instance UIDs, so a resend replaces the objects in the PACS and never duplicates them.
+
+The PDF and the SR go in two series of their own: Modality is a series attribute (General Series module, Type 1),
+and the PDF's is DOC while the SR's is SR, so one series cannot hold both."""
 
 from __future__ import annotations
 
@@ -8,12 +11,14 @@ from dataclasses import dataclass
 
 # Fixed forever: uuid5(NAMESPACE_DNS, "reports.cxr"). A UUID makes a UID as 2.25.<its integer> (PS3.5 B.2).
 UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "reports.cxr")
-REPORT_VERSION = "1"  # bump when the report's content changes shape: a new version is a new series
+# Bump when the report's content changes shape: a new version is a new series. 2: the PDF and the SR in two series.
+REPORT_VERSION = "2"
 
 
 @dataclass(frozen=True)
 class ReportUids:
-    series: str
+    pdf_series: str
+    sr_series: str
     pdf: str
     sr: str
     study: str  # the query's StudyInstanceUID, or a derived one for a query with no DICOM context
@@ -30,4 +35,10 @@ def report_uids(
     def uid(role: str) -> str:
         return f"2.25.{uuid.uuid5(UID_NAMESPACE, '|'.join([*parts, role])).int}"
 
-    return ReportUids(series=uid("series"), pdf=uid("pdf"), sr=uid("sr"), study=study_uid or uid("study"))
+    return ReportUids(
+        pdf_series=uid("pdf-series"),
+        sr_series=uid("sr-series"),
+        pdf=uid("pdf"),
+        sr=uid("sr"),
+        study=study_uid or uid("study"),
+    )

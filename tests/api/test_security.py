@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,8 +92,9 @@ def test_body_limit_by_header_and_on_the_stream(guarded) -> None:
     ],
 )
 def test_unsupported_types_are_415_by_their_bytes(client, data: bytes, says: str) -> None:
-    r = client.post("/v1/search", files={"file": ("x-ray.png", data, "image/png")})  # the name and type lie
-    assert r.status_code == 415 and says in r.json()["detail"]
+    for url in ("/v1/search", "/v1/report"):
+        r = client.post(url, files={"file": ("x-ray.png", data, "image/png")})  # the name and type lie
+        assert r.status_code == 415 and says in r.json()["detail"], (url, r.status_code, r.text)
 
 
 def test_malformed_dicom_is_422_never_500(client, dicom_dir: Path) -> None:
@@ -103,7 +105,7 @@ def test_malformed_dicom_is_422_never_500(client, dicom_dir: Path) -> None:
         "garbage after the magic": b"\0" * 128 + b"DICM" + bytes(range(256)) * 20,
     }
     for what, data in bad.items():
-        for url in ("/v1/search", "/v1/render"):
+        for url in ("/v1/search", "/v1/render", "/v1/report"):
             r = client.post(url, files={"file": ("q.dcm", data)})
             assert r.status_code == 422, (what, url, r.status_code, r.text)
             assert r.json()["detail"].startswith("the uploaded file cannot be used"), r.json()
@@ -173,6 +175,11 @@ def test_similar_and_index_ids_are_uuids_only(
     bad_ids = ("../../etc/passwd", "/etc/passwd", "file:///etc/passwd", "1; DROP TABLE")
     for bad in bad_ids:
         assert client.post("/v1/search/similar", json={"positive": [bad]}).status_code == 422
+        assert client.post("/v1/report", data={"id": bad}).status_code == 422, bad
+    unknown = str(uuid.uuid4())
+    for k in (0, 21, -1, "many"):  # a report shows 1 to 20 films
+        assert client.post("/v1/report", data={"id": unknown}, params={"k": k}).status_code == 422, k
+    assert client.post("/v1/report", data={"id": unknown}).status_code == 404
     # POST /v1/index over the real ledger and Redis queue: a name that is not a file inside the import folder is
     # refused for the whole request and reaches neither; a real file there is queued, so the route does work.
     from cli.serve_cmd import make_submitter

@@ -120,7 +120,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, cxr_pu
 
 
 def _check_report(objects: list[pydicom.Dataset], film: Path) -> tuple[str, str]:
-    """One PDF and one SR, in the film's study and patient, in a new series of their own; their UIDs."""
+    """One PDF and one SR, in the film's study and patient, each in a new series of its own (Modality is a series
+    attribute: DOC and SR cannot share one); their UIDs."""
     src = pydicom.dcmread(film, stop_before_pixels=True)
     by_class = {c: [d for d in objects if str(d.SOPClassUID) == c] for c in (PDF, SR)}
     seen = [(str(d.SOPClassUID), str(d.SeriesInstanceUID), str(d.SOPInstanceUID)) for d in objects]
@@ -129,7 +130,8 @@ def _check_report(objects: list[pydicom.Dataset], film: Path) -> tuple[str, str]
     for d in (pdf, sr):
         assert d.StudyInstanceUID == src.StudyInstanceUID and d.PatientID == src.PatientID
         assert d.SeriesInstanceUID != src.SeriesInstanceUID
-    assert pdf.SeriesInstanceUID == sr.SeriesInstanceUID
+    assert pdf.SeriesInstanceUID != sr.SeriesInstanceUID and (pdf.Modality, sr.Modality) == ("DOC", "SR")
+    assert pdf.SeriesDescription == sr.SeriesDescription == "cxr similar cases"
     assert bytes(pdf.EncapsulatedDocument).startswith(b"%PDF")
     return str(pdf.SOPInstanceUID), str(sr.SOPInstanceUID)
 
@@ -197,27 +199,26 @@ def test_a_pacs_that_is_down_gets_every_report_once_it_is_back(loop: Loop):
 
 
 def test_stow_rs_to_orthanc_dicomweb(loop: Loop):
-    """The same delivery job the report task runs, towards Orthanc's DICOMweb root with the pull's credential
-    options (basic auth here); then sent again: replaced."""
-    from services.pipeline.report_ledger import Candidate
-    from services.pipeline.runtime import Runtime
-    from services.reports.delivery import deliver
-
+    """The worker restarted with a DICOMweb destination (Orthanc's DICOMweb root, with the pull's credential
+    options: basic auth here): a film C-STOREd into cxr comes back by STOW-RS, through the same queue and report
+    task; then its report sent again (`cxr retry`) replaces it."""
     o = loop.orthanc
-    env = loop.env_for(o.dicomweb_url, report_user=o.user, report_password=o.password)
-    settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
-    film = loop.film(1)  # a seeded film: it has no report yet
-    key, study = sop_key(_uid(film)), str(pydicom.dcmread(film, stop_before_pixels=True).StudyInstanceUID)
-    collection = settings.collection
-    assert loop.reports.plan(collection, [Candidate(key, study, None)], destination="stow", per_study=True) == [key]
-    with Runtime(settings) as runtime:
-        assert deliver(settings, runtime, loop.reports, collection, key).state == "sent"
+    stow_env = loop.env_for(o.dicomweb_url, report_user=o.user, report_password=o.password)
+    loop.worker.stop()
+    worker = WorkerProcess(stow_env, loop.root).start()
+    try:
+        film = loop.film(24)
+        loop.store([film])
         uids = _check_report(loop.wait_report(film), film)
-        loop.reports.mark_attempt_failed(collection, key, "resend for the test", final=True)
-        loop.reports.retry([key])
-        assert deliver(settings, runtime, loop.reports, collection, key).state == "sent"
-    assert _check_report(loop.wait_report(film), film) == uids
-    assert (loop.reports.get(collection, key).pdf_uid, loop.reports.get(collection, key).sr_uid) == uids
+        key = sop_key(_uid(film))
+        wait_for(lambda: loop.reports.get(loop.settings.collection, key).state == "sent", what="report sent")
+        row = loop.reports.get(loop.settings.collection, key)
+        assert row.destination.startswith(o.dicomweb_url.split("://")[0] + "://") and (row.pdf_uid, row.sr_uid) == uids
+        _resend(loop, _uid(film))
+        assert _check_report(loop.wait_report(film), film) == uids
+    finally:
+        worker.stop()
+        loop.worker = WorkerProcess(loop.env, loop.root).start()  # back to C-STORE for the tests after
 
 
 def test_the_receiver_refuses_to_index_a_pdf_and_an_sr(loop: Loop, tmp_path: Path):

@@ -153,7 +153,9 @@ def test_no_other_patient_appears_in_either_dicom_object(
         assert ds.SeriesDescription == "cxr similar cases" and ds.SeriesInstanceUID != query.SeriesInstanceUID
     page = pdf_text(report.pdf, tmp_path)
     assert not [o for o in others if o in page]
-    assert report.pdf_dataset.SeriesInstanceUID == report.sr_dataset.SeriesInstanceUID
+    # two series, one modality each (Modality is a series attribute)
+    assert report.pdf_dataset.SeriesInstanceUID != report.sr_dataset.SeriesInstanceUID
+    assert (report.pdf_dataset.Modality, report.sr_dataset.Modality) == ("DOC", "SR")
 
 
 def test_a_rebuild_gives_the_same_uids(report: Report, indexed: Indexed, query_film: Path) -> None:
