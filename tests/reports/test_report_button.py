@@ -24,4 +24,16 @@ def test_the_report_button_opens_the_pdf_of_the_query_on_screen(live: LiveServer
         "async (url) => new TextDecoder().decode((await (await fetch(url)).arrayBuffer()).slice(0, 5))", tab.url
     )
     assert head == "%PDF-"
+    tab.close()
+
+    # a double click makes one report: the button is disabled while its request runs
+    requests: list[str] = []
+    tabs_before = len(page.context.pages)
+    page.on("request", lambda r: requests.append(r.url) if "/v1/report" in r.url else None)
+    with page.context.expect_page() as again, page.expect_response(lambda r: "/v1/report" in r.url):
+        page.dblclick("#report")
+    again.value.wait_for_url("blob:**")
+    page.wait_for_function("!document.getElementById('report').disabled")
+    assert len(requests) == 1, requests
+    assert len(page.context.pages) == tabs_before + 1, [p.url for p in page.context.pages]  # one report tab
     assert not page.errors, page.errors
