@@ -244,21 +244,23 @@ def exact_rows(store: QdrantEdgeStore, data: DataSet) -> dict[str, dict[str, flo
 
 def matches_estimates(store: QdrantEdgeStore, data: DataSet) -> dict[str, dict[str, float]]:
     """What the exact policy's decision costs: the engine's estimate of how many points each filter keeps (the
-    adapter's own call), its time, and the true count."""
+    count request the adapter's search path makes), its time, and the true count."""
+    import qdrant_edge as qe
+
+    from services.index.edge import _edge_filter
+
     flts = {f"label={lab}": SearchFilter(must={"label": lab}) for lab in LABELS} | {
         "selective": SearchFilter(must=dict(SELECTIVE))
     }
     out = {}
-    saved = store.tuning
-    store.tuning = replace(saved, exact_filter_max_points=1 << 40)  # so that the adapter asks for the estimate
-    with store._using("bench") as shard:  # the adapter's internals: the estimate the search path asks for
+    with store._using("bench") as shard:  # the adapter's internals: its shard and filter translation
         for key, flt in flts.items():
+            request = qe.CountRequest(filter=_edge_filter(flt), exact=False)
             wall: list[float] = []
             cpu: list[float] = []
             for _ in range(50):
-                estimate = timed(wall, cpu, store._matches, "bench", shard, flt)
+                estimate = int(timed(wall, cpu, shard.count, request))
             out[key] = {"estimate": estimate, "true": round(data.share[key] * len(data.ids)), "p50_ms": pct(wall, 50)}
-    store.tuning = saved
     return out
 
 

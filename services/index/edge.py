@@ -268,19 +268,17 @@ class QdrantEdgeStore(LeasedShards):
             found = found_ids(canon, lambda chunk: self._call(name, "retrieve", shard.retrieve, chunk, False, False))
         return restore_ids(ids, found)
 
-    def _matches(self, name: str, shard: Any, flt: SearchFilter | None) -> int | None:
-        """How many points `flt` keeps (the engine's estimate from its payload indexes) when the tuning needs it to
-        choose exact search, else None."""
-        if not self.tuning.needs_matches(flt):
-            return None
-        return int(self._call(name, "count", shard.count, qe.CountRequest(filter=_edge_filter(flt), exact=False)))
-
     def _query(
-        self, query: Any, k: int, flt: SearchFilter | None, ef: int | None, matches: int | None
+        self, name: str, shard: Any, query: Any, k: int, flt: SearchFilter | None, ef: int | None
     ) -> qe.QueryRequest:
-        """A request for `query`, searched as IndexTuning.search_plan says (exact, or the beam and ACORN)."""
+        """A request for `query`, searched as IndexTuning.search_plan says (exact, or the beam and ACORN). Where the
+        plan depends on how many points `flt` keeps, the engine's estimate is asked for (one payload-index lookup)."""
+        engine_flt = _edge_filter(flt)
+        matches = None
+        if self.tuning.needs_matches(flt):
+            matches = int(self._call(name, "count", shard.count, qe.CountRequest(filter=engine_flt, exact=False)))
         params = engine_search_params(self.tuning.search_plan(flt, matches, ef), qe)
-        return qe.QueryRequest(limit=k, query=query, filter=_edge_filter(flt), with_payload=True, params=params)
+        return qe.QueryRequest(limit=k, query=query, filter=engine_flt, with_payload=True, params=params)
 
     def search(
         self,
@@ -305,8 +303,7 @@ class QdrantEdgeStore(LeasedShards):
             return []
         with self._using(name) as shard:
             requests = [
-                self._query(qe.Query.Nearest(v), k, f, None, self._matches(name, shard, f))
-                for v, f in zip(matrix, flts, strict=True)
+                self._query(name, shard, qe.Query.Nearest(v), k, f, None) for v, f in zip(matrix, flts, strict=True)
             ]
             batch = qe.QueryBatchRequest(requests)
             results = self._call(name, "search_batch", shard.query_batch, batch)
@@ -314,7 +311,7 @@ class QdrantEdgeStore(LeasedShards):
 
     def _page(self, name: str, query: Any, flt: SearchFilter | None, n: int, ef: int | None = None) -> list[Hit]:
         with self._using(name) as shard:
-            request = self._query(query, n, flt, ef, self._matches(name, shard, flt))
+            request = self._query(name, shard, query, n, flt, ef)
             points = self._call(name, "search", shard.query, request)
         return hits(points)
 

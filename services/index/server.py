@@ -155,20 +155,17 @@ class QdrantServerStore:
                     self._call(name, "index", self._client.create_payload_index, name, key, _SCHEMA[kind])
         self._indexed.add(name)
 
-    def _matches(self, name: str, flt: SearchFilter | None) -> int | None:
-        """How many points `flt` keeps (the server's estimate from its payload indexes) when the tuning needs it to
-        choose exact search, else None."""
-        if self._local or not self.tuning.needs_matches(flt):
-            return None
-        answer = self._call(name, "count", self._client.count, name, count_filter=_server_filter(flt), exact=False)
-        return int(answer.count)
-
     def _search_params(
-        self, flt: SearchFilter | None, hnsw_ef: int | None, matches: int | None
+        self, name: str, flt: SearchFilter | None, server_filter: qm.Filter | None, hnsw_ef: int | None
     ) -> qm.SearchParams | None:
-        """As IndexTuning.search_plan says (as for the embedded store): exact, or the beam and ACORN."""
+        """As IndexTuning.search_plan says (as for the embedded store): exact, or the beam and ACORN. Where the plan
+        depends on how many points `flt` (translated: `server_filter`) keeps, the server's estimate is asked for."""
         if self._local:  # exact search only; it warns about parameters it ignores
             return None
+        matches = None
+        if self.tuning.needs_matches(flt):
+            answer = self._call(name, "count", self._client.count, name, count_filter=server_filter, exact=False)
+            matches = int(answer.count)
         return engine_search_params(self.tuning.search_plan(flt, matches, hnsw_ef), qm)
 
     def has_collection(self, name: str) -> bool:
@@ -242,7 +239,7 @@ class QdrantServerStore:
     ) -> list[Hit]:
         """The `k` best points for `query` (a vector or a recommend query) that pass `flt`."""
         server_filter = _server_filter(flt)
-        params = self._search_params(flt, hnsw_ef, self._matches(name, flt))
+        params = self._search_params(name, flt, server_filter, hnsw_ef)
         return self._query_points(name, doing, query, k, server_filter, params)
 
     def _query_points(
@@ -274,7 +271,7 @@ class QdrantServerStore:
         requests = []
         for v, f in zip(matrix, flts, strict=True):
             server_filter = _server_filter(f)
-            params = self._search_params(f, None, self._matches(name, f))
+            params = self._search_params(name, f, server_filter, None)
             requests.append(
                 qm.QueryRequest(query=v.tolist(), limit=k, filter=server_filter, with_payload=True, params=params)
             )
@@ -286,7 +283,7 @@ class QdrantServerStore:
     ) -> list[Hit]:
         """Qdrant's group-by (one hit per group), plus the points without the field, which it leaves out."""
         server_filter = _server_filter(flt)
-        params = self._search_params(flt, hnsw_ef, self._matches(name, flt))
+        params = self._search_params(name, flt, server_filter, hnsw_ef)
         groups = self._call(
             name,
             "group search",

@@ -54,11 +54,11 @@ class IndexTuning:
     - `index_threads`: threads for one HNSW build (0 = one per core).
     - `search_hnsw_ef`: the search beam when a caller does not give one.
     - `exact_filter_max_points`: a filtered search whose filter keeps at most this many points (the engine's
-      cardinality estimate, one index lookup, about 0.02 ms) scores every one of them (exact) instead of walking
-      the graph (None: never), whatever the collection's size: its cost is bounded by this count, and its recall
-      is 1.0. A filter value that follows the embedding defeats filtered HNSW, with or without ACORN (measured on
-      the trained model's embeddings at 100k: label=pneumonia_bacterial from other labels' queries, recall@10
-      0.73 at any ef; exact 1.0, 5 ms CPU).
+      cardinality estimate, one index lookup: 0.04-0.05 ms at 1M, docs/scaling.md) scores every one of them
+      (exact) instead of walking the graph (None: never), whatever the collection's size: its cost is bounded by
+      this count, and its recall is 1.0. A filter value that follows the embedding defeats filtered HNSW, with or
+      without ACORN (measured on the trained model's embeddings at 100k: label=pneumonia_bacterial from other
+      labels' queries, recall@10 0.73 at any ef; exact 1.0, 5 ms CPU).
     - `acorn_max_selectivity`: filtered searches whose filter keeps at most this share of points use ACORN
       (two-hop graph expansion), which keeps recall where plain filtered HNSW loses it; 0 turns it off.
     """

@@ -43,10 +43,11 @@ def test_both_engines_get_the_same_parameters() -> None:
 
 def test_the_server_store_asks_the_tuning_except_in_local_mode() -> None:
     remote = QdrantServerStore("http://127.0.0.1:9", tuning=IndexTuning(search_hnsw_ef=32))  # never contacted
-    assert remote._search_params(LABEL, None, None) == qm.SearchParams(hnsw_ef=32)
+    assert remote._search_params("cxr", LABEL, _server_filter(LABEL), None) == qm.SearchParams(hnsw_ef=32)
     remote.close()
     local = QdrantServerStore(location=":memory:", tuning=IndexTuning(search_hnsw_ef=32))
-    assert local._search_params(LABEL, None, None) is None  # exact search only; it warns about parameters
+    # exact search only; it warns about parameters
+    assert local._search_params("cxr", LABEL, _server_filter(LABEL), None) is None
     local.close()
 
 
