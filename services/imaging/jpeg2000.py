@@ -71,11 +71,14 @@ def read_header(frame: bytes) -> J2kHeader | None:
 
 
 def resolution_level(factors: tuple[int, int]) -> int:
-    """The resolution level to decode at before a box reduction by (rows, columns) `factors`: the largest, up to
-    MAX_LEVEL, whose scale 2**level divides both. The box step left after it is then the one a full decode
-    would take, and all that differs is the wavelet's low-pass in place of a box over 2**level pixels."""
+    """The resolution level to decode at before the box reduction by (rows, columns) `factors` a full decode
+    would take: the largest, up to MAX_LEVEL, whose scale 2**level is at most the smaller factor. The caller
+    box-reduces the level's image by the factors its own size gives (services.imaging.reduce), so what differs
+    from a full decode is the wavelet's low-pass in place of part of the box. An odd factor (a 1,841 x 1,955 CR
+    wanted at 128 px: 7 x 7) still takes a level; requiring 2**level to divide both factors, as before, decoded
+    such films whole (benchmarks/decode.py times both)."""
     level = 0
-    while level < MAX_LEVEL and factors[0] % (2 << level) == 0 and factors[1] % (2 << level) == 0:
+    while level < MAX_LEVEL and (2 << level) <= min(factors):
         level += 1
     return level
 

@@ -53,15 +53,28 @@ def box_reduce(values: np.ndarray, factors: tuple[int, int], *, lookup: np.ndarr
     rest = values.shape[2:]
     kind = values.dtype.kind if lookup is None else lookup.dtype.kind
     accumulate = np.float64 if kind == "f" else np.int64
-    columns = np.arange(0, width, across)
-    sums = np.empty((reduced_side(height, down), len(columns), *rest), dtype=accumulate)
+    sums = np.empty((reduced_side(height, down), reduced_side(width, across), *rest), dtype=accumulate)
     row_bytes = max(1, width * int(np.prod(rest, dtype=np.int64)) * 8)
     band = down * max(1, _BAND_BYTES // (row_bytes * down))
     for top in range(0, height, band):
         chunk = values[top : top + band] if lookup is None else lookup[values[top : top + band]]
-        rows = np.add.reduceat(chunk, np.arange(0, chunk.shape[0], down), axis=0, dtype=accumulate)
-        sums[top // down : top // down + rows.shape[0]] = np.add.reduceat(rows, columns, axis=1)
+        rows = _block_sums(chunk, down, 0, accumulate)
+        sums[top // down : top // down + rows.shape[0]] = _block_sums(rows, across, 1, accumulate)
     row_counts = np.diff(np.append(np.arange(0, height, down), height))
-    column_counts = np.diff(np.append(columns, width))
+    column_counts = np.diff(np.append(np.arange(0, width, across), width))
     counts = np.multiply.outer(row_counts, column_counts).reshape(sums.shape[:2] + (1,) * len(rest))
     return sums / counts
+
+
+def _block_sums(values: np.ndarray, factor: int, axis: int, accumulate: type) -> np.ndarray:
+    """Sums of consecutive runs of `factor` entries along `axis` (0 or 1), the last run keeping what is left: the
+    whole runs as one reshaped sum (several times faster than np.add.reduceat over the same runs)."""
+    length = values.shape[axis]
+    whole = length // factor * factor
+    head = values[:whole] if axis == 0 else values[:, :whole]
+    shape = values.shape[:axis] + (whole // factor, factor) + values.shape[axis + 1 :]
+    sums = head.reshape(shape).sum(axis=axis + 1, dtype=accumulate)
+    if whole == length:
+        return sums
+    tail = values[whole:] if axis == 0 else values[:, whole:]
+    return np.concatenate([sums, tail.sum(axis=axis, keepdims=True, dtype=accumulate)], axis=axis)

@@ -26,7 +26,7 @@ from .conftest import dicom_bytes, gradient, make_dataset
 
 SIDE = 128  # the trained models' input side
 EXACT = 1e-5  # float32 rounding: the same model input
-# A JPEG 2000 resolution level in place of a box over 2 x 2 pixels (measured on these files: 0.026 at most).
+# A JPEG 2000 resolution level in place of part of the box (measured on these files at 128 px: 0.026 at most).
 LEVEL_MAX_ABS = 0.03
 COSINE = 0.999
 REAL_CRS = [f"RG{n}_{kind}.dcm" for n in (1, 3) for kind in ("UNCI", "UNCR", "J2KI", "J2KR")]
@@ -203,13 +203,21 @@ def test_jpeg2000_at_a_lower_level_stays_within_tolerance(signed: bool) -> None:
     assert abs(level1.mean() - stored.mean()) < 10  # of 0..4000 (the low-pass is clamped at the ends)
 
 
-def test_jpeg2000_that_does_not_fit_the_simple_case_is_decoded_whole() -> None:
+def test_an_odd_factor_takes_a_level_and_a_factor_of_one_does_not() -> None:
     stored = _noisy(520, 540)
-    odd = _j2k(stored)  # factors 3 at 80 px: no level divides them, so a full decode and the exact box
-    assert not _uses_a_level(odd, 80)
+    odd = _j2k(stored)  # factors 3 at 80 px: level 1, then the box its half-size image calls for
     full, reduced = decode_bytes(odd), decode_bytes(odd, target_side=80)
+    assert _uses_a_level(odd, 80) and reduced.reduction == (2, 2)  # 260 x 270 is under 4 x 80: no box after it
     a, b = _inputs(full, reduced, 80)
-    assert np.abs(a - b).max() <= EXACT
+    assert _cosine(a, b) >= COSINE and np.abs(a - b).max() <= LEVEL_MAX_ABS
+    assert not _uses_a_level(odd, 200)  # factor 1: nothing to skip
+    same = decode_bytes(odd, target_side=200)
+    assert same.reduction == (1, 1)
+    assert np.abs(to_model_input(full.pixels, 200) - to_model_input(same.pixels, 200, extent=same.extent)).max() <= EXACT
+
+
+def test_jpeg2000_that_does_not_fit_the_simple_case_is_decoded_whole() -> None:
+    odd = _j2k(_noisy(520, 540))
     frame = pydicom.encaps.generate_fragmented_frames(pydicom.dcmread(io.BytesIO(odd)).PixelData, number_of_frames=1)
     raw = b"".join(next(frame))
     assert decode_reduced(raw, 1, bits_stored=12, signed=False) is None  # the codestream says 16 bits, not 12
