@@ -4,8 +4,8 @@ Sections, each row beside its baseline from the same run:
 - decode: images/s (median of alternating rounds) and peak RSS (a fresh process per file and method) of today's
   decode (`decode_bytes` at full size, then `to_model_input`) against the reduced one (`target_side`, then
   `to_model_input` with the extent), on cxr-public JPEGs, the pydicom-data chest CR (RG1: explicit VR and JPEG 2000),
-  copies upscaled to 2,500-3,000 px (explicit VR, JPEG 2000, JPEG-LS; RG1 is not square and its factors are odd, so
-  its JPEG 2000 copy is decoded whole; RG3's square copy takes the half-resolution level) and a large 8-bit PNG;
+  copies upscaled to 2,500-3,000 px (explicit VR, JPEG 2000, JPEG-LS; each JPEG 2000 frame takes the half-resolution
+  level, odd factors included) and a large 8-bit PNG;
 - equivalence: per data set, the lowest cosine between the embeddings of the two decodes (eager fp32), and the same
   for two rejected alternatives: JPEG DCT scaling (Pillow's `draft`) and coarser JPEG 2000 levels;
 - index: inline `cxr index` (the Ingestor, decoding in threads, as the CLI runs it) against the encoder alone on
