@@ -352,12 +352,17 @@ def server_rows(data: DataSet, args: argparse.Namespace) -> dict[str, Any] | Non
     return {"upsert_pts_per_s": len(data.ids) / upsert_s, "indexed_after_s": built_s, "search": rows}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that choose the data sets (benchmarks/store_scale_data.py), shared with store_partitions.py."""
     p.add_argument("--manifest", type=Path, default=REPO.parent / "shared/data/cxr-public/manifest.csv")
     p.add_argument("--model", type=Path, help="trained checkpoint folder (default: random-init vit-tiny, said so)")
     p.add_argument("--data", default="real,hard")
     p.add_argument("--sizes", default="100000")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(p)
     p.add_argument("--grid", default="16x100", help="comma-separated MxEF_CONSTRUCT build configs")
     p.add_argument("--efs", type=lambda s: [int(v) for v in s.split(",")], default=[64, 128, 256])
     p.add_argument("--acorns", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 0.4])

@@ -18,9 +18,10 @@ from PIL import Image
 
 # The coarsest level used. The coarser the level, the more its low-pass differs from a box average: at 128 px,
 # on the pydicom-data CRs and copies upscaled to 2,100-3,200 px, the two trained headline models' embeddings stayed
-# at cosine >= 0.99993 to a full decode's with level 1 where 2 divides the box factors, 0.9995 with level 1 on RG1's
-# odd factors (7 x 7, the label+source model), 0.9996 with level 2 and 0.9985 with level 3 at even ones (benchmarks/decode.py measures it).
-# All but level 3 pass the 0.999 tolerance; level 1 alone already cuts a 2,000 px CR's decode about 4x.
+# at cosine >= 0.99993 to a full decode's with level 1 where 2 divides the box factors, 0.9996 with level 2 and
+# 0.9985 with level 3; the label+source model's at 0.9995 with level 1 on RG1's odd factors (7 x 7)
+# (benchmarks/decode.py measures it). All but level 3 pass the 0.999 tolerance, and level 1 alone already cuts a
+# 2,000 px CR's decode about 4x.
 MAX_LEVEL = 1
 _SOC_SIZ = b"\xff\x4f\xff\x51"
 _COD = 0xFF52

@@ -213,7 +213,9 @@ def test_an_odd_factor_takes_a_level_and_a_factor_of_one_does_not() -> None:
     assert not _uses_a_level(odd, 200)  # factor 1: nothing to skip
     same = decode_bytes(odd, target_side=200)
     assert same.reduction == (1, 1)
-    assert np.abs(to_model_input(full.pixels, 200) - to_model_input(same.pixels, 200, extent=same.extent)).max() <= EXACT
+    assert (
+        np.abs(to_model_input(full.pixels, 200) - to_model_input(same.pixels, 200, extent=same.extent)).max() <= EXACT
+    )
 
 
 def test_jpeg2000_that_does_not_fit_the_simple_case_is_decoded_whole() -> None:

@@ -169,16 +169,24 @@ def test_a_file_that_kills_its_worker_every_time_ends_gave_up(
     started again, until the ledger's attempt counter stops it: failed at stage 'gave-up' after max_attempts
     starts, listed by `cxr failures`, while the files around it are indexed. cxr has no crash hook, so the test
     plays the OOM killer: it SIGKILLs the embed pool process each time that process starts the file."""
+    from pydicom.uid import JPEGLSLossless
+
     from services.imaging import decode_image
     from tests.imaging.conftest import dicom_bytes, make_dataset
     from workers.dispatch import make_publish
 
     env = queue_env(tmp_path / "data", redis_db_url, tiny_checkpoint, max_attempts=3)
     settings = settings_of(env)
-    side = 5000  # a 50 MB film: its decode takes a second or more, time to catch the process at it
-    film = (np.add.outer(np.arange(side), np.arange(side)) % 4000).astype(np.uint16)
+    # A 5,000 px film in JPEG-LS, with noise: JPEG-LS has no reduced decode, so each start spends a second or more
+    # decoding it, time to catch the process at it. (Uncompressed, the reduced decode now takes about 0.1 s, which a
+    # 0.2 s poll can miss: the file is then indexed and never given up.)
+    side = 5000
+    noise = np.random.default_rng(0).integers(0, 64, (side, side))
+    film = ((np.add.outer(np.arange(side), np.arange(side)) % 4000) + noise).astype(np.uint16)
+    ds = make_dataset(film)
+    ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
     heavy = tmp_path / "heavy.dcm"
-    heavy.write_bytes(dicom_bytes(make_dataset(film)))
+    heavy.write_bytes(dicom_bytes(ds))
     assert decode_image(heavy).pixels.shape == (side, side)  # a good file: only its worker's death stops it
     key = file_key(heavy, settings.salt)
     good = real_images(cxr_public, 300)[290:298]

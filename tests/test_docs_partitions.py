@@ -1,0 +1,43 @@
+"""docs/scaling.md's "One graph per label" section against benchmarks/results/store_partitions.json: every row of
+its table and every figure of its prose, rebuilt from the JSON (tests/scaling_partitions_doc.py)."""
+
+from __future__ import annotations
+
+from tests.scaling_doc import _cites, _doc, _plain, _section
+from tests.scaling_partitions_doc import partition_figures, partition_runs
+
+HEADING = "One graph per label (issue 18's tenant lever, measured, not adopted)"
+PROSE = (
+    "compare both layouts in one run (`{RUN_100K}`)",
+    "The 1M partitioned row is run `{RUN_1M}`, at load {LOADS_1M}",
+    "run `{POLICY_1M}` of the section above",
+    "label filter: met ({LABEL_1M}), where today's exact search takes {SINGLE_LABEL_1M} ms",
+    "selective filter: met ({SEL_1M})",
+    "unfiltered: {NONE_VERDICT} ({NONE_1M}; {NONE_1M_EF64} at ef 64). Today's one graph takes {SINGLE_NONE_1M} ms",
+    "the refreshes took {REFRESH_100K_PARTS} s in all (hard and real data), against {REFRESH_100K_SINGLE} s",
+    "At 1M they took {REFRESH_1M_TOTAL} s in all, the longest {REFRESH_1M_MAX} s",
+    "({UPSERT_100K_PARTS} against {UPSERT_100K_SINGLE} points/s)",
+    "At 100k: {DISK_100K_PARTS} MB against {DISK_100K_SINGLE} MB",
+    "At 1M: {DISK_1M_PARTS} MB",
+)
+
+
+def test_the_partition_table_and_prose_come_from_the_json() -> None:
+    figures = partition_figures()
+    section = _section(HEADING)
+    _cites("store_partitions.json")
+    for row in figures["TABLE_ROWS"].splitlines():
+        assert row in section, row
+    prose = _plain(section)
+    for template in PROSE:
+        assert template.format(**figures) in prose, template
+
+
+def test_the_section_says_the_targets_as_the_json_gives_them() -> None:
+    """A "met" in the prose must be a p50 within 10 ms at recall >= 0.99 in the JSON, and the runs it names exist."""
+    figures = partition_figures()
+    for key in ("LABEL_1M", "SEL_1M"):
+        p50, recall = (float(x.rstrip(" ms")) for x in figures[key].split(", "))
+        assert p50 <= 10 and recall >= 0.99, key
+    assert {figures["RUN_100K"], figures["RUN_1M"]} <= set(partition_runs())
+    assert "store_partitions.py" in _doc()
