@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     index_segment_points: int = Field(
         200_000, ge=1, description="Largest index segment; a refresh rebuilds at most one segment of this size."
     )
+    index_label_parts: int = Field(
+        8,
+        ge=0,
+        description="New embedded collections give up to this many labels a graph of their own (0 = one graph).",
+    )
     hnsw_m: int = Field(16, ge=2, description="HNSW graph degree for new collections.")
     hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build beam for new collections.")
     index_threads: int = Field(0, ge=0, description="Threads for one HNSW build in the embedded store (0 = all cores).")

@@ -20,7 +20,7 @@ _LOCKED_MARK = "WouldBlock"  # qdrant-edge: "failed to open WAL <dir>/wal: Can't
 class LeasedShards:
     """The shards a store object holds open under `root`'s StoreLease. After each call it hands them over if
     another process waits (or at once with `linger_s=0`), else closes them once idle for `linger_s`. A subclass
-    opens its shards in `_shard` and works on them inside `_using`."""
+    opens its shards in `_shard` and works on them inside `_using` (one shard) or `_session` (several)."""
 
     def __init__(self, root: Path, *, wait_s: float, linger_s: float) -> None:
         self.root = Path(root)
@@ -31,10 +31,14 @@ class LeasedShards:
         self._linger = float(linger_s)
         self._last_used = 0.0
         self._janitor: threading.Thread | None = None
+        self._depth = 0  # nested _session()s
 
     def _shard(self, name: str) -> qe.EdgeShard:
         """The open shard for `name`, opening it (under the lease) on first use."""
         raise NotImplementedError
+
+    def _released(self) -> None:
+        """Called once the lease is given back: forget what another process may now change."""
 
     def _engine_error(self, exc: Exception, path: Path, doing: str) -> StoreError:
         if _LOCKED_MARK in str(exc):
@@ -56,14 +60,25 @@ class LeasedShards:
             raise
 
     @contextmanager
+    def _session(self) -> Iterator[None]:
+        """One call, which may open several shards: the lease is held throughout, and only when the outermost
+        session ends is the store handed over if another process waits."""
+        with self._lock:
+            self._depth += 1
+            try:
+                self._lease.acquire()
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._last_used = time.monotonic()
+                    self._after_call()
+
+    @contextmanager
     def _using(self, name: str) -> Iterator[qe.EdgeShard]:
         """The open shard for one call; afterwards hand the store over if another process waits."""
-        with self._lock:
-            try:
-                yield self._shard(name)
-            finally:
-                self._last_used = time.monotonic()
-                self._after_call()
+        with self._session():
+            yield self._shard(name)
 
     def _after_call(self) -> None:
         if self._linger <= 0 or self._lease.others_waiting():
@@ -96,5 +111,6 @@ class LeasedShards:
                     errors.append(f"{name}: {exc}")
             self._shards.clear()
             self._lease.release()
+            self._released()
         if errors:
             raise StoreError(f"closing the embedded store {self.root} failed for {'; '.join(errors)}")

@@ -20,6 +20,7 @@ def index_tuning(settings: Settings) -> IndexTuning:
         search_hnsw_ef=settings.search_hnsw_ef,
         acorn_max_selectivity=settings.search_acorn_selectivity,
         exact_filter_max_points=settings.search_exact_filter_max_points or None,
+        label_parts=settings.index_label_parts,
     )
 
 

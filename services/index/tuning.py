@@ -59,6 +59,10 @@ class IndexTuning:
       this count, and its recall is 1.0. A filter value that follows the embedding defeats filtered HNSW, with or
       without ACORN (measured on the trained model's embeddings at 100k: label=pneumonia_bacterial from other
       labels' queries, recall@10 0.73 at any ef; exact 1.0, 5 ms CPU).
+    - `label_parts`: new collections of the embedded store keep each label's points in a graph of their own, for
+      up to this many labels (later labels, and points without one, share one more); 0: one graph for all. A label
+      filter then searches one label's graph unfiltered: at 1M points 1.97 ms at recall@10 0.997, where one graph
+      needs an exact scan for recall (22.9 ms; docs/scaling.md). Fixed per collection when it is created.
     - `acorn_max_selectivity`: filtered searches whose filter keeps at most this share of points use ACORN
       (two-hop graph expansion), which keeps recall where plain filtered HNSW loses it; 0 turns it off.
     """
@@ -73,6 +77,7 @@ class IndexTuning:
     search_hnsw_ef: int | None = None
     acorn_max_selectivity: float = 0.0
     exact_filter_max_points: int | None = None
+    label_parts: int = 0
 
     def __post_init__(self) -> None:
         for key in (
@@ -90,6 +95,8 @@ class IndexTuning:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"index tuning: {key} must be 0 or more, or unset, got {value!r}")
+        if isinstance(self.label_parts, bool) or not isinstance(self.label_parts, int) or self.label_parts < 0:
+            raise ConfigError(f"index tuning: label_parts must be 0 (one graph) or more, got {self.label_parts!r}")
         if self.index_threads < 0:
             raise ConfigError(f"index tuning: index_threads must be 0 (auto) or more, got {self.index_threads}")
         if not 0.0 <= self.acorn_max_selectivity <= 1.0:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.index import Hit, QdrantEdgeStore, QdrantServerStore, VectorStore
+from services.index import Hit, IndexTuning, QdrantEdgeStore, QdrantServerStore, VectorStore
 
 SERVER_ENV = "CXR_TEST_QDRANT_URL"
 
@@ -60,7 +60,7 @@ def qdrant_container() -> Iterator[tuple[str, str]]:
         yield server.url, server.api_key
 
 
-@pytest.fixture(params=["edge", "memory", "server", "container"])
+@pytest.fixture(params=["edge", "edge-parts", "memory", "server", "container"])
 def store_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreCase]:
     """Each adapter in turn; the real-server variant only when CXR_TEST_QDRANT_URL points at a live server, the
     container variant only where a Docker engine runs the compose file's Qdrant image."""
@@ -68,6 +68,9 @@ def store_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
     if request.param == "edge":
         # A tiny indexing threshold makes optimize() really build HNSW on a few thousand test vectors.
         opener = partial(QdrantEdgeStore, tmp_path / "qdrant", indexing_threshold_kb=10)
+    elif request.param == "edge-parts":  # the default layout of new embedded collections: one graph per label
+        parts = IndexTuning(label_parts=3)
+        opener = partial(QdrantEdgeStore, tmp_path / "qdrant", indexing_threshold_kb=10, tuning=parts)
     elif request.param == "memory":
         opener = partial(QdrantServerStore, location=":memory:")
     elif request.param == "server":
