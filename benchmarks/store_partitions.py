@@ -1,18 +1,19 @@
-"""One collection per label (a partitioned layout, issue 18's tenant lever) against today's single collection, in
-one run, on benchmarks/store_scale.py's data (`real`, `hard`) and its writer loop.
+"""One graph per label (the embedded store's layout for new collections, IndexTuning.label_parts) against one graph
+for every label, in one run, on benchmarks/store_scale.py's data (`real`, `hard`) and its writer loop.
 
-- single: one collection; filtered searches take the store's default policy (exact when the filter keeps at most
-  CXR_SEARCH_EXACT_FILTER_MAX_POINTS points, by the engine's estimate), unfiltered ones the graph at `ef`.
-- partitioned: one collection per label value (labels outside store_scale_data.LABELS share one "rest"
-  collection). A label filter becomes an unfiltered search of that label's own graph; the selective filter
-  (label AND source) searches the label's collection with the source filter, under the same default policy; an
-  unfiltered search asks every collection for its top 10 and merges them by score.
+- single: one graph (label_parts 0, the layout of collections made before issue 18).
+- by-label: the store's own layout, label_parts 8: each label's points in a graph of their own. A label filter is
+  an unfiltered search of that label's graph; the selective filter (label AND source) searches the label's graph
+  with the source filter, under the default policy; an unfiltered search visits every graph and merges by score.
+- partitioned (the JSON's runs 20261204-111728-32103 and 20261204-112236-32432, before the store had the layout):
+  the same idea emulated by this script with one collection per label and the four rare labels in one more.
 
-Each row: p50/p95 wall and CPU ms and recall@10 against numpy's exact answer, per label for the label filter. Build:
-the writer's refreshes (optimize() whenever a collection holds `threshold` unindexed points), in all and the
-longest, and the store's size on disk.
+Both current layouts go through the same adapter calls, with the store's defaults (ef 256, ACORN 0.4, filters
+keeping at most 500k points exact). Each row: p50/p95 wall and CPU ms and recall@10 against numpy's exact answer,
+per label for the label filter. Build: store_scale's writer loop (optimize() whenever the part that has most holds
+`threshold` unindexed points), then one last optimize, and the store's size on disk.
 
-    python -m benchmarks.store_partitions --model runs/headline/lite1-45min --sizes 1000000 --data real
+    python -m benchmarks.store_partitions --data hard --sizes 1000000 --layouts by-label
 
 Prints a table and adds the run to benchmarks/results/store_partitions.json.
 """
@@ -30,61 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.store_scale import DataSet, K, add_data_arguments, batches, disk_mb, latency, say, timed
-from benchmarks.store_scale_data import LABELS, SELECTIVE, embed_public
-from services.index import Hit, IndexTuning, QdrantEdgeStore, SearchFilter
+from benchmarks.store_scale import DataSet, K, add_data_arguments, build, disk_mb, latency, say, timed
+from benchmarks.store_scale_data import LABELS, embed_public
+from services.index import Hit, IndexTuning, QdrantEdgeStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store_partitions.json"
-REST = "rest"
-PARTS = (*LABELS, REST)
+NAME = "bench"  # store_scale.build's collection
+LABEL_PARTS = {"single": 0, "by-label": 8}
 
 
-def part_of(label: str | None) -> str:
-    return label if label in LABELS else REST
-
-
-def build(store: QdrantEdgeStore, data: DataSet, names: dict[str, str], threshold: int) -> dict[str, Any]:
-    """Upsert every point into the collection `names` gives its label, in the writer's batches; refresh each
-    collection once it holds `threshold` unindexed points, and every collection once at the end."""
-    for name in set(names.values()):
-        store.create_collection(name, data.x.shape[1])
-    upsert_wall: list[float] = []
-    refresh_wall: list[float] = []
-    refresh_cpu: list[float] = []
-    for points in batches(data, 1000):
-        by_name: dict[str, list[Any]] = {}
-        for point in points:
-            by_name.setdefault(names[part_of(point.payload.get("label"))], []).append(point)
-        for name, group in by_name.items():
-            timed(upsert_wall, [], store.upsert, name, group)
-            if store.unindexed_count(name) >= threshold:
-                timed(refresh_wall, refresh_cpu, store.optimize, name)
-    for name in set(names.values()):
-        timed(refresh_wall, refresh_cpu, store.optimize, name)
-    return {
-        "upsert_pts_per_s": len(data.ids) / sum(upsert_wall),
-        "refreshes": len(refresh_wall),
-        "refresh_total_s": sum(refresh_wall),
-        "refresh_max_s": max(refresh_wall),
-        "refresh_cpu_total_s": sum(refresh_cpu),
-        "points_per_collection": {name: store.count(name) for name in sorted(set(names.values()))},
-    }
-
-
-def fan_out(store: QdrantEdgeStore, q: np.ndarray, ef: int) -> list[Hit]:
-    hits = [h for part in PARTS for h in store.search(part, q, K, hnsw_ef=ef)]
-    return sorted(hits, key=lambda h: -h.score)[:K]
-
-
-def query(store: QdrantEdgeStore, layout: str, data: DataSet, kind: str, i: int, ef: int) -> list[Hit]:
-    q = data.q[i]
-    if layout == "single":
-        return store.search("all", q, K, data.flt(kind, i), hnsw_ef=ef)
-    if kind == "none":
-        return fan_out(store, q, ef)
-    if kind == "label":
-        return store.search(LABELS[i % len(LABELS)], q, K, hnsw_ef=ef)
-    return store.search(SELECTIVE["label"], q, K, SearchFilter(must={"source": SELECTIVE["source"]}), hnsw_ef=ef)
+def query(store: QdrantEdgeStore, data: DataSet, kind: str, i: int, ef: int) -> list[Hit]:
+    return store.search(NAME, data.q[i], K, data.flt(kind, i), hnsw_ef=ef)
 
 
 def measure(store: QdrantEdgeStore, layout: str, data: DataSet, kind: str, ef: int) -> dict[str, Any]:
@@ -93,7 +50,7 @@ def measure(store: QdrantEdgeStore, layout: str, data: DataSet, kind: str, ef: i
     recall: list[float] = []
     by_label: dict[str, list[float]] = {}
     for i in range(len(data.q)):
-        hits = timed(wall, cpu, query, store, layout, data, kind, i, ef)
+        hits = timed(wall, cpu, query, store, data, kind, i, ef)
         recall.append(len({int(uuid.UUID(h.id)) - 1 for h in hits} & data.truth[kind][i]) / K)
         if kind == "label":
             by_label.setdefault(LABELS[i % len(LABELS)], []).append(recall[-1])
@@ -112,23 +69,27 @@ def run_layout(layout: str, data: DataSet, args: argparse.Namespace) -> dict[str
         search_hnsw_ef=256,
         acorn_max_selectivity=0.4,
         exact_filter_max_points=500_000,
+        label_parts=LABEL_PARTS[layout],
     )
     root = args.work / f"{layout}-{data.name}-{len(data.ids)}"
     shutil.rmtree(root, ignore_errors=True)
     say(f"{layout} {data.name} {len(data.ids):,}: writer loop")
     store = QdrantEdgeStore(root, linger_s=1e9, tuning=tuning)
-    names = {part: ("all" if layout == "single" else part) for part in PARTS}
-    out: dict[str, Any] = {"layout": layout, "build": build(store, data, names, args.threshold)}
+    built = build(store, data, 1000, refresh=True)
+    last: list[float] = []
+    timed(last, [], store.optimize, NAME)
+    built |= {"final_optimize_s": last[0], "parts": len(store._keys(NAME))}  # engine internals, for the report
+    out: dict[str, Any] = {"layout": layout, "build": built}
     for i in range(len(data.q)):  # warm the pages every query touches
-        query(store, layout, data, "label", i, 64)
-        query(store, layout, data, "none", i, 64)
+        query(store, data, "label", i, 64)
+        query(store, data, "none", i, 64)
     out["search"] = [
         measure(store, layout, data, kind, ef) for ef in args.efs for kind in ("none", "label", "selective")
     ]
     store.close()
     out["build"] |= disk_mb(root)
     shutil.rmtree(root)
-    say(f"  built: {out['build']['refreshes']} refreshes, {out['build']['refresh_total_s']:.0f} s in all")
+    say(f"  built: {built['refreshes']} refreshes, {built['refresh_total_s']:.0f} s in all")
     return out
 
 
@@ -148,8 +109,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
-    p.add_argument("--layouts", default="single,partitioned")
-    p.add_argument("--efs", type=lambda s: [int(v) for v in s.split(",")], default=[64, 128, 256])
+    p.add_argument("--layouts", default="single,by-label")
+    p.add_argument("--efs", type=lambda s: [int(v) for v in s.split(",")], default=[64, 256])
     p.add_argument("--threshold", type=int, default=20_000, help="index writer threshold (points)")
     p.add_argument("--segment", type=int, default=200_000, help="largest segment (points)")
     p.add_argument("--index-threads", type=int, default=1)

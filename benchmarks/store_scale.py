@@ -170,11 +170,11 @@ def build(store: QdrantEdgeStore, data: DataSet, batch: int, refresh: bool) -> d
             timed(refreshes, refresh_cpu, store.optimize, "bench")
             if len(refreshes) % 10 == 0:
                 say(f"  {done:,} points, {len(refreshes)} refreshes, last {refreshes[-1]:.1f} s")
-    info = store._shard("bench").info()  # engine internals: segment count for the report
+    shards = [store._shard(key) for key in store._keys("bench")]  # engine internals: segments, in every part
     out = {
         "upsert_pts_per_s": len(data.ids) / sum(up_wall),
         "upsert_pts_per_cpu_s": len(data.ids) / sum(up_cpu),
-        "segments": info.segments_count,
+        "segments": sum(shard.info().segments_count for shard in shards),
     }
     if refresh:
         out |= {
@@ -278,12 +278,15 @@ def probe_memory(root: Path, data: DataSet, work: Path) -> dict[str, float]:
 
 
 def disk_mb(path: Path) -> dict[str, float]:
-    """On-disk size of the store, in all and for its write-ahead log."""
+    """Size of the store: files' lengths in all (`disk_mb`; the engine preallocates sparse files, so this
+    overstates), the blocks they really use (`disk_used_mb`), and the write-ahead logs' lengths."""
 
     def size(p: Path) -> float:
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
 
-    return {"disk_mb": size(path), "wal_mb": sum(size(w) for w in path.glob("*/wal"))}
+    used = sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20
+    wal = sum(size(w) for w in path.rglob("wal") if w.is_dir())
+    return {"disk_mb": size(path), "disk_used_mb": used, "wal_mb": wal}
 
 
 def run_config(data: DataSet, args: argparse.Namespace, m: int, efc: int, work: Path) -> dict[str, Any]:

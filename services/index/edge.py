@@ -25,8 +25,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,7 @@ class QdrantEdgeStore(LeasedShards):
         self._meta: dict[str, dict[str, Any]] = {}  # collection records read
         self._parts: dict[str, Parts] = {}  # partitioned collections' parts, read while the lease is held
         self._indexed: set[str] = set()  # collections whose INDEXED_FIELDS indexes are known to exist
+        self._pool: ThreadPoolExecutor | None = None  # searches of several parts at once (_in_parallel)
 
     def __enter__(self) -> QdrantEdgeStore:
         return self
@@ -417,10 +420,13 @@ class QdrantEdgeStore(LeasedShards):
             for i, flt in enumerate(flts):
                 for key, f in self._visits(name, flt):
                     asks.setdefault(key, []).append((i, f))
+            calls = []
             for key, ask in asks.items():
                 shard = self._shard(key)
                 requests = [self._query(key, shard, qe.Query.Nearest(matrix[i]), k, f, None) for i, f in ask]
-                results = self._call(key, "search_batch", shard.query_batch, qe.QueryBatchRequest(requests))
+                batch = qe.QueryBatchRequest(requests)
+                calls.append(partial(self._call, key, "search_batch", shard.query_batch, batch))
+            for ask, results in zip(asks.values(), self._in_parallel(calls), strict=True):
                 for (i, _), points in zip(ask, results, strict=True):
                     pages[i].append(hits(points))
         return [merge_hits(p, k) for p in pages]
@@ -428,12 +434,23 @@ class QdrantEdgeStore(LeasedShards):
     def _page(self, name: str, query: Any, flt: SearchFilter | None, n: int, ef: int | None = None) -> list[Hit]:
         """The `n` best for `query` over every part `flt` visits."""
         with self._session():
-            pages = []
+            calls = []
             for key, f in self._visits(name, flt):
                 shard = self._shard(key)
                 request = self._query(key, shard, query, n, f, ef)
-                pages.append(hits(self._call(key, "search", shard.query, request)))
+                calls.append(partial(self._call, key, "search", shard.query, request))
+            pages = [hits(points) for points in self._in_parallel(calls)]
         return pages[0] if len(pages) == 1 else merge_hits(pages, n)
+
+    def _in_parallel(self, calls: list[Callable[[], Any]]) -> list[Any]:
+        """Engine calls on different shards, on a thread each up to one per core (the engine releases the GIL while
+        it searches). Shards are opened and requests built beforehand, in the caller's thread, which holds the
+        store's lock."""
+        if len(calls) <= 1:
+            return [call() for call in calls]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="cxr-store-search")
+        return list(self._pool.map(lambda call: call(), calls))
 
     def search_groups(
         self,
@@ -546,6 +563,9 @@ class QdrantEdgeStore(LeasedShards):
         """Flush and close every open shard and give the store back. The store reopens shards if used again."""
         with self._lock:
             self._meta.clear()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
             self._hand_over()
 
 
