@@ -195,7 +195,11 @@ def test_a_pacs_that_is_down_gets_every_report_once_it_is_back(loop: Loop):
     assert out.returncode == 0 and "re-armed 3 report(s)" in out.stdout, out.stdout + out.stderr
     for film in films:
         _check_report(loop.wait_report(film), film)
-    assert all(loop.reports.get(loop.settings.collection, k).state == "sent" for k in keys)
+    # Orthanc holds a report before the worker that sent it marks it sent: wait for the mark, not only the files
+    wait_for(
+        lambda: all(loop.reports.get(loop.settings.collection, k).state == "sent" for k in keys),
+        what="every report marked sent",
+    )
 
 
 def test_stow_rs_to_orthanc_dicomweb(loop: Loop):
