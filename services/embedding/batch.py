@@ -97,6 +97,7 @@ class BatchEncoder:
             self.bf16 = self.backend == "eager-bf16"
         self.threads = threads
         self._runner: Runner | None = None
+        self._runner_lock = threading.Lock()
         self._cache = cache
         self._cache_keep = cache_keep
 
@@ -168,8 +169,9 @@ class BatchEncoder:
         images = self._check(images)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         if not self.backend.startswith("eager") and self.device_name.split(":")[0] == "cpu":
-            if self._runner is None:
-                self._runner = self._make_runner()
+            with self._runner_lock:  # one runner, however many threads encode at once
+                if self._runner is None:
+                    self._runner = self._make_runner()
             for start in range(0, len(images), self.batch_size):
                 vectors = self._runner(images[start : start + self.batch_size, None])
                 norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -99,15 +100,22 @@ def compile_config(backend: str, threads: int) -> dict[str, Any]:
 
 
 class OpenVinoRunner:
-    """(B, 1, S, S) float32 -> (B, dim) float32 through one compiled model; `source` says where it came from."""
+    """(B, 1, S, S) float32 -> (B, dim) float32 through one compiled model; `source` says where it came from.
+
+    Safe to call from several threads (the API's searches): one infer request runs one inference at a time (a
+    second caller got "Infer Request is busy", a 500, with eight large uploads at once), and its output buffer is
+    reused by the next inference, so each caller takes its rows out as a copy before the next one runs. One
+    inference already uses every inference thread, so taking turns costs no throughput."""
 
     def __init__(self, compiled: ov.CompiledModel, source: str) -> None:
         self.compiled, self.source = compiled, source
         self._request = compiled.create_infer_request()
         self._output = compiled.output(0)
+        self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._request.infer({0: batch})[self._output], dtype=np.float32)
+        with self._lock:
+            return np.array(self._request.infer({0: batch})[self._output], dtype=np.float32, copy=True)
 
 
 def load_compiled(

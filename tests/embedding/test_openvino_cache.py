@@ -188,3 +188,34 @@ def test_a_torn_blob_is_compiled_again_from_the_ir(tmp_path: Path, tiny_encoder)
     assert source == "ir-cache"
     np.testing.assert_array_equal(OpenVinoRunner(compiled, source)(_images(2)[:, None]), want)
     assert load_compiled(folder, "openvino", 1, convert=lambda: pytest.fail("converted again"))[1] == "compiled-cache"
+
+
+def test_threads_encoding_at_once_share_one_runner_and_each_gets_its_own_rows(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    """The API encodes each search in its own thread. One infer request runs one inference at a time and reuses its
+    output buffer: eight threads at once once got "Infer Request is busy" (a 500 in benchmarks/upload_burst.py).
+    Every thread must get the rows of its own images, as encoding them alone gives."""
+    encoder = BatchEncoder.from_checkpoint(tiny_checkpoint, backend="openvino", cache_root=tmp_path / "c", threads=1)
+    batches = [np.random.default_rng(i).random((3, SIZE, SIZE), dtype=np.float32) for i in range(8)]
+    alone = [encoder.encode(b) for b in batches]
+    start = threading.Barrier(len(batches))
+    got: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        start.wait()
+        try:
+            for _ in range(20):
+                got[i] = encoder.encode(batches[i])
+                np.testing.assert_array_equal(got[i], alone[i])
+        except BaseException as exc:  # noqa: BLE001 - reported below, with the thread's index
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:2]
+    assert sorted(got) == list(range(len(batches)))
