@@ -11,7 +11,8 @@ for every label, in one run, on benchmarks/store_scale.py's data (`real`, `hard`
 Both current layouts go through the same adapter calls, with the store's defaults (ef 256, ACORN 0.4, filters
 keeping at most 500k points exact). Each row: p50/p95 wall and CPU ms and recall@10 against numpy's exact answer,
 per label for the label filter. Build: store_scale's writer loop (optimize() whenever the part that has most holds
-`threshold` unindexed points), then one last optimize, and the store's size on disk.
+`threshold` unindexed points), then one last optimize, the store's size on disk, and the time a reopened store
+takes to answer its first unfiltered search (opening every part).
 
     python -m benchmarks.store_partitions --data hard --sizes 1000000 --layouts by-label
 
@@ -79,6 +80,11 @@ def run_layout(layout: str, data: DataSet, args: argparse.Namespace) -> dict[str
     last: list[float] = []
     timed(last, [], store.optimize, NAME)
     built |= {"final_optimize_s": last[0], "parts": len(store._keys(NAME))}  # engine internals, for the report
+    store.close()
+    t0 = time.perf_counter()  # a new process's first search opens the collection: every part, for no filter
+    store = QdrantEdgeStore(root, linger_s=1e9, tuning=tuning)
+    query(store, data, "none", 0, 256)
+    built["open_and_first_search_s"] = time.perf_counter() - t0
     out: dict[str, Any] = {"layout": layout, "build": built}
     for i in range(len(data.q)):  # warm the pages every query touches
         query(store, data, "label", i, 64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from tests.scaling_doc import POLICY_1M, _config, _json, _search, at, ms, span
+from tests.scaling_doc import HARD_1M, POLICY_1M, _config, _json, _search, at, ms, span
 
 PARTITIONS_100K = "20261204-111728-32103"  # both layouts, real and hard data, 100k points
 PARTITIONS_1M = "20261204-112236-32432"  # the partitioned layout, real-like data, 1M points
@@ -94,4 +94,74 @@ def partition_figures() -> dict[str, str]:
         "RUN_100K": PARTITIONS_100K,
         "RUN_1M": PARTITIONS_1M,
         "POLICY_1M": POLICY_1M,
+    }
+
+
+STORE_100K = "20261204-171200-30038"  # the store's own layout (label_parts 8) against one graph, hard data, 100k
+STORE_1M = "20261204-163254-24765"  # the store's own layout, hard data, 1M points
+STORE_EF = 256
+
+
+def _store_rows(run: str, points: int, layout: str) -> dict[str, dict]:
+    return {r["kind"]: r for r in _layout(run, "hard", points, layout)["search"] if r["ef"] == STORE_EF}
+
+
+def _hard_single_1m() -> dict[str, dict]:
+    """One graph at 1M on the hard data (store_scale.json, 2 December): unfiltered at ef 256, filters with ACORN."""
+    by = _search(HARD_1M, "hard", 1_000_000)
+    return {"none": by[(STORE_EF, 0.0, "none")], "label": by[(STORE_EF, 0.4, "label")]} | {
+        "selective": by[(STORE_EF, 0.4, "selective")]
+    }
+
+
+def _build_row(case: str, layout: str, b: dict) -> str:
+    opened = b.get("open_and_first_search_s")  # not recorded in run STORE_1M
+    return (
+        f"| {case} | {layout} | {b['upsert_pts_per_s']:,.0f} | {b['refreshes']} | {b['refresh_total_s']:,.0f} | "
+        f"{b['refresh_max_s']:.1f} | {b['unindexed_at_end']:,} | {b['parts']} | {b['disk_used_mb']:,.0f} | "
+        f"{'-' if opened is None else f'{opened:.2f}'} |"
+    )
+
+
+def store_layout_figures() -> dict[str, str]:
+    """The figures of the section's "The store's own layout" part, from store_partitions.json (and, for one graph
+    at 1M, store_scale.json's hard run)."""
+    cases = [
+        ("hard, 100k", _store_rows(STORE_100K, 100_000, "single"), _store_rows(STORE_100K, 100_000, "by-label")),
+        ("hard, 1M", _hard_single_1m(), _store_rows(STORE_1M, 1_000_000, "by-label")),
+    ]
+    table = [
+        f"| {case} | {FILTERS[kind]} | {_cell(single[kind])} | {_cell(parts[kind])} |"
+        for case, single, parts in cases
+        for kind in FILTERS
+    ]
+    small = {lay: _layout(STORE_100K, "hard", 100_000, lay)["build"] for lay in ("single", "by-label")}
+    big = _layout(STORE_1M, "hard", 1_000_000, "by-label")["build"]
+    builds = [
+        _build_row("hard, 100k", "one graph", small["single"]),
+        _build_row("hard, 100k", "one graph per label", small["by-label"]),
+        _build_row("hard, 1M", "one graph per label", big),
+    ]
+    one_m = cases[1][2]
+    loads = [r["load"] for r in _layout(STORE_1M, "hard", 1_000_000, "by-label")["search"]]
+    loads += [r["load"] for lay in ("single", "by-label") for r in _layout(STORE_100K, "hard", 100_000, lay)["search"]]
+
+    def verdict(row: dict) -> str:
+        return "met" if row["p50_ms"] <= 10 and row["recall"] >= 0.99 else "not met"
+
+    return {
+        "STORE_TABLE_ROWS": "\n".join(table),
+        "STORE_BUILD_ROWS": "\n".join(builds),
+        "STORE_LOADS": span(loads, ".1f"),
+        "STORE_NONE_1M": at(one_m["none"]),
+        "STORE_LABEL_1M": at(one_m["label"]),
+        "STORE_SEL_1M": at(one_m["selective"]),
+        "STORE_NONE_VERDICT": verdict(one_m["none"]),
+        "STORE_LABEL_VERDICT": verdict(one_m["label"]),
+        "STORE_SEL_VERDICT": verdict(one_m["selective"]),
+        "STORE_NONE_100K_RATIO": f"{cases[0][2]['none']['p50_ms'] / cases[0][1]['none']['p50_ms']:.1f}",
+        "STORE_UPSERT_RATIO": f"{small['by-label']['upsert_pts_per_s'] / small['single']['upsert_pts_per_s']:.2f}",
+        "STORE_100K": STORE_100K,
+        "STORE_1M": STORE_1M,
+        "HARD_1M": HARD_1M,
     }

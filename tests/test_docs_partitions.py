@@ -4,9 +4,9 @@ its table and every figure of its prose, rebuilt from the JSON (tests/scaling_pa
 from __future__ import annotations
 
 from tests.scaling_doc import _cites, _doc, _plain, _section
-from tests.scaling_partitions_doc import partition_figures, partition_runs
+from tests.scaling_partitions_doc import partition_figures, partition_runs, store_layout_figures
 
-HEADING = "One graph per label (issue 18's tenant lever, measured, not adopted)"
+HEADING = "One graph per label (issue 18: the layout of new embedded collections)"
 PROSE = (
     "compare both layouts in one run (`{RUN_100K}`)",
     "The 1M partitioned row is run `{RUN_1M}`, at load {LOADS_1M}",
@@ -19,6 +19,16 @@ PROSE = (
     "({UPSERT_100K_PARTS} against {UPSERT_100K_SINGLE} points/s)",
     "At 100k: {DISK_100K_PARTS} MB against {DISK_100K_SINGLE} MB",
     "At 1M: {DISK_1M_PARTS} MB",
+)
+STORE_PROSE = (
+    "100k, both layouts: run `{STORE_100K}`",
+    "1M, one graph per label: run `{STORE_1M}`",
+    "hard 1M run `{HARD_1M}` of the first table",
+    "Load {STORE_LOADS}",
+    "unfiltered {STORE_NONE_VERDICT} ({STORE_NONE_1M}); label filter {STORE_LABEL_VERDICT} ({STORE_LABEL_1M}); "
+    "selective filter {STORE_SEL_VERDICT} ({STORE_SEL_1M})",
+    "{STORE_NONE_100K_RATIO}x the one graph's p50 at 100k",
+    "Upserts run at {STORE_UPSERT_RATIO}x the one graph's rate",
 )
 
 
@@ -41,3 +51,14 @@ def test_the_section_says_the_targets_as_the_json_gives_them() -> None:
         assert p50 <= 10 and recall >= 0.99, key
     assert {figures["RUN_100K"], figures["RUN_1M"]} <= set(partition_runs())
     assert "store_partitions.py" in _doc()
+
+
+def test_the_store_layout_tables_and_prose_come_from_the_json() -> None:
+    figures = store_layout_figures()
+    section = _section(HEADING)
+    for row in [*figures["STORE_TABLE_ROWS"].splitlines(), *figures["STORE_BUILD_ROWS"].splitlines()]:
+        assert row in section, row
+    prose = _plain(section)
+    for template in STORE_PROSE:
+        assert template.format(**figures) in prose, template
+    assert {figures["STORE_100K"], figures["STORE_1M"]} <= set(partition_runs())

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tests.scaling_doc import policy_figures
+from tests.scaling_partitions_doc import partition_figures, store_layout_figures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +116,15 @@ def test_the_store_scale_row_and_the_scale_paragraph_match_their_json() -> None:
             f"at 1M, {policy['BACT_EXACT']} ms for the largest label, {policy['BACT_POINTS']} points",
         ],
     )
+    emulated, store = partition_figures(), store_layout_figures()
+    _check(
+        scale,
+        [
+            f"at 1M, {emulated['LABEL_1M']} on the real-like data and {store['STORE_LABEL_1M']} on the hard data",
+            f"against {emulated['SINGLE_LABEL_1M']} ms exact",
+            f"unfiltered searches visit every graph, {emulated['NONE_1M']} and {store['STORE_NONE_1M']}",
+        ],
+    )
 
 
 def test_the_api_search_row_matches_its_json() -> None:
@@ -218,3 +228,42 @@ def test_decode_and_cli_startup_rows_come_from_their_json() -> None:
     readme = (REPO / "README.md").read_text()
     assert f"| {decode_row()} |" in readme
     assert f"| {cli_startup_row()} |" in readme
+
+
+def upload_burst_figures() -> str:
+    """The README's upload_burst row result, rebuilt from its JSON."""
+    data = _json("upload_burst.json")
+    rows = {r["label"]: r for r in data["rows"]}
+
+    def answers(row: dict) -> str:
+        counts = {s: row["statuses"].count(s) for s in row["statuses"]}
+        return ", ".join(f"{n}x {s}" for s, n in sorted(counts.items()))
+
+    search, preview, small = (rows[k] for k in ("searches, default ceiling", "previews, default ceiling",
+                                                "searches, small ceiling"))  # fmt: skip
+    upload, verdict = data["upload"], "met" if data["target_met"] else "missed"
+    return (
+        f"{upload['megapixels']} Mpx PNG of {upload['png_kb']} KB: "
+        f"searches +{search['peak_over_resting_mb']:,.0f} MB over {search['resting_mb']:,.0f} MB resting "
+        f"under the {search['ceiling_mb']:,} MB ceiling, {answers(search)}; "
+        f"previews +{preview['peak_over_resting_mb']:,.0f} MB, {answers(preview)}; "
+        f"under a {small['ceiling_mb']:,} MB ceiling +{small['peak_over_resting_mb']:,.0f} MB, {answers(small)}. "
+        f"Target (under the ceiling, every request answered, server alive): {verdict}"
+    )
+
+
+def store_partitions_figures() -> str:
+    """The README's store_partitions row result, rebuilt from its JSON (tests/scaling_partitions_doc.py)."""
+    emulated, store = partition_figures(), store_layout_figures()
+    return (
+        f"at 1M, one graph per label, hard data (the store) / real-like (emulated): label filter "
+        f"{store['STORE_LABEL_1M']} / {emulated['LABEL_1M']}, "
+        f"selective {store['STORE_SEL_1M']} / {emulated['SEL_1M']}, "
+        f"unfiltered {store['STORE_NONE_1M']} / {emulated['NONE_1M']} (one graph: {emulated['SINGLE_LABEL_1M']} ms "
+        f"exact for the label filter, {emulated['SINGLE_NONE_1M']} ms unfiltered)"
+    )
+
+
+def test_the_store_partitions_and_upload_burst_rows_match_their_json() -> None:
+    assert store_partitions_figures() in _row("benchmarks/store_partitions.py")
+    assert upload_burst_figures() in _row("benchmarks/upload_burst.py")
