@@ -2,9 +2,11 @@
 for every label, in one run, on benchmarks/store_scale.py's data (`real`, `hard`) and its writer loop.
 
 - single: one graph (label_parts 0, the layout of collections made before issue 18).
-- by-label: the store's own layout, label_parts 8: each label's points in a graph of their own. A label filter is
-  an unfiltered search of that label's graph; the selective filter (label AND source) searches the label's graph
-  with the source filter, under the default policy; an unfiltered search visits every graph and merges by score.
+- by-label: the store's own layout, label_parts 8: each label's points in a graph of their own, once the shared
+  graph holds --parts-from points (runs 20261204-163254-24765 and 20261204-171200-30038 predate that step: parts
+  from the first point). A label filter is an unfiltered search of that label's graph (and an exact one of the
+  shared graph); the selective filter (label AND source) searches the label's graph with the source filter, under
+  the default policy; an unfiltered search visits every graph and merges by score.
 - partitioned (the JSON's runs 20261204-111728-32103 and 20261204-112236-32432, before the store had the layout):
   the same idea emulated by this script with one collection per label and the four rare labels in one more.
 
@@ -71,6 +73,7 @@ def run_layout(layout: str, data: DataSet, args: argparse.Namespace) -> dict[str
         acorn_max_selectivity=0.4,
         exact_filter_max_points=500_000,
         label_parts=LABEL_PARTS[layout],
+        label_parts_from=args.parts_from,
     )
     root = args.work / f"{layout}-{data.name}-{len(data.ids)}"
     shutil.rmtree(root, ignore_errors=True)
@@ -120,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=int, default=20_000, help="index writer threshold (points)")
     p.add_argument("--segment", type=int, default=200_000, help="largest segment (points)")
     p.add_argument("--index-threads", type=int, default=1)
+    p.add_argument(
+        "--parts-from", type=int, default=20_000, help="labels get graphs once the shared one holds this many points"
+    )
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--work", type=Path, default=Path("/tmp/cxr-store-partitions"))
     p.add_argument("--out", type=Path, default=RESULTS)

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
         ge=0,
         description="New embedded collections give up to this many labels a graph of their own (0 = one graph).",
     )
+    index_label_parts_from: int = Field(
+        20_000, ge=0, description="Labels get graphs of their own once the shared one holds this many points."
+    )
     hnsw_m: int = Field(16, ge=2, description="HNSW graph degree for new collections.")
     hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build beam for new collections.")
     index_threads: int = Field(0, ge=0, description="Threads for one HNSW build in the embedded store (0 = all cores).")

@@ -97,8 +97,8 @@ def partition_figures() -> dict[str, str]:
     }
 
 
-STORE_100K = "20261204-171200-30038"  # the store's own layout (label_parts 8) against one graph, hard data, 100k
-STORE_1M = "20261204-163254-24765"  # the store's own layout, hard data, 1M points
+STORE_100K = "20261204-174202-19830"  # the store's own layout as it stands (label_parts 8, from 20k points), hard, 100k
+STORE_1M = "20261204-163254-24765"  # the store's own layout, hard data, 1M points (parts from the first point)
 STORE_EF = 256
 
 

@@ -62,3 +62,12 @@ def test_the_store_layout_tables_and_prose_come_from_the_json() -> None:
     for template in STORE_PROSE:
         assert template.format(**figures) in prose, template
     assert {figures["STORE_100K"], figures["STORE_1M"]} <= set(partition_runs())
+
+
+def test_the_listing_time_the_section_quotes_is_the_cli_benchmarks() -> None:
+    from tests.scaling_doc import _json
+
+    rows = _json("cli_startup.json")["rows"]
+    listed = rows["cxr collections"]["p50_s"]
+    assert f"`cxr collections` stayed at {listed:.2f} s" in _plain(_section(HEADING))
+    assert rows["cxr collections"]["target_met"]

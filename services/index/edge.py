@@ -1,11 +1,11 @@
-"""The embedded store: Qdrant's engine in process (qdrant-edge-py 0.9.0), one EdgeShard per collection.
+"""The embedded store: Qdrant's engine in process (qdrant-edge-py 0.9.0), one EdgeShard per collection or part.
 
 Layout: ROOT/<collection>/cxr-collection.json records the vector size and the layout, and is written last, so a
 collection exists exactly when that file does. A collection is either one shard, in ROOT/<collection>/ itself, or
-(`IndexTuning.label_parts`, the default for new collections) one shard per label, ROOT/<collection>/parts/<part>/,
-each with a cxr-part.json naming its label (services.index.label_parts decides which part holds a point and which
-parts a search visits). Only one process may open a shard (its write-ahead log is locked); a second opener gets
-StoreLockedError.
+(`IndexTuning.label_parts`, the default for new collections) a shared shard and, once it is large, one per label,
+ROOT/<collection>/parts/<part>/, each with a cxr-part.json naming its label (services.index.label_parts decides
+which part holds a point and which parts a search visits). Only one process may open a shard (its write-ahead log
+is locked); a second opener gets StoreLockedError.
 
 Durability, as measured on 0.9.0 (strace, and SIGKILL between upsert and flush, then reopen):
 - `update()` appends to the write-ahead log, an mmap'd file, and returns with no msync or fsync. A process killed
@@ -146,6 +146,7 @@ class QdrantEdgeStore(LeasedShards):
             record = json.loads(meta.read_text())
             record["dim"] = int(record["dim"])
             record["label_parts"] = int(record.get("label_parts", 0))
+            record["label_parts_from"] = int(record.get("label_parts_from", 0))
         except FileNotFoundError:
             raise CollectionNotFoundError(f"no collection {name!r} in the embedded store {self.root}") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -170,7 +171,7 @@ class QdrantEdgeStore(LeasedShards):
                     records[path.parent.name] = json.loads(path.read_text()).get("label")
                 except (OSError, ValueError, AttributeError) as exc:
                     raise StoreError(f"unreadable part record {path}: {exc}") from exc
-            self._parts[name] = Parts(max_own, part_labels(records))
+            self._parts[name] = Parts(max_own, self._record(name)["label_parts_from"], part_labels(records))
         return self._parts[name]
 
     def _released(self) -> None:
@@ -225,7 +226,8 @@ class QdrantEdgeStore(LeasedShards):
                 if parts:
                     _write_json(first / PART_FILE, {"label": None})
                 record = {"dim": dim, "distance": "Cosine", "created_at": datetime.now(UTC).isoformat()}
-                _write_json(path / META_FILE, {**record, "label_parts": parts} if parts else record)
+                layout = {"label_parts": parts, "label_parts_from": self.tuning.label_parts_from}
+                _write_json(path / META_FILE, {**record, **layout} if parts else record)
             self._shards[f"{name}/{REST}" if parts else name] = shard
             self._meta.pop(name, None)
             self._last_used = time.monotonic()
@@ -310,11 +312,12 @@ class QdrantEdgeStore(LeasedShards):
                 self._write(name, batch, flush)
                 return
             last = {pid: i for i, pid in enumerate(ids)}  # an id given twice: its last copy, as the engine does
+            rest_points = self._count(f"{name}/{REST}") if parts.room else 0  # labels get parts from a size on
             target: dict[str, str] = {}
             by_part: dict[str, list[qe.Point]] = {}
             for i in sorted(last.values()):
                 label = points[i].payload.get("label")
-                part, new = parts.route(label)
+                part, new = parts.route(label, rest_points)
                 if new:
                     self._new_part(name, parts, str(label), part)
                 target[ids[i]] = key = f"{name}/{part}"
@@ -518,10 +521,10 @@ class QdrantEdgeStore(LeasedShards):
 
     def count(self, name: str) -> int:
         with self._session():
-            return sum(
-                int(self._call(key, "count", self._shard(key).count, qe.CountRequest(exact=True)))
-                for key in self._keys(name)
-            )
+            return sum(self._count(key) for key in self._keys(name))
+
+    def _count(self, key: str) -> int:
+        return int(self._call(key, "count", self._shard(key).count, qe.CountRequest(exact=True)))
 
     def facet(self, name: str, key: str, *, limit: int = 1000) -> list[tuple[str | int, int]]:
         request = qe.FacetRequest(check_facet_key(key), limit=limit, exact=True)

@@ -21,6 +21,7 @@ def index_tuning(settings: Settings) -> IndexTuning:
         acorn_max_selectivity=settings.search_acorn_selectivity,
         exact_filter_max_points=settings.search_exact_filter_max_points or None,
         label_parts=settings.index_label_parts,
+        label_parts_from=settings.index_label_parts_from,
     )
 
 

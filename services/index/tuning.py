@@ -63,6 +63,8 @@ class IndexTuning:
       up to this many labels (later labels, and points without one, share one more); 0: one graph for all. A label
       filter then searches one label's graph unfiltered: at 1M points 1.97 ms at recall@10 0.997, where one graph
       needs an exact scan for recall (22.9 ms; docs/scaling.md). Fixed per collection when it is created.
+    - `label_parts_from`: labels get parts of their own only once the shared part holds this many points, so a small
+      collection stays one graph (each part costs its own open, about 0.1 s, and its own search).
     - `acorn_max_selectivity`: filtered searches whose filter keeps at most this share of points use ACORN
       (two-hop graph expansion), which keeps recall where plain filtered HNSW loses it; 0 turns it off.
     """
@@ -78,6 +80,7 @@ class IndexTuning:
     acorn_max_selectivity: float = 0.0
     exact_filter_max_points: int | None = None
     label_parts: int = 0
+    label_parts_from: int = 20_000
 
     def __post_init__(self) -> None:
         for key in (
@@ -95,8 +98,10 @@ class IndexTuning:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"index tuning: {key} must be 0 or more, or unset, got {value!r}")
-        if isinstance(self.label_parts, bool) or not isinstance(self.label_parts, int) or self.label_parts < 0:
-            raise ConfigError(f"index tuning: label_parts must be 0 (one graph) or more, got {self.label_parts!r}")
+        for key in ("label_parts", "label_parts_from"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"index tuning: {key} must be 0 or more, got {value!r}")
         if self.index_threads < 0:
             raise ConfigError(f"index tuning: index_threads must be 0 (auto) or more, got {self.index_threads}")
         if not 0.0 <= self.acorn_max_selectivity <= 1.0:

@@ -69,7 +69,7 @@ def store_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
         # A tiny indexing threshold makes optimize() really build HNSW on a few thousand test vectors.
         opener = partial(QdrantEdgeStore, tmp_path / "qdrant", indexing_threshold_kb=10)
     elif request.param == "edge-parts":  # the default layout of new embedded collections: one graph per label
-        parts = IndexTuning(label_parts=3)
+        parts = IndexTuning(label_parts=3, label_parts_from=0)  # parts from the first point, to test them
         opener = partial(QdrantEdgeStore, tmp_path / "qdrant", indexing_threshold_kb=10, tuning=parts)
     elif request.param == "memory":
         opener = partial(QdrantServerStore, location=":memory:")

@@ -20,6 +20,7 @@ DIM = 64
 
 
 def _store(root: Path, parts: int, **tuning: object) -> QdrantEdgeStore:
+    tuning = {"label_parts_from": 0} | tuning  # parts from the first point unless a test says otherwise
     return QdrantEdgeStore(root, linger_s=3600, tuning=IndexTuning(index_threads=1, label_parts=parts, **tuning))
 
 
@@ -145,8 +146,9 @@ def test_a_half_made_part_is_made_again(tmp_path: Path) -> None:
 def test_a_part_another_store_object_adds_is_seen_after_the_hand_over(tmp_path: Path) -> None:
     """The parts are read while the store is held and forgotten when it is handed over, so a searcher sees a
     label's part that a writer made in the meantime (two objects take turns as two processes would)."""
-    searcher = QdrantEdgeStore(tmp_path, linger_s=0, tuning=IndexTuning(label_parts=4))
-    writer = QdrantEdgeStore(tmp_path, linger_s=0, tuning=IndexTuning(label_parts=4))
+    tuning = IndexTuning(label_parts=4, label_parts_from=0)
+    searcher = QdrantEdgeStore(tmp_path, linger_s=0, tuning=tuning)
+    writer = QdrantEdgeStore(tmp_path, linger_s=0, tuning=tuning)
     writer.create_collection("cxr", DIM)
     writer.upsert("cxr", [_point(i, "a") for i in range(5)])
     only_b = SearchFilter(must={"label": "b"})
@@ -156,3 +158,23 @@ def test_a_part_another_store_object_adds_is_seen_after_the_hand_over(tmp_path: 
     assert searcher.count("cxr") == 10
     searcher.close()
     writer.close()
+
+
+def test_a_small_collection_stays_one_graph_until_the_shared_one_is_large(tmp_path: Path) -> None:
+    """Labels get parts only once the shared part holds `label_parts_from` points; what a label had before stays
+    there, and a label filter finds both its part's points and those."""
+    store = _store(tmp_path, 4, label_parts_from=30)
+    store.create_collection("cxr", DIM)
+    first = [_point(i, "a" if i % 2 else "b") for i in range(20)]
+    store.upsert("cxr", first)
+    assert _labels_on_disk(tmp_path) == {REST: None}  # 20 points: still one graph
+    second = [_point(20 + i, "a" if i % 2 else "b") for i in range(20)]
+    store.upsert("cxr", second[:10])  # the shared part reaches 30 points
+    assert _labels_on_disk(tmp_path) == {REST: None}
+    store.upsert("cxr", second[10:])
+    assert _labels_on_disk(tmp_path) == {REST: None, own_part("a"): "a", own_part("b"): "b"}
+    want = {p.id for p in first + second if p.payload["label"] == "a"}
+    hits = store.search("cxr", first[1].vector, 40, SearchFilter(must={"label": "a"}))
+    assert {h.id for h in hits} == want and hits[0].id == first[1].id
+    assert dict(store.facet("cxr", "label")) == {"a": 20, "b": 20} and store.count("cxr") == 40
+    store.close()
