@@ -281,12 +281,13 @@ def disk_mb(path: Path) -> dict[str, float]:
     """Size of the store: files' lengths in all (`disk_mb`; the engine preallocates sparse files, so this
     overstates), the blocks they really use (`disk_used_mb`), and the write-ahead logs' lengths."""
 
-    def size(p: Path) -> float:
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
-
-    used = sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20
-    wal = sum(size(w) for w in path.rglob("wal") if w.is_dir())
-    return {"disk_mb": size(path), "disk_used_mb": used, "wal_mb": wal}
+    stats = [(f, f.stat()) for f in path.rglob("*") if f.is_file()]
+    mb = 2**20
+    return {
+        "disk_mb": sum(st.st_size for _, st in stats) / mb,
+        "disk_used_mb": sum(st.st_blocks * 512 for _, st in stats) / mb,
+        "wal_mb": sum(st.st_size for f, st in stats if "wal" in f.relative_to(path).parts) / mb,
+    }
 
 
 def run_config(data: DataSet, args: argparse.Namespace, m: int, efc: int, work: Path) -> dict[str, Any]:

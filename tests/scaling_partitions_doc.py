@@ -99,19 +99,16 @@ def partition_figures() -> dict[str, str]:
 
 STORE_100K = "20261204-174202-19830"  # the store's own layout as it stands (label_parts 8, from 20k points), hard, 100k
 STORE_1M = "20261204-163254-24765"  # the store's own layout, hard data, 1M points (parts from the first point)
-STORE_EF = 256
 
 
 def _store_rows(run: str, points: int, layout: str) -> dict[str, dict]:
-    return {r["kind"]: r for r in _layout(run, "hard", points, layout)["search"] if r["ef"] == STORE_EF}
+    return {r["kind"]: r for r in _layout(run, "hard", points, layout)["search"] if r["ef"] == EF}
 
 
 def _hard_single_1m() -> dict[str, dict]:
     """One graph at 1M on the hard data (store_scale.json, 2 December): unfiltered at ef 256, filters with ACORN."""
     by = _search(HARD_1M, "hard", 1_000_000)
-    return {"none": by[(STORE_EF, 0.0, "none")], "label": by[(STORE_EF, 0.4, "label")]} | {
-        "selective": by[(STORE_EF, 0.4, "selective")]
-    }
+    return {"none": by[(EF, 0.0, "none")], "label": by[(EF, 0.4, "label")], "selective": by[(EF, 0.4, "selective")]}
 
 
 def _build_row(case: str, layout: str, b: dict) -> str:

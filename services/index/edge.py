@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from services.durable import write_atomically
 from services.errors import CollectionNotFoundError, StoreError, StoreLockedError
 from services.index.edge_params import edge_config, edge_optimizers, index_fields
 from services.index.edge_shards import LeasedShards
@@ -531,8 +532,8 @@ class QdrantEdgeStore(LeasedShards):
         self._ensure_indexes(name)  # a collection made before the field was indexed
         with self._session():
             pages = [
-                [(h.value, int(h.count)) for h in self._call(part, "facet", self._shard(part).facet, request).hits]
-                for part in self._keys(name)
+                [(h.value, int(h.count)) for h in self._call(k, "facet", self._shard(k).facet, request).hits]
+                for k in self._keys(name)
             ]
         return pages[0] if len(pages) == 1 else merge_counts(pages, limit)
 
@@ -573,7 +574,4 @@ class QdrantEdgeStore(LeasedShards):
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    """`record` at `path`, whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(record).encode())
